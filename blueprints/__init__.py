@@ -1,0 +1,1 @@
+"""The web app's blueprints; each module exports `bp`."""

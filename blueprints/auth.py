@@ -1,0 +1,50 @@
+"""Log in and log out."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from livedoc.audit import audit
+from livedoc.extensions import limiter
+from livedoc.models import User
+
+bp = Blueprint("auth", __name__)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths: an absolute URL here would make the login page an open redirect.
+    if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
+        return target
+    return url_for("documents.index")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: current_app.config["RATELIMIT_LOGIN"], methods=["POST"])
+def login():
+    """The login page."""
+    if current_user.is_authenticated:
+        return redirect(_safe_next(request.args.get("next")))
+    error = None
+    if request.method == "POST":
+        username = request.form.get("username", "")[:64]
+        password = request.form.get("password", "")[:256]
+        user = User.by_name(username) if username else None
+        if user is not None and user.check_password(password):
+            login_user(user)
+            audit("login", user=user.username, result="ok")
+            return redirect(_safe_next(request.args.get("next")))
+        audit("login", user=username, result="failed")
+        error = "Wrong user name or password."
+    return render_template("auth/login.html", error=error), 401 if error else 200
+
+
+@bp.route("/logout", methods=["POST"])
+@login_required
+def logout():
+    """End the session."""
+    audit("logout")
+    logout_user()
+    flash("You are logged out.")
+    return redirect(url_for("auth.login"))

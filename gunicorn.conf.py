@@ -1,0 +1,43 @@
+"""gunicorn settings for livedoc: gevent workers sized for thousands of long-lived streams."""
+import os
+import resource
+import signal
+
+import gevent
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+# Each open SSE stream is one greenlet and one socket; this caps them per worker process.
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+# For gevent workers `timeout` is the heartbeat the worker sends from its own greenlet, not a limit
+# on request length, so long streams are not killed by it.
+timeout = 30
+# On SIGTERM streams are told to end at once (see post_worker_init); this bounds the rest.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+keepalive = 75
+accesslog = os.environ.get("ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+def on_starting(server):
+    """Raise the open-file limit to the hard limit: every stream is a file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def post_worker_init(worker):
+    """On SIGTERM (shutdown, HUP recycle) end every open stream at once, so browsers reconnect
+    to a live worker instead of waiting out the graceful timeout on a dying one."""
+    original = worker.handle_exit
+
+    def handle_exit(sig, frame):
+        original(sig, frame)
+        hub = getattr(worker.wsgi, "extensions", {}).get("livedoc.hub")
+        if hub is not None:
+            gevent.spawn(hub.close_all, "shutdown")
+
+    signal.signal(signal.SIGTERM, handle_exit)

@@ -1,0 +1,1 @@
+"""livedoc's shared modules: the pieces that are neither a blueprint nor a worker."""

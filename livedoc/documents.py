@@ -1,0 +1,188 @@
+"""Documents: creating them, finding the caller's own, their progress, and retrying them."""
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Mapping
+
+from flask import current_app
+from redis import Redis
+from redis.exceptions import RedisError
+
+from livedoc import jobs, progress
+from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
+from livedoc.extensions import db
+from livedoc.ids import new_doc_id, valid_doc_id
+from livedoc.models import Document, User
+from livedoc.sniff import sniff
+from livedoc.storage import DocumentFiles
+
+log = logging.getLogger("livedoc")
+
+
+def display_name(filename: str | None) -> str:
+    """A name fit to show: the client's name without any path, control characters or excess length."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C")
+    return name.strip()[:200] or "untitled"
+
+
+def files_of(doc: Document) -> DocumentFiles:
+    """The document's files under STORAGE_DIR."""
+    return DocumentFiles(current_app.config["STORAGE_DIR"], doc.id)
+
+
+def create(connection: Redis, config: Mapping, owner: User, filename: str | None, data: bytes) -> Document:
+    """Store an upload and queue its conversion; the original is on disk before anything else."""
+    if not data:
+        raise LivedocError("The file is empty.", code="empty_file")
+    kind = sniff(data)
+    if kind is None:
+        raise UnsupportedType()
+    doc = Document(id=new_doc_id(), owner_id=owner.id, filename=display_name(filename), kind=kind,
+                   size=len(data), state=progress.State.QUEUED.value, last_seq=1, attempt=1)
+    files_of(doc).save_original(data)
+    db.session.add(doc)
+    db.session.commit()
+    _enqueue(connection, config, doc, seq=1, attempt=1)
+    return doc
+
+
+def _enqueue(connection: Redis, config: Mapping, doc: Document, seq: int, attempt: int) -> None:
+    try:
+        job_id = jobs.enqueue_conversion(connection, config, doc.id, doc.kind, seq=seq, attempt=attempt)
+    except RedisError:
+        # The upload is safe on disk and in the database; let the owner retry once Redis is back.
+        _store_final(doc, _not_queued(seq, attempt))
+        db.session.commit()
+        raise Unavailable("The file was saved but could not be queued; retry it in a moment.") from None
+    doc.job_id = job_id
+    db.session.commit()
+
+
+def _not_queued(seq: int, attempt: int) -> progress.Progress:
+    prog = progress.initial(seq, attempt)
+    message = "The conversion could not be queued."
+    prog.update(state=progress.State.FAILED.value, stage="failed", message=message,
+                error={"code": "not_queued", "message": message, "retryable": True})
+    return prog
+
+
+def get_owned(doc_id: str, user: User) -> Document:
+    """The user's document; NotFound both when it is absent and when it is someone else's."""
+    if not valid_doc_id(doc_id):
+        raise NotFound()
+    doc = db.session.get(Document, doc_id)
+    if doc is None or doc.owner_id != user.id:
+        raise NotFound()
+    return doc
+
+
+def _store_final(doc: Document, prog: progress.Progress) -> None:
+    doc.state = prog["state"]
+    doc.last_seq = prog["seq"]
+    doc.attempt = prog.get("attempt", doc.attempt)
+    doc.pages = prog.get("pages") or 0
+    error = prog.get("error") or {}
+    doc.error_code = error.get("code")
+    doc.error_message = error.get("message")
+    doc.error_retryable = error.get("retryable")
+
+
+def _from_final(doc: Document) -> progress.Progress:
+    prog = progress.initial(doc.last_seq, doc.attempt)
+    complete = doc.state == progress.State.COMPLETE.value
+    prog.update(state=doc.state, stage=doc.state, percent=100 if complete else prog["percent"],
+                page=doc.pages, pages=doc.pages, message="Ready" if complete else doc.error_message)
+    if not complete:
+        prog["error"] = {"code": doc.error_code, "message": doc.error_message,
+                         "retryable": bool(doc.error_retryable)}
+    return prog
+
+
+def _settle(doc: Document, prog: progress.Progress | None) -> progress.Progress:
+    """Reconcile what Redis says with what the database remembers (RQ expires old jobs)."""
+    if prog is None:
+        if files_of(doc).manifest() is not None:
+            prog = progress.initial(doc.last_seq + 1, doc.attempt)
+            prog.update(state=progress.State.COMPLETE.value, stage="complete", percent=100,
+                        message="Ready")
+        else:
+            prog = progress.lost({**progress.initial(doc.last_seq, doc.attempt)})
+    if progress.is_terminal(prog) and prog["seq"] > doc.last_seq:
+        if prog["state"] == progress.State.COMPLETE.value:
+            manifest = files_of(doc).manifest() or {}
+            prog = {**prog, "pages": manifest.get("pages", prog.get("pages", 0))}
+        _store_final(doc, prog)
+        db.session.commit()
+    return prog
+
+
+def current_progress(connection: Redis, doc: Document) -> progress.Progress:
+    """The document's progress now: from its job while it runs, from the database after."""
+    if doc.state in progress.TERMINAL:
+        return _from_final(doc)
+    if doc.job_id is None:
+        return progress.initial(doc.last_seq, doc.attempt)  # being queued right now
+    return _settle(doc, progress.read(connection, doc.job_id) if doc.job_id else None)
+
+
+def progress_of_many(connection: Redis, docs: list[Document]) -> dict[str, progress.Progress]:
+    """Progress of many documents, reading Redis once for all running ones."""
+    running = [d for d in docs if d.state not in progress.TERMINAL and d.job_id]
+    fresh = progress.read_many(connection, [d.job_id for d in running])
+    out = {}
+    for doc in docs:
+        if doc.state in progress.TERMINAL:
+            out[doc.id] = _from_final(doc)
+        elif doc.job_id is None:
+            out[doc.id] = progress.initial(doc.last_seq, doc.attempt)
+        else:
+            out[doc.id] = _settle(doc, fresh.get(doc.job_id))
+    return out
+
+
+def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
+    """Queue a new attempt of a document whose last attempt failed with a retryable error."""
+    prog = current_progress(connection, doc)
+    error = prog.get("error") or {}
+    if prog["state"] != progress.State.FAILED.value or not error.get("retryable"):
+        raise Conflict("Only a failed conversion that can succeed on a new try can be retried.",
+                       code="not_retryable")
+    attempt, seq = prog.get("attempt", 1) + 1, prog["seq"] + 1
+    # Claim the retry in one conditional UPDATE, so two clicks cannot queue two attempts.
+    claimed = db.session.execute(
+        db.update(Document)
+        .where(Document.id == doc.id, Document.state == progress.State.FAILED.value,
+               Document.last_seq == prog["seq"])
+        .values(state=progress.State.QUEUED.value, last_seq=seq, attempt=attempt, error_code=None,
+                error_message=None, error_retryable=None)
+    ).rowcount
+    db.session.commit()
+    if claimed != 1:
+        raise Conflict("A retry is already under way.", code="retry_in_progress")
+    db.session.refresh(doc)
+    _enqueue(connection, config, doc, seq=seq, attempt=attempt)
+    return doc
+
+
+def status_body(doc: Document, prog: progress.Progress) -> dict:
+    """JSON of the status endpoint: the progress contract plus the document id."""
+    return {**prog, "document_id": doc.id}
+
+
+def summary(doc: Document, prog: progress.Progress) -> dict:
+    """A document as listed by the API."""
+    from flask import url_for
+
+    return {
+        "id": doc.id,
+        "filename": doc.filename,
+        "kind": doc.kind,
+        "size": doc.size,
+        "created_at": doc.created_at.isoformat() + "Z",
+        "progress": prog,
+        "status_url": url_for("realtime.status", doc_id=doc.id),
+        "events_url": url_for("realtime.events", doc_id=doc.id),
+        "viewer_url": url_for("documents.viewer", doc_id=doc.id),
+    }

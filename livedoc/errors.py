@@ -1,0 +1,143 @@
+"""livedoc's web errors, and the one handler that turns every error into JSON or a readable page.
+
+API routes (under /api/) answer ``{"error": {"code", "message"}}``; HTML routes render
+templates/error.html. Nothing a client sees carries a path or a stack trace.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, render_template, request
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("livedoc")
+
+
+class LivedocError(Exception):
+    """An error with an HTTP status, a stable code and a message for people."""
+
+    status = 400
+    code = "bad_request"
+    message = "The request is not valid."
+
+    def __init__(self, message: str | None = None, *, code: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.code = code or self.code
+        self.headers = headers or {}
+
+
+class NotFound(LivedocError):
+    """Absent, or not the caller's: the two are never told apart."""
+
+    status = 404
+    code = "not_found"
+    message = "No such document."
+
+
+class Unauthorized(LivedocError):
+    """No session and no valid token."""
+
+    status = 401
+    code = "unauthorized"
+    message = "Log in or send an API token."
+
+
+class Forbidden(LivedocError):
+    """Logged in, but not allowed."""
+
+    status = 403
+    code = "forbidden"
+    message = "You are not allowed to do that."
+
+
+class Conflict(LivedocError):
+    """The document is not in a state that allows the action."""
+
+    status = 409
+    code = "conflict"
+
+
+class UnsupportedType(LivedocError):
+    """The upload is not a PDF, PNG, JPEG or UTF-8 text."""
+
+    status = 415
+    code = "unsupported_type"
+    message = "Only PDF, PNG, JPEG and plain UTF-8 text files can be converted."
+
+
+class TooManyRequests(LivedocError):
+    """A rate limit or the open-stream cap was hit."""
+
+    status = 429
+    code = "rate_limited"
+    message = "Too many requests; try again later."
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5, code: str | None = None):
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
+class Unavailable(LivedocError):
+    """A backing service (Redis) cannot be reached."""
+
+    status = 503
+    code = "unavailable"
+    message = "The service is briefly unavailable; try again in a moment."
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
+def wants_json() -> bool:
+    """True for API routes, which always answer JSON."""
+    return request.path.startswith("/api/") or request.path == "/metrics"
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> Response:
+    """The response for an error: JSON on API routes, a page elsewhere."""
+    if wants_json():
+        resp = jsonify({"error": {"code": code, "message": message}})
+    else:
+        resp = Response(render_template("error.html", status=status, message=message), mimetype="text/html")
+    resp.status_code = status
+    resp.headers["Cache-Control"] = "no-store"
+    for name, value in (headers or {}).items():
+        resp.headers[name] = value
+    return resp
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "too_large", 415: "unsupported_type", 429: "rate_limited"}
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers on the app."""
+
+    @app.errorhandler(LivedocError)
+    def _livedoc(exc: LivedocError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        status = exc.code or 500
+        message = exc.description if status < 500 else "Something went wrong on our side."
+        if status == 413:
+            message = f"The file is larger than the {app.config['MAX_UPLOAD_MB']} MB limit."
+        elif status == 404:
+            message = "Not found."
+        headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
+        return error_response(status, _HTTP_CODES.get(status, "error"), message, headers)
+
+    @app.errorhandler(RedisError)
+    def _redis(exc: RedisError):
+        log.warning("redis unavailable: %s", exc.__class__.__name__)
+        err = Unavailable()
+        return error_response(err.status, err.code, err.message, err.headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        # The last line of defence: log the trace for operators, tell the client nothing of it.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "Something went wrong on our side.")

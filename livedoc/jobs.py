@@ -1,0 +1,42 @@
+"""Enqueueing conversions. Jobs are named by dotted path, so the web never imports worker code."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+from livedoc import progress
+
+CONVERT = "workers.convert.convert_document"
+SERIALIZER = JSONSerializer
+
+
+def queue(connection: Redis, name: str) -> Queue:
+    """The conversion queue (JSON-serialised, so job meta is readable by any host)."""
+    return Queue(name, connection=connection, serializer=SERIALIZER)
+
+
+def job_id(doc_id: str, attempt: int) -> str:
+    """The RQ job id of one user-requested attempt at converting a document."""
+    return f"doc-{doc_id}-{attempt}"
+
+
+def enqueue_conversion(connection: Redis, config: Mapping, doc_id: str, kind: str,
+                       seq: int, attempt: int) -> str:
+    """Queue a conversion whose progress starts at `seq`; returns the job id."""
+    intervals = [int(x) for x in str(config["JOB_RETRY_INTERVALS"]).split(",") if x.strip()]
+    job = queue(connection, config["QUEUE_NAME"]).enqueue(
+        CONVERT,
+        doc_id,
+        kind,
+        job_id=job_id(doc_id, attempt),
+        meta={progress.META_KEY: progress.initial(seq, attempt)},
+        retry=Retry(max=config["JOB_RETRIES"], interval=intervals) if config["JOB_RETRIES"] else None,
+        job_timeout=config["JOB_TIMEOUT"],
+        result_ttl=config["RESULT_TTL"],
+        failure_ttl=config["RESULT_TTL"],
+        description=f"convert {kind} {doc_id} (attempt {attempt})",
+    )
+    return job.id

@@ -1,0 +1,195 @@
+"""The progress contract: the one module that writes and reads a conversion's progress.
+
+Progress lives in the RQ job's meta under ``META_KEY`` (so the RQ dashboard shows it) as one dict:
+``seq`` (+1 on every write), ``state``, ``stage``, ``percent`` (never goes back within an attempt),
+``page``, ``pages``, ``message``, ``error`` ({code, message, retryable}) when failed, ``attempt``,
+``updated_at`` (epoch seconds). After each save the worker PUBLISHes the saved dict as JSON on
+``channel(job_id)`` so streams wake at once; readers still poll, because a missed message is
+normal for pub/sub. Jobs use RQ's JSONSerializer, so meta is plain JSON that any host can read.
+"""
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from typing import Any
+
+from redis import Redis
+from rq.job import Job
+
+META_KEY = "progress"
+CHANNEL_PREFIX = "livedoc:progress:"
+CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
+
+
+class State(StrEnum):
+    """Where a conversion is; the last two are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({State.COMPLETE.value, State.FAILED.value})
+
+# RQ statuses that mean "no worker will touch this job again".
+_RQ_DEAD = frozenset({b"failed", b"stopped", b"canceled"})
+
+Progress = dict[str, Any]
+
+
+def channel(job_id: str) -> str:
+    """The pub/sub channel on which a job's progress is announced."""
+    return CHANNEL_PREFIX + job_id
+
+
+def job_id_from_channel(name: bytes | str) -> str:
+    """The job id named by a progress channel."""
+    if isinstance(name, bytes):
+        name = name.decode()
+    return name[len(CHANNEL_PREFIX):]
+
+
+def is_terminal(progress: Progress | None) -> bool:
+    """True when the progress is complete or failed."""
+    return bool(progress) and progress.get("state") in TERMINAL
+
+
+def initial(seq: int, attempt: int) -> Progress:
+    """The progress stored with a freshly enqueued job."""
+    return {
+        "seq": seq,
+        "state": State.QUEUED.value,
+        "stage": "queued",
+        "percent": 0,
+        "page": 0,
+        "pages": 0,
+        "message": "Waiting for a worker",
+        "error": None,
+        "attempt": attempt,
+        "updated_at": round(time.time(), 4),
+    }
+
+
+def lost(previous: Progress | None) -> Progress:
+    """What a reader reports when RQ gave up on a job whose progress never reached an end."""
+    base = dict(previous) if previous else initial(0, 1)
+    base.update(
+        seq=base["seq"] + 1,
+        state=State.FAILED.value,
+        stage="failed",
+        message="The conversion stopped unexpectedly.",
+        error={"code": "worker_lost", "message": "The conversion stopped unexpectedly.", "retryable": True},
+    )
+    return base
+
+
+def job_key(job_id: str) -> bytes:
+    """The Redis hash in which RQ keeps the job (and so its meta)."""
+    return Job.key_for(job_id)
+
+
+def parse_published(data: bytes | str) -> Progress | None:
+    """The progress dict carried by a pub/sub message, or None when it is not one."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("seq"), int) else None
+
+
+def decode(meta_raw: bytes | None, status_raw: bytes | None) -> Progress | None:
+    """The progress held in a job's raw meta and status fields (what read_many fetches)."""
+    if meta_raw is None:
+        return None
+    try:
+        meta = json.loads(meta_raw)
+    except ValueError:
+        return None
+    progress = meta.get(META_KEY) if isinstance(meta, dict) else None
+    if not isinstance(progress, dict):
+        return None
+    if status_raw in _RQ_DEAD and not is_terminal(progress):
+        # The work horse died (SIGKILL, OOM) or RQ gave up after its retries: derive the ending
+        # instead of leaving viewers on "running" forever. Derived the same way on every host.
+        return lost(progress)
+    return progress
+
+
+def read(connection: Redis, job_id: str) -> Progress | None:
+    """The job's current progress, or None when the job is unknown."""
+    meta_raw, status_raw = connection.hmget(job_key(job_id), "meta", "status")
+    return decode(meta_raw, status_raw)
+
+
+def read_many(connection: Redis, job_ids: list[str]) -> dict[str, Progress | None]:
+    """The progress of many jobs in one pipelined round trip."""
+    if not job_ids:
+        return {}
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hmget(job_key(job_id), "meta", "status")
+        rows = pipe.execute()
+    return {job_id: decode(meta, status) for job_id, (meta, status) in zip(job_ids, rows)}
+
+
+class ProgressWriter:
+    """The worker's side of the contract: keeps seq increasing and percent from going back."""
+
+    def __init__(self, job: Job, connection: Redis):
+        self.job = job
+        self.connection = connection
+        previous = job.meta.get(META_KEY) or initial(0, 1)
+        # An attempt that never started keeps its number; anything else (an RQ retry, a job
+        # re-run after its worker died) is a new attempt whose percent starts again at 0.
+        started_before = previous.get("stage") != "queued"
+        self.progress: Progress = dict(previous)
+        self.progress["attempt"] = previous.get("attempt", 1) + (1 if started_before else 0)
+        self.progress["percent"] = 0
+        self.progress["error"] = None
+
+    @property
+    def attempt(self) -> int:
+        """The number of the attempt being written."""
+        return self.progress["attempt"]
+
+    def update(self, stage: str, percent: float | None = None, page: int | None = None,
+               pages: int | None = None, message: str | None = None) -> Progress:
+        """Record that the conversion is running at this stage (and page)."""
+        changes: dict[str, Any] = {"state": State.RUNNING.value, "stage": stage}
+        if percent is not None:
+            changes["percent"] = max(self.progress["percent"], min(100, int(percent)))
+        if page is not None:
+            changes["page"] = page
+        if pages is not None:
+            changes["pages"] = pages
+        if message is not None:
+            changes["message"] = message
+        return self._save(changes)
+
+    def complete(self, pages: int, message: str = "Ready") -> Progress:
+        """Record the successful end of the conversion."""
+        return self._save({"state": State.COMPLETE.value, "stage": "complete", "percent": 100,
+                           "page": pages, "pages": pages, "message": message})
+
+    def fail(self, code: str, message: str, retryable: bool) -> Progress:
+        """Record the end of a conversion that failed for good."""
+        return self._save({"state": State.FAILED.value, "stage": "failed", "message": message,
+                           "error": {"code": code, "message": message, "retryable": retryable}})
+
+    def will_retry(self, message: str) -> Progress:
+        """Record a transient failure after which RQ will run the job again."""
+        return self._save({"state": State.QUEUED.value, "stage": "retrying", "message": message})
+
+    def _save(self, changes: dict[str, Any]) -> Progress:
+        self.progress.update(changes)
+        self.progress["seq"] += 1
+        self.progress["updated_at"] = round(time.time(), 4)
+        self.job.meta[META_KEY] = dict(self.progress)
+        payload = json.dumps(self.progress)
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.hset(self.job.key, "meta", self.job.serializer.dumps(self.job.meta))
+            pipe.publish(channel(self.job.id), payload)
+            pipe.execute()
+        return dict(self.progress)

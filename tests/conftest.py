@@ -1,0 +1,178 @@
+"""Shared fixtures: a real Redis (flushed around every test), the app, clients, and real processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import devredis  # noqa: E402
+
+from livedoc.redis_client import connect  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """TEST_REDIS_URL (scripts/test starts a throwaway server), else a server started here."""
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    port = devredis.free_port()
+    proc = devredis.start(port, tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_conn(redis_url) -> Redis:
+    """A client on the test database, empty before and after the test."""
+    conn = connect(redis_url)
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+    conn.connection_pool.disconnect()
+
+
+@pytest.fixture
+def storage_dir(tmp_path) -> Path:
+    """An empty STORAGE_DIR for one test."""
+    path = tmp_path / "storage"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def worker_env(redis_url, storage_dir, monkeypatch) -> dict[str, str]:
+    """Environment that the conversion code (which reads config.Settings.from_env) sees in-process."""
+    env = {"REDIS_URL": redis_url, "STORAGE_DIR": str(storage_dir), "JOB_RETRY_INTERVALS": "0,0,0"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def app(redis_conn, redis_url, storage_dir, tmp_path):
+    """The app on the test Redis database, a fresh SQLite file and an empty STORAGE_DIR."""
+    from app import create_app
+
+    app = create_app({
+        "TESTING": True,
+        "SECRET_KEY": "test",
+        "REDIS_URL": redis_url,
+        "STORAGE_DIR": str(storage_dir),
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'test.db'}",
+        "JOB_RETRY_INTERVALS": "0,0,0",
+        "RATELIMIT_ENABLED": False,
+    })
+    yield app
+    app.extensions["livedoc.redis"].connection_pool.disconnect()
+
+
+@pytest.fixture
+def client(app):
+    """A test client for the app."""
+    return app.test_client()
+
+
+class Users:
+    """Creates users and logs them in (the flaskr tutorial's `auth` helper, grown up)."""
+
+    def __init__(self, app, client):
+        self.app = app
+        self.client = client
+
+    def create(self, name: str = "alice", password: str = "pw-alice", admin: bool = False) -> str:
+        """Create a user and return an API token for it."""
+        from livedoc.extensions import db
+        from livedoc.models import User
+
+        with self.app.app_context():
+            user = User(username=name, is_admin=admin)
+            user.set_password(password)
+            token = user.new_token()
+            db.session.add(user)
+            db.session.commit()
+        return token
+
+    def login(self, name: str = "alice", password: str | None = None):
+        """Log the test client in through the real login form (CSRF token included)."""
+        page = self.client.get("/login")
+        token = csrf_from(page.get_data(as_text=True))
+        return self.client.post("/login", data={"username": name, "password": password or f"pw-{name}",
+                                                "csrf_token": token})
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token embedded in a page."""
+    import re
+
+    match = re.search(r'name="csrf[-_]token"[^>]*(?:value|content)="([^"]+)"', html)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+@pytest.fixture
+def users(app, client) -> Users:
+    """Helper to create and log in users."""
+    return Users(app, client)
+
+
+def run_jobs(connection: Redis, queue_name: str = "livedoc") -> None:
+    """Run every queued job in this process until the queue is empty (RQ's burst mode)."""
+    from rq import SimpleWorker
+
+    from livedoc import jobs
+
+    worker = SimpleWorker([jobs.queue(connection, queue_name)], connection=connection,
+                          serializer=jobs.SERIALIZER)
+    worker.work(burst=True, with_scheduler=False)
+
+
+def python_exe() -> str:
+    """The interpreter running the tests (the project's venv)."""
+    return sys.executable
+
+
+__all__ = ["run_jobs", "python_exe", "subprocess"]
+
+
+@pytest.fixture(scope="session")
+def live_redis_url(redis_url) -> str:
+    """Database 1 of the test Redis: the live stack's, never flushed under a running worker."""
+    url = redis_url.rsplit("/", 1)[0] + "/1"
+    conn = connect(url)
+    conn.flushdb()
+    conn.connection_pool.disconnect()
+    return url
+
+
+@pytest.fixture(scope="session")
+def live(live_redis_url, tmp_path_factory):
+    """A real deployment: one gunicorn (gevent) server and one `rq worker --with-scheduler`."""
+    from tests.live import Stack
+
+    stack = Stack(live_redis_url, tmp_path_factory.mktemp("live"))
+    stack.start_web()
+    stack.start_worker()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def live_conn(live_redis_url) -> Redis:
+    """A client on the live stack's Redis database; restores the real-time flags afterwards."""
+    from livedoc import flags
+
+    conn = connect(live_redis_url)
+    flags.clear_override(conn)
+    yield conn
+    flags.clear_override(conn)
+    conn.connection_pool.disconnect()

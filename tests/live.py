@@ -1,0 +1,166 @@
+"""Real processes for tests: gunicorn with gevent workers and `rq worker`, on a shared Redis."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+import devredis
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    """Wait until the URL answers at all."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+class Proc:
+    """A child process whose output goes to a log file, stopped (and reaped) on demand."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict, log_dir: Path):
+        self.name = name
+        self.cmd = cmd
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Stack:
+    """One livedoc deployment: N gunicorn servers and M workers sharing a Redis, a database and files."""
+
+    def __init__(self, redis_url: str, work_dir: Path, **settings: str):
+        self.redis_url = redis_url
+        self.dir = work_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": f"sqlite:///{work_dir / 'livedoc.db'}",
+            "STORAGE_DIR": str(work_dir / "storage"),
+            "SECRET_KEY": "live-test-secret",
+            "SSE_POLL_INTERVAL": "500",
+            "SSE_PING_INTERVAL": "1000",
+            "SSE_RETRY": "500",
+            "JOB_RETRY_INTERVALS": "1,1,1",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **settings,
+        }
+        self.webs: list[Proc] = []
+        self.workers: list[Proc] = []
+        self.ports: list[int] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    def url(self, i: int = 0) -> str:
+        return f"http://127.0.0.1:{self.ports[i]}"
+
+    def start_web(self, port: int | None = None, workers: int = 1) -> Proc:
+        port = port or devredis.free_port()
+        cmd = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+               "--workers", str(workers), "--no-control-socket", "wsgi:app"]
+        proc = Proc(f"web-{port}", cmd, self.env, self.dir).start()
+        self.webs.append(proc)
+        if port not in self.ports:
+            self.ports.append(port)
+        wait_http(f"http://127.0.0.1:{port}/login")
+        return proc
+
+    def start_worker(self) -> Proc:
+        n = len(self.workers)
+        cmd = [str(BIN / "rq"), "worker", "--with-scheduler", "-S", "json", "-u", self.redis_url,
+               "-n", f"test-worker-{os.getpid()}-{n}-{time.monotonic_ns()}", "livedoc"]
+        proc = Proc(f"worker-{n}", cmd, self.env, self.dir).start()
+        self.workers.append(proc)
+        return proc
+
+    def flask(self, *args: str) -> str:
+        """Run the Flask CLI against this deployment and return its output."""
+        out = subprocess.run([str(BIN / "flask"), "--app", "app", *args], cwd=ROOT, env=self.env,
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"flask {' '.join(args)} failed: {out.stderr}")
+        return out.stdout.strip()
+
+    def user(self, name: str, admin: bool = False) -> str:
+        """Create a user through the CLI and return a fresh API token."""
+        self.flask("users", "create", name, "--password", f"pw-{name}", *(["--admin"] if admin else []))
+        return self.flask("users", "token", name)
+
+    def stop(self) -> None:
+        for proc in self.webs + self.workers:
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"==== {p.name}\n{p.log()[-4000:]}" for p in self.webs + self.workers)
+
+
+def api(token: str) -> requests.Session:
+    """A requests session that authenticates with an API token."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+def sse_events(resp: requests.Response, until_terminal: bool = True, limit: int = 10000):
+    """Parse an SSE response into (fields) dicts, one per message or comment, as they arrive."""
+    buf: dict = {}
+    count = 0
+    for raw in resp.iter_lines(decode_unicode=True, chunk_size=1):
+        line = raw if raw is not None else ""
+        if line == "":
+            if buf:
+                yield buf
+                count += 1
+                if (until_terminal and buf.get("event") in ("complete", "error")) or count >= limit:
+                    return
+                buf = {}
+            continue
+        if line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data" and "data" in buf:
+            buf["data"] += "\n" + value
+        else:
+            buf[name] = value
