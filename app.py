@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app, redirect, request, url_for
+from flask.cli import AppGroup
 
 from config import Settings
 from livedoc import flags
@@ -139,7 +140,7 @@ def _register_security(app: Flask) -> None:
         return resp
 
 
-@click.group("users")
+@click.group("users", cls=AppGroup)
 def users_cli() -> None:
     """Manage user accounts."""
 
@@ -179,7 +180,7 @@ def users_token(name: str) -> None:
     click.echo(token)
 
 
-@click.group("realtime")
+@click.group("realtime", cls=AppGroup)
 def realtime_cli() -> None:
     """Show or override the real-time flags on every host, without a restart."""
 

