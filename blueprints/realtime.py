@@ -120,8 +120,8 @@ def status(doc_id: str):
     flags = realtime_flags()
     prog = documents.current_progress(redis_conn(), doc)
     body = documents.status_body(doc, prog)
-    # With real-time off, `wait` is ignored: the rollback turns long-polls into plain polls.
-    if wait > 0 and flags.enabled and prog["seq"] <= after and not is_terminal(prog) and doc.job_id:
+    # In poll mode (or with real-time off) `wait` is ignored: a rollback turns long-polls into polls.
+    if wait > 0 and flags.transport != "poll" and prog["seq"] <= after and not is_terminal(prog) and doc.job_id:
         doc_id_, job_id, user_id = doc.id, doc.job_id, current_user.id
         db.session.close()  # do not hold a database connection while parked
         h = hub()

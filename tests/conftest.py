@@ -176,3 +176,19 @@ def live_conn(live_redis_url) -> Redis:
     yield conn
     flags.clear_override(conn)
     conn.connection_pool.disconnect()
+
+
+@pytest.fixture
+def paused_stack(redis_url, tmp_path):
+    """A deployment with a web server but no worker yet: jobs wait in the queue until the test starts one."""
+    from tests.live import Stack
+
+    url = redis_url.rsplit("/", 1)[0] + "/2"
+    conn = connect(url)
+    conn.flushdb()
+    stack = Stack(url, tmp_path / "stack")
+    stack.start_web()
+    yield stack
+    stack.stop()
+    conn.flushdb()
+    conn.connection_pool.disconnect()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import signal
+import signal as signals
 import subprocess
 import sys
 import time
@@ -44,18 +44,18 @@ class Proc:
                                       start_new_session=True)
         return self
 
-    def signal(self, sig: int) -> None:
+    def send(self, sig: int) -> None:
         if self.popen and self.popen.poll() is None:
             self.popen.send_signal(sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    def stop(self, sig: int = signals.SIGTERM, timeout: float = 15) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
         self.popen.send_signal(sig)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
+            os.killpg(self.popen.pid, signals.SIGKILL)
             self.popen.wait(5)
 
     def log(self) -> str:
