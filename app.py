@@ -46,7 +46,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         WTF_CSRF_CHECK_DEFAULT=False,
         WTF_CSRF_TIME_LIMIT=None,
         RATELIMIT_STORAGE_URI=cfg["REDIS_URL"],
-        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_HEADERS_ENABLED=False,  # Retry-After is set by our error handler (livedoc.errors)
+        RATELIMIT_SWALLOW_ERRORS=True,  # Redis down: let requests through rather than fail them
         RATELIMIT_STRATEGY="moving-window",
         RQ_DASHBOARD_REDIS_URL=cfg["REDIS_URL"],
     )

@@ -65,6 +65,7 @@ class Settings:
     RESULT_TTL: int = 7 * 24 * 3600
 
     # Limits.
+    RATELIMIT_ENABLED: bool = True
     RATELIMIT_STREAM: str = "120 per minute"
     RATELIMIT_LOGIN: str = "20 per minute"
     RATELIMIT_UPLOAD: str = "60 per minute"

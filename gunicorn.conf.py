@@ -41,3 +41,11 @@ def post_worker_init(worker):
             gevent.spawn(hub.close_all, "shutdown")
 
     signal.signal(signal.SIGTERM, handle_exit)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from the merged Prometheus metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -10,11 +10,11 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask_login import current_user, login_required
 
-from livedoc import documents, sse
+from livedoc import documents, metrics, sse
 from livedoc import hub as hubmod
 from livedoc.audit import audit
-from livedoc.errors import Forbidden, LivedocError
-from livedoc.extensions import db
+from livedoc.errors import Forbidden, LivedocError, TooManyRequests
+from livedoc.extensions import db, limiter
 from livedoc.progress import is_terminal
 from livedoc.web import hub, realtime_flags, redis_conn
 
@@ -45,8 +45,38 @@ def _wait_arg(limit: int) -> float:
     return min(value, float(limit))  # longer waits are served as the longest allowed one
 
 
+def _stream_limit() -> str:
+    return current_app.config["RATELIMIT_STREAM"]
+
+
+def _user_key() -> str:
+    return f"user:{current_user.get_id()}"
+
+
+def _admit(transport: str) -> None:
+    """Refuse a new stream when the user already holds MAX_STREAMS_PER_USER on all hosts."""
+    cap = current_app.config["MAX_STREAMS_PER_USER"]
+    if hub().user_streams(current_user.id) >= cap:
+        metrics.REJECTED.labels("too_many_streams").inc()
+        audit("limit_hit", limit="streams_per_user", transport=transport, cap=cap)
+        raise TooManyRequests(f"You have {cap} live connections open already; close a tab.",
+                              code="too_many_streams", retry_after=10)
+
+
+# Connection attempts are limited per IP and per user (Redis storage: shared by all hosts).
+stream_limits = [limiter.limit(_stream_limit), limiter.limit(_stream_limit, key_func=_user_key)]
+
+
+def limited(view):
+    """Apply both stream connection limits to a view."""
+    for limit in stream_limits:
+        view = limit(view)
+    return view
+
+
 @bp.route("/api/documents/<doc_id>/events")
 @login_required
+@limited
 def events(doc_id: str):
     """SSE stream of a document's progress; 204 when real-time (SSE) is off, so clients fall back."""
     doc = documents.get_owned(doc_id, current_user)
@@ -54,6 +84,8 @@ def events(doc_id: str):
     if flags.transport != "sse":
         return Response(status=204, headers={"X-Livedoc-Mode": flags.transport})
     current = documents.current_progress(redis_conn(), doc)
+    if not is_terminal(current):
+        _admit("sse")
     last = sse.parse_last_event_id(request.headers.get("Last-Event-ID"))
     if last > current["seq"]:
         last = 0  # a cursor from the future is not ours: start over rather than stay silent
@@ -83,7 +115,7 @@ def _sse_stream(h: hubmod.StreamHub, doc_id: str, job_id: str | None, user_id: i
             prog = sub.progress
             if prog is not None and prog["seq"] > last:
                 yield sse.message(sub.encoded, event=sse.event_name(prog), id=prog["seq"])
-                h.note_sent(prog)
+                h.note_sent(prog, "sse")
                 last = prog["seq"]
                 if is_terminal(prog):
                     reason = "terminal"
@@ -111,6 +143,7 @@ def _sse_stream(h: hubmod.StreamHub, doc_id: str, job_id: str | None, user_id: i
 
 @bp.route("/api/documents/<doc_id>/status")
 @login_required
+@limited
 def status(doc_id: str):
     """Poll (no `wait`) or long-poll (`after`, `wait`) a document's progress."""
     cfg = current_app.config
@@ -120,8 +153,10 @@ def status(doc_id: str):
     flags = realtime_flags()
     prog = documents.current_progress(redis_conn(), doc)
     body = documents.status_body(doc, prog)
-    # In poll mode (or with real-time off) `wait` is ignored: a rollback turns long-polls into polls.
-    if wait > 0 and flags.transport != "poll" and prog["seq"] <= after and not is_terminal(prog) and doc.job_id:
+    # In poll mode (or with real-time off) `wait` is ignored: a rollback turns long-polls to polls.
+    changed = prog["seq"] > after or is_terminal(prog) or doc.job_id is None
+    if wait > 0 and flags.transport != "poll" and not changed:
+        _admit("longpoll")
         doc_id_, job_id, user_id = doc.id, doc.job_id, current_user.id
         db.session.close()  # do not hold a database connection while parked
         h = hub()
@@ -132,7 +167,7 @@ def status(doc_id: str):
                 newest = sub.progress
                 if newest is not None and newest["seq"] > after:
                     body = {**newest, "document_id": doc_id_}
-                    h.note_sent(newest)
+                    h.note_sent(newest, "longpoll")
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -157,3 +192,13 @@ def stats():
     body["local"] = hub().snapshot()
     body["flags"] = realtime_flags().as_dict()
     return jsonify(body)
+
+
+@bp.route("/metrics")
+@login_required
+def prometheus_metrics():
+    """Prometheus metrics of this host's web processes (admins; scrape with a bearer token)."""
+    if not current_user.is_admin:
+        raise Forbidden()
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)

@@ -6,10 +6,13 @@ templates/error.html. Nothing a client sees carries a path or a stack trace.
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask, Response, jsonify, render_template, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
+
+from livedoc.extensions import limiter
 
 log = logging.getLogger("livedoc")
 
@@ -112,6 +115,14 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                405: "method_not_allowed", 413: "too_large", 415: "unsupported_type", 429: "rate_limited"}
 
 
+def _limit_reset_in() -> int:
+    """Seconds until the rate limit that was just hit lets requests through again."""
+    current = limiter.current_limit
+    if current is None:
+        return 60
+    return max(1, int(current.reset_at - time.time()) + 1)
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers on the app."""
 
@@ -128,6 +139,9 @@ def register_error_handlers(app: Flask) -> None:
         elif status == 404:
             message = "Not found."
         headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
+        if status == 429:
+            headers["Retry-After"] = str(_limit_reset_in())
+            message = "Too many requests; try again later."
         return error_response(status, _HTTP_CODES.get(status, "error"), message, headers)
 
     @app.errorhandler(RedisError)

@@ -18,7 +18,6 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -26,7 +25,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from livedoc import flags as flagmod
-from livedoc import keys, progress
+from livedoc import keys, metrics, progress
 from livedoc.flags import RealtimeFlags
 
 log = logging.getLogger("livedoc.hub")
@@ -98,8 +97,7 @@ class StreamHub:
     """Per-process fan-out of job progress to streams."""
 
     def __init__(self, connection: Redis, defaults: RealtimeFlags, poll_interval: float,
-                 stats_ttl: float = 15.0, host_id: str | None = None,
-                 on_send_latency: Callable[[float], None] | None = None):
+                 stats_ttl: float = 15.0, host_id: str | None = None):
         self.connection = connection
         self.defaults = defaults
         self.flags = defaults
@@ -108,10 +106,10 @@ class StreamHub:
         self.host_id = host_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._watches: dict[str, _Watch] = {}
         self._subs: set[Subscription] = set()
+        self._per_user: Counter = Counter()
         self._poller: gevent.Greenlet | None = None
         self._pusher: gevent.Greenlet | None = None
         self.counters: Counter = Counter()
-        self.on_send_latency = on_send_latency
 
     # -- streams ---------------------------------------------------------------------------------
     def subscribe(self, job_id: str, doc_id: str, user_id: int, transport: str,
@@ -125,7 +123,9 @@ class StreamHub:
         sub = Subscription(self, job_id, doc_id, user_id, transport)
         watch.subscribers.add(sub)
         self._subs.add(sub)
+        self._per_user[user_id] += 1
         self.counters["opened"] += 1
+        metrics.OPEN_STREAMS.labels(transport).inc()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -133,12 +133,24 @@ class StreamHub:
         if sub not in self._subs:
             return
         self._subs.discard(sub)
+        self._per_user[sub.user_id] -= 1
+        if self._per_user[sub.user_id] <= 0:
+            del self._per_user[sub.user_id]
         self.counters["closed"] += 1
+        metrics.OPEN_STREAMS.labels(sub.transport).dec()
         watch = self._watches.get(sub.job_id)
         if watch is not None:
             watch.subscribers.discard(sub)
             if not watch.subscribers:
                 del self._watches[sub.job_id]
+
+    def user_streams(self, user_id: int) -> int:
+        """The user's open streams on every host: live here, from the last snapshots elsewhere."""
+        total = self._per_user.get(user_id, 0)
+        for snap in host_snapshots(self.connection):
+            if snap["host"] != self.host_id:
+                total += snap.get("connectionsByUser", {}).get(str(user_id), 0)
+        return total
 
     def close_all(self, reason: str) -> None:
         """Ask every open stream to end (server shutting down, so browsers reconnect elsewhere)."""
@@ -146,26 +158,30 @@ class StreamHub:
             sub.closed = reason
             sub.wake()
 
-    def note_sent(self, prog: progress.Progress) -> None:
+    def note_sent(self, prog: progress.Progress, transport: str) -> None:
         """Record that a progress event went out (for the save→send latency metric)."""
         self.counters["events_sent"] += 1
-        if self.on_send_latency is not None and prog.get("updated_at"):
-            self.on_send_latency(max(0.0, time.time() - float(prog["updated_at"])))
+        metrics.EVENTS_SENT.labels(transport).inc()
+        if prog.get("updated_at"):
+            metrics.SAVE_TO_SEND.observe(max(0.0, time.time() - float(prog["updated_at"])))
 
     # -- stats -----------------------------------------------------------------------------------
     def snapshot(self) -> dict:
         """This process's connection stats."""
         by_doc: Counter = Counter()
         by_transport: Counter = Counter()
+        by_user: Counter = Counter()
         for sub in self._subs:
             by_doc[sub.doc_id] += 1
             by_transport[sub.transport] += 1
+            by_user[str(sub.user_id)] += 1
         return {
             "host": self.host_id,
             "totalConnections": len(self._subs),
             "documentSubscriptions": len(by_doc),
             "connectionsByDocument": dict(by_doc),
             "connectionsByTransport": dict(by_transport),
+            "connectionsByUser": dict(by_user),
             "watchedJobs": len(self._watches),
             "at": round(time.time(), 3),
         }
@@ -199,6 +215,7 @@ class StreamHub:
             pipe.zremrangebyscore(keys.STATS_INDEX, 0, now)
             rows = pipe.execute()
         self.counters["polls"] += 1
+        metrics.HUB_POLLS.inc()
         self._apply_flags(flagmod.from_raw(self.defaults, rows[0]))
         for job_id, (meta, status) in zip(job_ids, rows[1:1 + len(job_ids)]):
             self._offer(job_id, progress.decode(meta, status))
@@ -227,6 +244,7 @@ class StreamHub:
                 self.tick()
             except RedisError as exc:
                 self.counters["redis_errors"] += 1
+                metrics.REDIS_ERRORS.labels("poll").inc()
                 log.warning("hub poll failed: %s", exc.__class__.__name__)
             gevent.sleep(max(0.05, self.poll_interval - (time.monotonic() - started)))
 
@@ -243,9 +261,11 @@ class StreamHub:
                     job_id = progress.job_id_from_channel(msg["channel"])
                     if job_id in self._watches:
                         self.counters["push_messages"] += 1
+                        metrics.PUSH_MESSAGES.inc()
                         self._offer(job_id, progress.parse_published(msg["data"]))
             except RedisError as exc:
                 self.counters["redis_errors"] += 1
+                metrics.REDIS_ERRORS.labels("pubsub").inc()
                 log.warning("hub pub/sub lost: %s; reconnecting", exc.__class__.__name__)
             finally:
                 try:
@@ -265,17 +285,18 @@ def transport_allowed(flags: RealtimeFlags, transport: str) -> bool:
     return flags.transport == transport
 
 
+def host_snapshots(connection: Redis) -> list[dict]:
+    """The last published stats of every live web process."""
+    hosts = [h.decode() for h in connection.zrangebyscore(keys.STATS_INDEX, time.time(), "+inf")]
+    raws = connection.mget([keys.STATS_HOSTS + h for h in hosts]) if hosts else []
+    return [json.loads(raw) for raw in raws if raw is not None]
+
+
 def collect_stats(connection: Redis) -> dict:
     """Connection stats summed over every live web process on every host."""
-    now = time.time()
-    hosts = [h.decode() for h in connection.zrangebyscore(keys.STATS_INDEX, now, "+inf")]
-    raws = connection.mget([keys.STATS_HOSTS + h for h in hosts]) if hosts else []
     total = {"totalConnections": 0, "documentSubscriptions": 0, "connectionsByDocument": Counter(),
              "connectionsByTransport": Counter(), "hosts": []}
-    for raw in raws:
-        if raw is None:
-            continue
-        snap = json.loads(raw)
+    for snap in host_snapshots(connection):
         total["totalConnections"] += snap["totalConnections"]
         total["connectionsByDocument"].update(snap["connectionsByDocument"])
         total["connectionsByTransport"].update(snap["connectionsByTransport"])

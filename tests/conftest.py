@@ -179,16 +179,29 @@ def live_conn(live_redis_url) -> Redis:
 
 
 @pytest.fixture
-def paused_stack(redis_url, tmp_path):
-    """A deployment with a web server but no worker yet: jobs wait in the queue until the test starts one."""
+def make_stack(redis_url, tmp_path):
+    """Factory of deployments on Redis database 2: web servers only, until the test starts a worker."""
     from tests.live import Stack
 
     url = redis_url.rsplit("/", 1)[0] + "/2"
     conn = connect(url)
     conn.flushdb()
-    stack = Stack(url, tmp_path / "stack")
-    stack.start_web()
-    yield stack
-    stack.stop()
+    stacks = []
+
+    def make(**settings: str) -> Stack:
+        stack = Stack(url, tmp_path / f"stack{len(stacks)}", **settings)
+        stacks.append(stack)
+        stack.start_web()
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
     conn.flushdb()
     conn.connection_pool.disconnect()
+
+
+@pytest.fixture
+def paused_stack(make_stack):
+    """A deployment with a web server but no worker yet: jobs wait in the queue until the test starts one."""
+    return make_stack()

@@ -8,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-
 import devredis
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -1,0 +1,118 @@
+"""The stream hub across processes and hosts: shared stats, fan-out to every host, limits, metrics."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.live import api, sse_events
+from tests.test_live import open_stream, upload
+
+pytestmark = pytest.mark.live
+
+
+def wait_for(predicate, timeout=10.0, interval=0.2):
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+def test_two_hosts_share_progress_and_stats(make_stack):
+    stack = make_stack()
+    stack.start_web()  # a second "host": another gunicorn on another port, same Redis
+    admin = api(stack.user("ops", admin=True))
+    reader = api(stack.user("reader"))
+    body = upload(reader, stack.url(0))
+    streams = [sse_events(open_stream(reader, stack.url(i), body)) for i in (0, 1)]
+    firsts = [next(e for e in r if "event" in e) for r in streams]
+    assert [f["id"] for f in firsts] == ["1", "1"]
+
+    def both_hosts_counted(url):
+        stats = admin.get(url + "/api/realtime/stats", timeout=5).json()
+        ok = (stats["totalConnections"] == 2 and len(stats["hosts"]) == 2
+              and stats["connectionsByDocument"] == {body["id"]: 2} and stats["documentSubscriptions"] == 1
+              and stats["connectionsByTransport"] == {"sse": 2})
+        return stats if ok else None
+
+    for i in (0, 1):
+        wait_for(lambda i=i: both_hosts_counted(stack.url(i)))
+
+    stack.start_worker()
+    for stream in streams:
+        messages = list(stream)  # the rest of each stream, up to its terminal event
+        assert messages[-1]["event"] == "complete", messages
+
+    stats_url = stack.url(1) + "/api/realtime/stats"
+    wait_for(lambda: admin.get(stats_url, timeout=5).json()["totalConnections"] == 0)
+
+
+def test_vanished_clients_are_reaped(make_stack):
+    stack = make_stack()
+    admin = api(stack.user("ops2", admin=True))
+    reader = api(stack.user("ghost"))
+    body = upload(reader, stack.base_url)
+    token = reader.headers["Authorization"]
+    socks = []
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", stack.ports[0]), timeout=5)
+        request = f"GET {body['events_url']} HTTP/1.1\r\nHost: x\r\nAuthorization: {token}\r\n\r\n"
+        sock.sendall(request.encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        socks.append(sock)
+    stats_url = stack.base_url + "/api/realtime/stats"
+    wait_for(lambda: admin.get(stats_url, timeout=5).json()["totalConnections"] == 3)
+    for sock in socks:
+        sock.close()  # vanish without a goodbye
+    # The next ping (SSE_PING_INTERVAL=1 s) fails to write; the hub forgets the stream.
+    wait_for(lambda: admin.get(stats_url, timeout=5).json()["totalConnections"] == 0, timeout=15)
+    local = admin.get(stats_url, timeout=5).json()["local"]
+    assert local["connectionsByDocument"] == {} and local["watchedJobs"] == 0
+
+
+def test_open_stream_cap_per_user_answers_429(make_stack):
+    stack = make_stack(MAX_STREAMS_PER_USER="2")
+    reader = api(stack.user("greedy"))
+    body = upload(reader, stack.base_url)
+    held = [open_stream(reader, stack.base_url, body) for _ in range(2)]
+    for resp in held:
+        assert resp.status_code == 200
+        next(e for e in sse_events(resp, until_terminal=False) if "event" in e)
+    third = open_stream(reader, stack.base_url, body)
+    assert third.status_code == 429
+    assert third.headers["Retry-After"] == "10"
+    assert third.json()["error"]["code"] == "too_many_streams"
+    held[0].close()
+    wait_for(lambda: open_stream(reader, stack.base_url, body).status_code == 200)
+
+
+def test_connection_attempts_are_rate_limited(make_stack):
+    stack = make_stack(RATELIMIT_STREAM="3 per minute")
+    reader = api(stack.user("hasty"))
+    body = upload(reader, stack.base_url)
+    codes = [reader.get(stack.base_url + body["status_url"], timeout=5) for _ in range(4)]
+    assert [r.status_code for r in codes] == [200, 200, 200, 429]
+    assert int(codes[-1].headers["Retry-After"]) > 0
+    assert codes[-1].json()["error"]["code"] == "rate_limited"
+
+
+def test_metrics_in_prometheus_format_for_admins(live):
+    admin = api(live.user("metrics-admin", admin=True))
+    reader = api(live.user("metrics-reader"))
+    body = upload(reader, live.base_url)
+    resp = open_stream(reader, live.base_url, body)
+    assert [e for e in sse_events(resp) if "event" in e][-1]["event"] == "complete"
+    text = admin.get(live.base_url + "/metrics", timeout=5)
+    assert text.status_code == 200 and text.headers["Content-Type"].startswith("text/plain")
+    for name in ("livedoc_open_streams", "livedoc_events_sent_total", "livedoc_save_to_send_seconds_bucket",
+                 "livedoc_hub_polls_total", "livedoc_redis_errors_total"):
+        assert name in text.text
+    assert 'livedoc_events_sent_total{transport="sse"}' in text.text
+    assert reader.get(live.base_url + "/metrics", timeout=5).status_code == 403
+    assert requests.get(live.base_url + "/metrics", timeout=5).status_code == 401

@@ -1,0 +1,110 @@
+"""Plain UTF-8 text uploads: paginated by lines, each page drawn as an image with its text alongside."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from config import Settings
+from workers.errors import CorruptDocument, EmptyDocument, TooManyPages
+from workers.images import PageCallback, write_page
+
+WRAP_AT = 100
+FONT_SIZE = 14
+MARGIN = 40
+TAB_SIZE = 4
+# A monospaced face keeps columns (code, tables, logs) lined up; Pillow's bundled font is the
+# fallback on machines without DejaVu.
+MONO_FONTS = ("DejaVuSansMono.ttf", "LiberationMono-Regular.ttf", "NotoSansMono-Regular.ttf")
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+@lru_cache(maxsize=1)
+def _font() -> Font:
+    for name in MONO_FONTS:
+        try:
+            return ImageFont.truetype(name, FONT_SIZE)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=FONT_SIZE)
+
+
+def decode(data: bytes) -> str:
+    """The upload as text; anything that is not UTF-8 is refused rather than guessed at."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CorruptDocument("This text file is not valid UTF-8.") from None
+
+
+def wrap(lines: Iterable[str], width: int = WRAP_AT) -> Iterator[str]:
+    """Display lines: tabs expanded, control characters blanked, long lines wrapped at `width`."""
+    for line in lines:
+        # max() maps every control character (all below " ") to a space and keeps the rest.
+        line = "".join(max(ch, " ") for ch in line.expandtabs(TAB_SIZE))
+        while len(line) > width:
+            # Prefer breaking after a space so words stay whole; cut hard when there is none nearby.
+            cut = line.rfind(" ", width // 2, width)
+            cut = width if cut < 0 else cut + 1
+            yield line[:cut]
+            line = line[cut:]
+        yield line
+
+
+def paginate(text: str, lines_per_page: int, max_pages: int) -> list[list[str]]:
+    """Split text into pages of display lines; stops counting once the page limit is passed."""
+    pages: list[list[str]] = []
+    page: list[str] = []
+    for line in wrap(text.splitlines()):
+        page.append(line)
+        if len(page) == lines_per_page:
+            pages.append(page)
+            page = []
+            if len(pages) > max_pages:
+                # No need to wrap the rest of a huge file only to say it is too long.
+                raise TooManyPages(f"The text is longer than {max_pages} pages of {lines_per_page} lines.")
+    if page:
+        pages.append(page)
+    if len(pages) > max_pages:
+        raise TooManyPages(f"The text is longer than {max_pages} pages of {lines_per_page} lines.")
+    return pages
+
+
+def _line_height(font: Font) -> int:
+    _, top, _, bottom = font.getbbox("Ág")
+    return int((bottom - top) * 1.35) + 1
+
+
+def render_page(lines: list[str], lines_per_page: int) -> Image.Image:
+    """One page of text drawn black on white; every page has the same size."""
+    font = _font()
+    line_height = _line_height(font)
+    width = 2 * MARGIN + int(font.getlength("M" * WRAP_AT)) + 1
+    height = 2 * MARGIN + line_height * lines_per_page
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        if line:
+            draw.text((MARGIN, MARGIN + i * line_height), line, fill="black", font=font)
+    return image
+
+
+def convert(source: Path, work: Path, settings: Settings, on_page: PageCallback) -> list[dict]:
+    """Paginate a UTF-8 text file and draw each page; returns the manifest's page list."""
+    text = decode(source.read_bytes())
+    if not text.strip():
+        raise EmptyDocument("The text file is empty.")
+    per_page = max(1, settings.TEXT_LINES_PER_PAGE)
+    pages = paginate(text, per_page, settings.MAX_PAGES)
+    page_list = []
+    for n, lines in enumerate(pages, start=1):
+        on_page(n, len(pages))
+        image = render_page(lines, per_page)
+        try:
+            page_list.append(write_page(work, n, image, "\n".join(lines) + "\n", settings))
+        finally:
+            image.close()
+    return page_list
