@@ -102,6 +102,7 @@ def _sse_stream(h: hubmod.StreamHub, doc_id: str, job_id: str | None, user_id: i
     started = time.monotonic()
     reason = "client_gone"
     sub = None
+    audit("stream_open", user=username, document=doc_id, transport="sse", ip=ip, last_event_id=last)
     try:
         yield sse.retry(retry_ms)
         if is_terminal(current) or job_id is None:

@@ -10,6 +10,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from livedoc import jobs, progress
+from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
 from livedoc.ids import new_doc_id, valid_doc_id
@@ -74,6 +75,8 @@ def get_owned(doc_id: str, user: User) -> Document:
         raise NotFound()
     doc = db.session.get(Document, doc_id)
     if doc is None or doc.owner_id != user.id:
+        if doc is not None:
+            audit("access_denied", document=doc_id)
         raise NotFound()
     return doc
 

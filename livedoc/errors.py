@@ -140,6 +140,9 @@ def register_error_handlers(app: Flask) -> None:
             message = "Not found."
         headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
         if status == 429:
+            from livedoc.audit import audit  # audit needs a request context; errors load before it
+
+            audit("limit_hit", limit="rate", path=request.path)
             headers["Retry-After"] = str(_limit_reset_in())
             message = "Too many requests; try again later."
         return error_response(status, _HTTP_CODES.get(status, "error"), message, headers)
