@@ -89,14 +89,14 @@ class Users:
         self.app = app
         self.client = client
 
-    def create(self, name: str = "alice", password: str = "pw-alice", admin: bool = False) -> str:
+    def create(self, name: str = "alice", password: str | None = None, admin: bool = False) -> str:
         """Create a user and return an API token for it."""
         from livedoc.extensions import db
         from livedoc.models import User
 
         with self.app.app_context():
             user = User(username=name, is_admin=admin)
-            user.set_password(password)
+            user.set_password(password or f"pw-{name}")
             token = user.new_token()
             db.session.add(user)
             db.session.commit()
