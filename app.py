@@ -24,8 +24,9 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'")
 
 # rq-dashboard's own pages are built on inline scripts; they are admin-only and same-origin.
-RQ_DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-                    "img-src 'self' data:; frame-ancestors 'none'; object-src 'none'")
+RQ_DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; "
+                    "object-src 'none'")
 
 
 def create_app(test_config: dict | None = None) -> Flask:
