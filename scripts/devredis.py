@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,12 +69,17 @@ def main() -> None:
         return
     port = args.port or free_port()
     proc = start(port, args.dir)
-    print(f"redis://127.0.0.1:{port}/0", flush=True)
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
+
+    def stop(signum, frame):
+        # Whoever stops this wrapper means the server too: never leave an orphaned redis-server.
         proc.terminate()
-        proc.wait()
+        proc.wait(10)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"redis://127.0.0.1:{port}/0", flush=True)
+    proc.wait()
 
 
 if __name__ == "__main__":
