@@ -81,6 +81,13 @@ def get_owned(doc_id: str, user: User) -> Document:
     return doc
 
 
+def unfinished(user: User, limit: int) -> list[Document]:
+    """The user's documents whose conversion has not ended, newest first."""
+    return db.session.execute(
+        db.select(Document).filter(Document.owner_id == user.id, Document.state.not_in(progress.TERMINAL))
+        .order_by(Document.created_at.desc()).limit(limit)).scalars().all()
+
+
 def _store_final(doc: Document, prog: progress.Progress) -> None:
     doc.state = prog["state"]
     doc.last_seq = prog["seq"]

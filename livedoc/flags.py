@@ -30,8 +30,27 @@ class RealtimeFlags:
 
     @property
     def transport(self) -> str:
-        """The mode pages should use: plain polling when real-time is off."""
-        return self.mode if self.enabled else "poll"
+        """The best transport clients should use: ws when on, else the mode; poll when off."""
+        if not self.enabled:
+            return "poll"
+        return "ws" if self.websocket else self.mode
+
+    def allows(self, transport: str) -> bool:
+        """Whether connections of this transport may open (and stay open) under these flags.
+
+        The chain is ws → sse → longpoll → poll: a transport is allowed when it is the mode or a
+        fallback below it, so a client whose WebSocket is blocked by a proxy can still stream.
+        """
+        if transport == "poll":
+            return True
+        if not self.enabled:
+            return False
+        if transport == "ws":
+            return self.websocket
+        order = ("sse", "longpoll")
+        if self.mode not in order or transport not in order:
+            return False
+        return order.index(transport) >= order.index(self.mode)
 
     @classmethod
     def from_config(cls, config: Mapping) -> RealtimeFlags:

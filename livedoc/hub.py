@@ -31,35 +31,41 @@ from livedoc.flags import RealtimeFlags
 log = logging.getLogger("livedoc.hub")
 
 
-class Subscription:
-    """One stream's interest in one job."""
+class Connection:
+    """One client connection (an SSE stream, a long-poll, a WebSocket) and the jobs it watches."""
 
-    __slots__ = ("hub", "job_id", "doc_id", "user_id", "transport", "opened", "_event", "closed")
+    __slots__ = ("hub", "user_id", "transport", "opened", "_event", "closed", "subs")
 
-    def __init__(self, hub: StreamHub, job_id: str, doc_id: str, user_id: int, transport: str):
+    def __init__(self, hub: StreamHub, user_id: int, transport: str):
         self.hub = hub
-        self.job_id = job_id
-        self.doc_id = doc_id
         self.user_id = user_id
         self.transport = transport
         self.opened = time.monotonic()
         self._event = Event()
-        self.closed: str | None = None  # why the hub wants this stream to end, if it does
+        self.closed: str | None = None  # why the hub wants this connection to end, if it does
+        self.subs: dict[str, Subscription] = {}  # by document id
 
-    @property
-    def progress(self) -> progress.Progress | None:
-        """The newest progress the hub knows for the job."""
-        watch = self.hub._watches.get(self.job_id)
-        return watch.progress if watch else None
+    def watch(self, job_id: str, doc_id: str, current: progress.Progress | None = None) -> Subscription:
+        """Follow a document's job; `current` is the progress the caller just read itself."""
+        old = self.subs.get(doc_id)
+        if old is not None:
+            if old.job_id == job_id:
+                old.offer(current)
+                return old
+            self.unwatch(doc_id)
+        sub = Subscription(self, job_id, doc_id)
+        self.subs[doc_id] = sub
+        self.hub._add(sub, current)
+        return sub
 
-    @property
-    def encoded(self) -> str | None:
-        """The newest progress as compact JSON, encoded once for all subscribers."""
-        watch = self.hub._watches.get(self.job_id)
-        return watch.encoded() if watch else None
+    def unwatch(self, doc_id: str) -> None:
+        """Stop following a document."""
+        sub = self.subs.pop(doc_id, None)
+        if sub is not None:
+            self.hub._remove(sub)
 
     def wait(self, timeout: float) -> bool:
-        """Park until the job changes or the hub closes the stream; False on timeout."""
+        """Park until a watched job changes or the hub closes the connection; False on timeout."""
         woke = self._event.wait(timeout)
         self._event.clear()
         return bool(woke)
@@ -67,6 +73,35 @@ class Subscription:
     def wake(self) -> None:
         """Make wait() return."""
         self._event.set()
+
+
+class Subscription:
+    """One connection's interest in one job."""
+
+    __slots__ = ("conn", "job_id", "doc_id")
+
+    def __init__(self, conn: Connection, job_id: str, doc_id: str):
+        self.conn = conn
+        self.job_id = job_id
+        self.doc_id = doc_id
+
+    @property
+    def progress(self) -> progress.Progress | None:
+        """The newest progress the hub knows for the job."""
+        watch = self.conn.hub._watches.get(self.job_id)
+        return watch.progress if watch else None
+
+    @property
+    def encoded(self) -> str | None:
+        """The newest progress as compact JSON, encoded once for all subscribers."""
+        watch = self.conn.hub._watches.get(self.job_id)
+        return watch.encoded() if watch else None
+
+    def offer(self, current: progress.Progress | None) -> None:
+        """Hand the hub a progress the caller read itself (kept if newer)."""
+        watch = self.conn.hub._watches.get(self.job_id)
+        if watch is not None:
+            watch.offer(current)
 
 
 class _Watch:
@@ -105,39 +140,53 @@ class StreamHub:
         self.stats_ttl = stats_ttl
         self.host_id = host_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._watches: dict[str, _Watch] = {}
-        self._subs: set[Subscription] = set()
+        self._conns: set[Connection] = set()
+        self._closing: str | None = None  # set once the process is shutting down
         self._per_user: Counter = Counter()
         self._poller: gevent.Greenlet | None = None
         self._pusher: gevent.Greenlet | None = None
         self.counters: Counter = Counter()
 
-    # -- streams ---------------------------------------------------------------------------------
-    def subscribe(self, job_id: str, doc_id: str, user_id: int, transport: str,
-                  current: progress.Progress | None = None) -> Subscription:
-        """Watch a job for one stream; `current` is the progress the stream just read itself."""
+    # -- connections -----------------------------------------------------------------------------
+    def connect(self, user_id: int, transport: str) -> Connection:
+        """Open a connection; watch documents with conn.watch(), end it with disconnect()."""
         self._ensure_running()
-        watch = self._watches.get(job_id)
-        if watch is None:
-            watch = self._watches[job_id] = _Watch()
-        watch.offer(current)
-        sub = Subscription(self, job_id, doc_id, user_id, transport)
-        watch.subscribers.add(sub)
-        self._subs.add(sub)
+        conn = Connection(self, user_id, transport)
+        # A worker that is stopping still finishes requests it accepted: a stream opened now must
+        # end at once too, or it would hold the shutdown until the graceful timeout cuts it.
+        conn.closed = self._closing
+        self._conns.add(conn)
         self._per_user[user_id] += 1
         self.counters["opened"] += 1
         metrics.OPEN_STREAMS.labels(transport).inc()
-        return sub
+        return conn
 
-    def unsubscribe(self, sub: Subscription) -> None:
-        """Forget a stream; the job stops being watched when its last stream goes."""
-        if sub not in self._subs:
+    def disconnect(self, conn: Connection) -> None:
+        """Forget a connection and its watches; a job stops being watched with its last watcher."""
+        if conn not in self._conns:
             return
-        self._subs.discard(sub)
-        self._per_user[sub.user_id] -= 1
-        if self._per_user[sub.user_id] <= 0:
-            del self._per_user[sub.user_id]
+        for doc_id in list(conn.subs):
+            conn.unwatch(doc_id)
+        self._conns.discard(conn)
+        self._per_user[conn.user_id] -= 1
+        if self._per_user[conn.user_id] <= 0:
+            del self._per_user[conn.user_id]
         self.counters["closed"] += 1
-        metrics.OPEN_STREAMS.labels(sub.transport).dec()
+        metrics.OPEN_STREAMS.labels(conn.transport).dec()
+
+    def subscribe(self, job_id: str, doc_id: str, user_id: int, transport: str,
+                  current: progress.Progress | None = None) -> Subscription:
+        """A connection watching one job (the single-document transports)."""
+        return self.connect(user_id, transport).watch(job_id, doc_id, current)
+
+    def _add(self, sub: Subscription, current: progress.Progress | None) -> None:
+        watch = self._watches.get(sub.job_id)
+        if watch is None:
+            watch = self._watches[sub.job_id] = _Watch()
+        watch.offer(current)
+        watch.subscribers.add(sub)
+
+    def _remove(self, sub: Subscription) -> None:
         watch = self._watches.get(sub.job_id)
         if watch is not None:
             watch.subscribers.discard(sub)
@@ -153,10 +202,11 @@ class StreamHub:
         return total
 
     def close_all(self, reason: str) -> None:
-        """Ask every open stream to end (server shutting down, so browsers reconnect elsewhere)."""
-        for sub in list(self._subs):
-            sub.closed = reason
-            sub.wake()
+        """Ask every open connection, and any opened from now on, to end (the process is stopping)."""
+        self._closing = reason
+        for conn in list(self._conns):
+            conn.closed = reason
+            conn.wake()
 
     def note_sent(self, prog: progress.Progress, transport: str) -> None:
         """Record that a progress event went out (for the save→send latency metric)."""
@@ -171,13 +221,14 @@ class StreamHub:
         by_doc: Counter = Counter()
         by_transport: Counter = Counter()
         by_user: Counter = Counter()
-        for sub in self._subs:
-            by_doc[sub.doc_id] += 1
-            by_transport[sub.transport] += 1
-            by_user[str(sub.user_id)] += 1
+        for conn in self._conns:
+            by_transport[conn.transport] += 1
+            by_user[str(conn.user_id)] += 1
+            for doc_id in conn.subs:
+                by_doc[doc_id] += 1
         return {
             "host": self.host_id,
-            "totalConnections": len(self._subs),
+            "totalConnections": len(self._conns),
             "documentSubscriptions": len(by_doc),
             "connectionsByDocument": dict(by_doc),
             "connectionsByTransport": dict(by_transport),
@@ -224,7 +275,7 @@ class StreamHub:
         watch = self._watches.get(job_id)
         if watch is not None and watch.offer(candidate):
             for sub in list(watch.subscribers):
-                sub.wake()
+                sub.conn.wake()
 
     def _apply_flags(self, new: RealtimeFlags) -> None:
         old, self.flags = self.flags, new
@@ -232,10 +283,10 @@ class StreamHub:
             return
         log.info("realtime flags now %s", new.as_dict())
         self._sync_push()
-        for sub in list(self._subs):
-            if not transport_allowed(new, sub.transport):
-                sub.closed = "mode"
-                sub.wake()
+        for conn in list(self._conns):
+            if not new.allows(conn.transport):
+                conn.closed = "mode"
+                conn.wake()
 
     def _poll_loop(self) -> None:
         while True:
@@ -274,15 +325,6 @@ class StreamHub:
                     pass
             gevent.sleep(backoff)
             backoff = min(backoff * 2, 10)
-
-
-def transport_allowed(flags: RealtimeFlags, transport: str) -> bool:
-    """Whether streams of this transport may stay open under these flags."""
-    if transport == "ws":
-        return flags.enabled and flags.websocket
-    if transport == "sse-multi":
-        return flags.enabled and flags.mode == "sse"
-    return flags.transport == transport
 
 
 def host_snapshots(connection: Redis) -> list[dict]:
