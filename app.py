@@ -7,8 +7,9 @@ import secrets
 from pathlib import Path
 
 import click
-from flask import Flask, current_app, redirect, request, url_for
+from flask import Flask, Request, current_app, redirect, request, url_for
 from flask.cli import AppGroup
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from config import Settings
 from livedoc import flags
@@ -32,6 +33,9 @@ RQ_DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then the environment, then `test_config`."""
     app = Flask(__name__, instance_relative_config=True)
+    app.request_class = LivedocRequest
+    # "/api/documents//status" is a bad id, not a URL to redirect: answer it with our JSON 404.
+    app.url_map.merge_slashes = False
     app.config.from_mapping(Settings.from_env().as_flask_config())
     if test_config:
         app.config.update(test_config)
@@ -41,8 +45,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         cfg["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
     cfg.setdefault("SQLALCHEMY_DATABASE_URI",
                    cfg["DATABASE_URL"] or f"sqlite:///{Path(app.instance_path) / 'livedoc.db'}")
-    # Room for the multipart envelope around a file of exactly MAX_UPLOAD_MB.
-    cfg.setdefault("MAX_CONTENT_LENGTH", cfg["MAX_UPLOAD_MB"] * 1024 * 1024 + 64 * 1024)
+    # Room for the multipart envelope around a file of exactly MAX_UPLOAD_MB. (Flask's defaults hold
+    # the key with None, so setdefault would never set it.)
+    if cfg.get("MAX_CONTENT_LENGTH") is None:
+        cfg["MAX_CONTENT_LENGTH"] = cfg["MAX_UPLOAD_MB"] * 1024 * 1024 + 64 * 1024
     cfg.update(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -89,6 +95,21 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.cli.add_command(users_cli)
     app.cli.add_command(realtime_cli)
     return app
+
+
+class LivedocRequest(Request):
+    """A request whose unreadable body (a cut or malformed chunked upload) is a 400, not a 500."""
+
+    def _load_form_data(self) -> None:
+        try:
+            super()._load_form_data()
+        except HTTPException:
+            raise  # 413 and friends are already the right answer
+        except Exception:  # noqa: BLE001
+            # The WSGI server's body reader fails with its own types (gunicorn: NoMoreData, an
+            # OSError, and InvalidChunkSize, a plain Exception); Werkzeug only expects ValueError.
+            # A body that cannot be read is the client's malformed request.
+            raise BadRequest("The request body is incomplete or malformed.") from None
 
 
 def _instance_secret(instance: Path) -> str:

@@ -135,7 +135,9 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         message = exc.description if status < 500 else "Something went wrong on our side."
         if status == 413:
-            message = f"The file is larger than the {app.config['MAX_UPLOAD_MB']} MB limit."
+            too_big = (request.content_length or 0) > (app.config["MAX_CONTENT_LENGTH"] or 0)
+            message = (f"The file is larger than the {app.config['MAX_UPLOAD_MB']} MB limit." if too_big
+                       else "The form has too many parts or too large a field.")
         elif status == 404:
             message = "Not found."
         headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}
