@@ -119,15 +119,16 @@ def events_multi():
 
 def _open_stream(items: list, multi: bool) -> Response:
     """Admit and start an SSE response over (document, current progress, last seen seq) items."""
-    if any(not is_terminal(current) and doc.job_id for doc, current, _ in items):
-        _admit("sse-multi" if multi else "sse")
-    cfg = current_app.config
     # A cursor from the future is not ours: start over rather than stay silent.
     watched = [(doc.id, doc.job_id, current, last if last <= current["seq"] else 0)
                for doc, current, last in items]
-    stream = _sse_stream(hub(), watched, multi, current_user.id, current_user.username,
-                         cfg["SSE_PING_INTERVAL"] / 1000, cfg["SSE_RETRY"], request.remote_addr)
+    user_id, username = current_user.id, current_user.username
     db.session.close()  # the stream outlives the request: give the database connection back now
+    if any(not is_terminal(current) and job_id for _, job_id, current, _ in watched):
+        _admit("sse-multi" if multi else "sse")
+    cfg = current_app.config
+    stream = _sse_stream(hub(), watched, multi, user_id, username,
+                         cfg["SSE_PING_INTERVAL"] / 1000, cfg["SSE_RETRY"], request.remote_addr)
     return Response(stream, mimetype="text/event-stream", headers={
         "Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Livedoc-Mode": "sse"})
 
@@ -159,6 +160,7 @@ def _sse_stream(h: hubmod.StreamHub, watched: list, multi: bool, user_id: int, u
                 yield message(doc_id, current)
             if not is_terminal(current) and job_id:
                 conn.watch(job_id, doc_id, current)
+        watched.clear()  # the hub holds what is current from here on; do not keep a copy per stream
         next_ping = time.monotonic() + ping
         while conn.subs:
             for doc_id, sub in list(conn.subs.items()):

@@ -8,4 +8,4 @@ from flask_wtf.csrf import CSRFProtect
 db = SQLAlchemy()
 login_manager = LoginManager()
 csrf = CSRFProtect()
-limiter = Limiter(key_func=get_remote_address, strategy="moving-window")
+limiter = Limiter(key_func=get_remote_address)

@@ -143,6 +143,7 @@ class StreamHub:
         self._conns: set[Connection] = set()
         self._closing: str | None = None  # set once the process is shutting down
         self._per_user: Counter = Counter()
+        self._others_by_user: Counter = Counter()
         self._poller: gevent.Greenlet | None = None
         self._pusher: gevent.Greenlet | None = None
         self.counters: Counter = Counter()
@@ -194,12 +195,8 @@ class StreamHub:
                 del self._watches[sub.job_id]
 
     def user_streams(self, user_id: int) -> int:
-        """The user's open streams on every host: live here, from the last snapshots elsewhere."""
-        total = self._per_user.get(user_id, 0)
-        for snap in host_snapshots(self.connection):
-            if snap["host"] != self.host_id:
-                total += snap.get("connectionsByUser", {}).get(str(user_id), 0)
-        return total
+        """The user's open streams on every host: live here, as of the last tick elsewhere."""
+        return self._per_user.get(user_id, 0) + self._others_by_user.get(str(user_id), 0)
 
     def close_all(self, reason: str) -> None:
         """Ask every open connection, and any opened from now on, to end (the process is stopping)."""
@@ -264,12 +261,23 @@ class StreamHub:
             pipe.set(keys.STATS_HOSTS + self.host_id, snap, ex=max(1, int(self.stats_ttl)))
             pipe.zadd(keys.STATS_INDEX, {self.host_id: now + self.stats_ttl})
             pipe.zremrangebyscore(keys.STATS_INDEX, 0, now)
+            pipe.zrangebyscore(keys.STATS_INDEX, now, "+inf")
             rows = pipe.execute()
         self.counters["polls"] += 1
         metrics.HUB_POLLS.inc()
         self._apply_flags(flagmod.from_raw(self.defaults, rows[0]))
         for job_id, (meta, status) in zip(job_ids, rows[1:1 + len(job_ids)]):
             self._offer(job_id, progress.decode(meta, status))
+        self._read_other_hosts([h.decode() for h in rows[-1] if h.decode() != self.host_id])
+
+    def _read_other_hosts(self, hosts: list[str]) -> None:
+        # The per-user stream cap needs other hosts' counts on every connect; reading them here,
+        # once per tick, keeps connects free of Redis round trips (at most one tick stale).
+        others: Counter = Counter()
+        for raw in self.connection.mget([keys.STATS_HOSTS + h for h in hosts]) if hosts else []:
+            if raw is not None:
+                others.update(json.loads(raw).get("connectionsByUser", {}))
+        self._others_by_user = others
 
     def _offer(self, job_id: str, candidate: progress.Progress | None) -> None:
         watch = self._watches.get(job_id)

@@ -165,7 +165,8 @@ def test_websocket_ping_timeout_closes_dead_socket_and_mode_switch(make_stack):
         ws = _ws(stack, token)
         assert _recv(ws, {"ping"}, timeout=5) == {"type": "ping"}
         stats_url = stack.base_url + "/api/realtime/stats"
-        assert wait_for(lambda: admin.get(stats_url, timeout=5).json()["connectionsByTransport"].get("ws") == 1)
+        by_transport = lambda: admin.get(stats_url, timeout=5).json()["connectionsByTransport"]  # noqa: E731
+        assert wait_for(lambda: by_transport().get("ws") == 1)
         # No pong: the server closes the socket at the next ping time (SSE_PING_INTERVAL=1 s).
         deadline = time.monotonic() + 10
         with pytest.raises(simple_websocket.ConnectionClosed):
