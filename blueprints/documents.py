@@ -29,6 +29,22 @@ def _read_upload() -> tuple[str | None, bytes]:
     return upload.filename, upload.read()
 
 
+def _create_from_upload() -> Document:
+    """Store the uploaded file as a new document of the caller and queue its conversion."""
+    filename, data = _read_upload()
+    doc = documents.create(redis_conn(), current_app.config, current_user, filename, data)
+    audit("upload", document=doc.id, kind=doc.kind, size=doc.size)
+    return doc
+
+
+def _retry_owned(doc_id: str) -> Document:
+    """Queue a new attempt of the caller's failed document."""
+    doc = documents.get_owned(doc_id, current_user)
+    documents.retry(redis_conn(), current_app.config, doc)
+    audit("retry", document=doc.id, attempt=doc.attempt)
+    return doc
+
+
 def _user_docs() -> list[Document]:
     return db.session.execute(
         db.select(Document).filter_by(owner_id=current_user.id).order_by(Document.created_at.desc())
@@ -48,10 +64,14 @@ def index():
 @login_required
 def list_page():
     """'My documents' with their states and the upload form."""
+    return _render_list()
+
+
+def _render_list(error: str | None = None, status: int = 200):
     docs = _user_docs()
     states = documents.progress_of_many(redis_conn(), docs)
-    return render_template("documents/list.html", docs=docs, states=states,
-                           max_mb=current_app.config["MAX_UPLOAD_MB"])
+    return render_template("documents/list.html", docs=docs, states=states, error=error,
+                           max_mb=current_app.config["MAX_UPLOAD_MB"], flags=realtime_flags()), status
 
 
 @bp.route("/documents", methods=["POST"])
@@ -60,14 +80,9 @@ def list_page():
 def upload_form():
     """The HTML upload form: store, queue, and go to the viewer."""
     try:
-        filename, data = _read_upload()
-        doc = documents.create(redis_conn(), current_app.config, current_user, filename, data)
+        doc = _create_from_upload()
     except LivedocError as exc:
-        docs = _user_docs()
-        return render_template("documents/list.html", docs=docs,
-                               states=documents.progress_of_many(redis_conn(), docs),
-                               max_mb=current_app.config["MAX_UPLOAD_MB"], error=exc.message), exc.status
-    audit("upload", document=doc.id, kind=doc.kind, size=doc.size)
+        return _render_list(exc.message, exc.status)
     return redirect(url_for("documents.viewer", doc_id=doc.id), code=303)
 
 
@@ -111,9 +126,7 @@ def page_file(doc_id: str, name: str):
 @login_required
 def retry_form(doc_id: str):
     """The retry button."""
-    doc = documents.get_owned(doc_id, current_user)
-    documents.retry(redis_conn(), current_app.config, doc)
-    audit("retry", document=doc.id, attempt=doc.attempt)
+    doc = _retry_owned(doc_id)
     return redirect(url_for("documents.viewer", doc_id=doc.id), code=303)
 
 
@@ -123,9 +136,7 @@ def retry_form(doc_id: str):
 @limiter.limit(_upload_limit)
 def api_upload():
     """Upload a document (multipart field `file`); 201 with its URLs."""
-    filename, data = _read_upload()
-    doc = documents.create(redis_conn(), current_app.config, current_user, filename, data)
-    audit("upload", document=doc.id, kind=doc.kind, size=doc.size)
+    doc = _create_from_upload()
     body = documents.summary(doc, documents.current_progress(redis_conn(), doc))
     resp = jsonify(body)
     resp.status_code = 201
@@ -164,9 +175,7 @@ def api_get(doc_id: str):
 @login_required
 def api_retry(doc_id: str):
     """Queue a new attempt of a failed, retryable conversion; 202 with the new state."""
-    doc = documents.get_owned(doc_id, current_user)
-    documents.retry(redis_conn(), current_app.config, doc)
-    audit("retry", document=doc.id, attempt=doc.attempt)
+    doc = _retry_owned(doc_id)
     resp = jsonify(documents.summary(doc, documents.current_progress(redis_conn(), doc)))
     resp.status_code = 202
     return resp
