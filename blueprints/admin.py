@@ -43,7 +43,13 @@ def index():
 @bp.route("/realtime", methods=["POST"])
 @admin_required
 def set_realtime():
-    """Switch the real-time mode on every host (no restart)."""
+    """Switch the real-time mode, or the WebSocket and push switches, on every host (no restart)."""
+    if request.form.get("switches"):
+        websocket, push = request.form.get("websocket") == "on", request.form.get("push") == "on"
+        flags.set_override(redis_conn(), websocket=websocket, push=push)
+        audit("realtime_flags", websocket=websocket, push=push)
+        flash(f"WebSocket {'on' if websocket else 'off'}, push {'on' if push else 'off'}.")
+        return redirect(url_for("admin.index"), code=303)
     mode = request.form.get("mode", "")
     if mode == "default":
         flags.clear_override(redis_conn())

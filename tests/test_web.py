@@ -36,6 +36,9 @@ def test_admin_switches_realtime_mode_for_everyone(app, client, users, redis_con
     client.post("/admin/realtime", data={"mode": "default", "csrf_token": token})
     assert redis_conn.exists("livedoc:flags:realtime") == 0
     assert client.post("/admin/realtime", data={"mode": "nonsense", "csrf_token": token}).status_code == 400
+    client.post("/admin/realtime", data={"switches": "1", "websocket": "on", "csrf_token": token})
+    assert redis_conn.hgetall("livedoc:flags:realtime") == {b"websocket": b"1", b"push": b"0"}
+    assert '"transport": "ws"' in app.test_cli_runner().invoke(args=["realtime", "show"]).output
 
 
 def test_forms_need_csrf_but_token_requests_do_not(client, users):
