@@ -75,7 +75,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["livedoc.redis"] = conn
     app.extensions["livedoc.hub"] = StreamHub(
         conn, flags.RealtimeFlags.from_config(cfg), cfg["SSE_POLL_INTERVAL"] / 1000,
-        stats_ttl=cfg["STATS_TTL"])
+        stats_ttl=cfg["STATS_TTL"], vanish_grace=cfg["JOB_VANISH_GRACE"])
 
     register_error_handlers(app)
     _register_auth(app)

@@ -63,6 +63,10 @@ class Settings:
     JOB_RETRIES: int = 3
     JOB_RETRY_INTERVALS: str = "2,10,30"
     RESULT_TTL: int = 7 * 24 * 3600
+    # Seconds a job's record may be missing from Redis (restarted empty) before readers call it lost:
+    # a worker rides out a restart for ~30 s (livedoc.redis_client.ResilientRedis) and then writes
+    # its progress again, so an ending derived sooner could contradict the conversion finishing.
+    JOB_VANISH_GRACE: int = 45
 
     # Limits.
     RATELIMIT_ENABLED: bool = True

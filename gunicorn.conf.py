@@ -15,7 +15,8 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 timeout = 30
 # On SIGTERM streams are told to end at once (see post_worker_init); this bounds the rest.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
-keepalive = 75
+# Short: an idle kept-alive connection holds a stopping worker until it times out.
+keepalive = 5
 accesslog = os.environ.get("ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

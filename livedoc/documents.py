@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 from collections.abc import Mapping
 
@@ -9,7 +10,7 @@ from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from livedoc import jobs, progress
+from livedoc import jobs, keys, progress
 from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
@@ -110,15 +111,20 @@ def _from_final(doc: Document) -> progress.Progress:
     return prog
 
 
-def _settle(doc: Document, prog: progress.Progress | None) -> progress.Progress:
+def _settle(connection: Redis, doc: Document, prog: progress.Progress | None) -> progress.Progress:
     """Reconcile what Redis says with what the database remembers (RQ expires old jobs)."""
     if prog is None:
+        # The job's record is gone: its output decides the ending, or, after a grace period in
+        # which a worker that rode out a Redis restart would have written again, it is lost.
+        seq = progress.vanished_seq(doc.last_seq)
         if files_of(doc).manifest() is not None:
-            prog = progress.initial(doc.last_seq + 1, doc.attempt)
+            prog = progress.initial(seq, doc.attempt)
             prog.update(state=progress.State.COMPLETE.value, stage="complete", percent=100,
                         message="Ready")
+        elif _missing_for(connection, doc.job_id) < current_app.config["JOB_VANISH_GRACE"]:
+            return progress.initial(doc.last_seq, doc.attempt)  # not an ending yet
         else:
-            prog = progress.lost({**progress.initial(doc.last_seq, doc.attempt)})
+            prog = progress.lost(progress.initial(seq - 1, doc.attempt))
     if progress.is_terminal(prog) and prog["seq"] > doc.last_seq:
         if prog["state"] == progress.State.COMPLETE.value:
             manifest = files_of(doc).manifest() or {}
@@ -128,13 +134,22 @@ def _settle(doc: Document, prog: progress.Progress | None) -> progress.Progress:
     return prog
 
 
+def _missing_for(connection: Redis, job_id: str) -> float:
+    """Seconds since any reader first found this job's record missing (shared by all hosts)."""
+    key = keys.MISSING_JOB + job_id
+    now = time.time()
+    connection.set(key, now, nx=True, ex=7 * 24 * 3600)
+    first = connection.get(key)
+    return now - float(first) if first else 0.0
+
+
 def current_progress(connection: Redis, doc: Document) -> progress.Progress:
     """The document's progress now: from its job while it runs, from the database after."""
     if doc.state in progress.TERMINAL:
         return _from_final(doc)
     if doc.job_id is None:
         return progress.initial(doc.last_seq, doc.attempt)  # being queued right now
-    return _settle(doc, progress.read(connection, doc.job_id) if doc.job_id else None)
+    return _settle(connection, doc, progress.read(connection, doc.job_id) if doc.job_id else None)
 
 
 def progress_of_many(connection: Redis, docs: list[Document]) -> dict[str, progress.Progress]:
@@ -148,7 +163,7 @@ def progress_of_many(connection: Redis, docs: list[Document]) -> dict[str, progr
         elif doc.job_id is None:
             out[doc.id] = progress.initial(doc.last_seq, doc.attempt)
         else:
-            out[doc.id] = _settle(doc, fresh.get(doc.job_id))
+            out[doc.id] = _settle(connection, doc, fresh.get(doc.job_id))
     return out
 
 

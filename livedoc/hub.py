@@ -105,12 +105,13 @@ class Subscription:
 
 
 class _Watch:
-    __slots__ = ("progress", "subscribers", "_encoded")
+    __slots__ = ("progress", "subscribers", "_encoded", "missing_since")
 
     def __init__(self) -> None:
         self.progress: progress.Progress | None = None
         self.subscribers: set[Subscription] = set()
         self._encoded: str | None = None
+        self.missing_since: float | None = None  # when the job's record was first seen missing
 
     def offer(self, candidate: progress.Progress | None) -> bool:
         """Keep the candidate if it is newer; True when subscribers should be woken."""
@@ -132,12 +133,13 @@ class StreamHub:
     """Per-process fan-out of job progress to streams."""
 
     def __init__(self, connection: Redis, defaults: RealtimeFlags, poll_interval: float,
-                 stats_ttl: float = 15.0, host_id: str | None = None):
+                 stats_ttl: float = 15.0, host_id: str | None = None, vanish_grace: float = 45.0):
         self.connection = connection
         self.defaults = defaults
         self.flags = defaults
         self.poll_interval = poll_interval
         self.stats_ttl = stats_ttl
+        self.vanish_grace = vanish_grace
         self.host_id = host_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._watches: dict[str, _Watch] = {}
         self._conns: set[Connection] = set()
@@ -267,7 +269,13 @@ class StreamHub:
         metrics.HUB_POLLS.inc()
         self._apply_flags(flagmod.from_raw(self.defaults, rows[0]))
         for job_id, (meta, status) in zip(job_ids, rows[1:1 + len(job_ids)]):
-            self._offer(job_id, progress.decode(meta, status))
+            if meta is None and status is None:
+                self._vanished(job_id)
+            else:
+                watch = self._watches.get(job_id)
+                if watch is not None:
+                    watch.missing_since = None
+                self._offer(job_id, progress.decode(meta, status))
         self._read_other_hosts([h.decode() for h in rows[-1] if h.decode() != self.host_id])
 
     def _read_other_hosts(self, hosts: list[str]) -> None:
@@ -278,6 +286,21 @@ class StreamHub:
             if raw is not None:
                 others.update(json.loads(raw).get("connectionsByUser", {}))
         self._others_by_user = others
+
+    def _vanished(self, job_id: str) -> None:
+        # The job's record is gone from Redis (restarted empty, flushed). If no worker writes it
+        # again within vanish_grace (JOB_VANISH_GRACE), end the streams on "lost" rather than
+        # leave them on "running" forever; a reconnect then settles against the database and the
+        # document's output.
+        watch = self._watches.get(job_id)
+        if watch is None or watch.progress is None or progress.is_terminal(watch.progress):
+            return
+        now = time.monotonic()
+        watch.missing_since = watch.missing_since or now
+        if now - watch.missing_since >= self.vanish_grace:
+            ending = progress.lost(watch.progress)
+            ending["seq"] = progress.vanished_seq(watch.progress["seq"])
+            self._offer(job_id, ending)
 
     def _offer(self, job_id: str, candidate: progress.Progress | None) -> None:
         watch = self._watches.get(job_id)

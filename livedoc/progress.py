@@ -85,6 +85,13 @@ def lost(previous: Progress | None) -> Progress:
     return base
 
 
+def vanished_seq(floor: int) -> int:
+    """A seq for an ending derived after the job's record vanished from Redis (restarted empty,
+    flushed, expired): the seq the job had reached is unknowable, so take one above any a job can
+    reach by writing (milliseconds since the epoch) and every viewer applies the ending."""
+    return max(floor + 1, int(time.time() * 1000))
+
+
 def job_key(job_id: str) -> bytes:
     """The Redis hash in which RQ keeps the job (and so its meta)."""
     return Job.key_for(job_id)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from redis import BlockingConnectionPool, Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+from redis.retry import Retry
 
 
 def connect(url: str, max_connections: int = 50, timeout: float = 5.0) -> Redis:
@@ -20,3 +23,19 @@ def connect(url: str, max_connections: int = 50, timeout: float = 5.0) -> Redis:
         decode_responses=False,
     )
     return Redis(connection_pool=pool)
+
+
+class ResilientRedis(Redis):
+    """The RQ workers' client (`rq worker --connection-class`): it rides out a Redis restart.
+
+    Without it the first refused connection mid-conversion ends the attempt, the failure cannot be
+    recorded, and the worker process itself exits; retrying for about half a minute lets the
+    conversion simply carry on once Redis is back.
+    """
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs) -> ResilientRedis:
+        """Like Redis.from_url, with retries on connection errors (exponential backoff, ~30 s)."""
+        kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20))
+        kwargs.setdefault("retry_on_error", [ConnectionError, TimeoutError])
+        return super().from_url(url, **kwargs)

@@ -104,11 +104,13 @@ class Stack:
         wait_http(f"http://127.0.0.1:{port}/login")
         return proc
 
-    def start_worker(self) -> Proc:
+    def start_worker(self, *options: str) -> Proc:
+        """Start a worker the way production does (scripts/worker), with extra rq options."""
         n = len(self.workers)
-        cmd = [str(BIN / "rq"), "worker", "--with-scheduler", "-S", "json", "-u", self.redis_url,
-               "-n", f"test-worker-{os.getpid()}-{n}-{time.monotonic_ns()}", "livedoc"]
-        proc = Proc(f"worker-{n}", cmd, self.env, self.dir).start()
+        name = f"test-worker-{os.getpid()}-{n}-{time.monotonic_ns()}"
+        cmd = ["bash", str(ROOT / "scripts" / "worker"), "-n", name, *options]
+        env = {**self.env, "PATH": f"{BIN}:{self.env.get('PATH', '')}"}
+        proc = Proc(f"worker-{n}", cmd, env, self.dir).start()
         self.workers.append(proc)
         return proc
 

@@ -456,7 +456,7 @@ def test_server_restart_mid_conversion_is_survived_without_reload(make_stack, op
     wait_connection(page, "live")
     record(page)
     # While the server is away the browser reports its failed connection attempts. The stream cut
-    # at the old server's graceful timeout is a known bug, pinned by the strict xfail test below.
+    # at the old server's graceful timeout was a bug, pinned by the test below.
     console.allow(r"net::ERR_CONNECTION_(REFUSED|RESET)|net::ERR_EMPTY_RESPONSE"
                   r"|net::ERR_INCOMPLETE_CHUNKED_ENCODING")
 
@@ -473,10 +473,6 @@ def test_server_restart_mid_conversion_is_survived_without_reload(make_stack, op
     console.assert_clean()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "app bug: a stream opened on a web worker after SIGTERM (EventSource reconnects over the "
-    "kept-alive connection, which the dying worker still serves) is never told to end: hub.close_all "
-    "runs once and later subscribers stay open until graceful_timeout cuts them mid-chunk"))
 def test_graceful_stop_ends_every_open_stream_at_once(make_stack, open_context, console):
     stack = make_stack(**SETTINGS)
     stack.user("ike")

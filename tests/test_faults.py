@@ -9,8 +9,12 @@ A viewer ends on the true final state when that last event has the state and seq
 GET /api/documents/<id>/status reports once the document is terminal and stays so.
 
 The module prints a tally at the end (faults injected / survived, viewers on a wrong final state,
-timings); set FAULTS_REPORT=<file> to also write it to a file. Tests marked xfail(strict=True) pin
-faults that the app does not survive yet; their reasons name the root cause.
+timings); set FAULTS_REPORT=<file> to also write it to a file. Four of these tests first ran as
+strict xfails and pinned the root causes fixed since: a worker that quit on a Redis restart
+(livedoc.redis_client.ResilientRedis), streams left on "running" when Redis came back empty
+(hub/documents: a vanished job ends as lost after JOB_VANISH_GRACE, with a seq above any seen),
+progress rolled back when a work horse died (workers.rqworker.LivedocWorker), and streams opened on a
+stopping server (StreamHub.close_all covers later connections too).
 """
 from __future__ import annotations
 
@@ -29,15 +33,11 @@ import devredis
 import pytest
 import requests
 from redis import Redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from livedoc import progress
 from livedoc.redis_client import connect
-from tests.live import BIN, ROOT, Proc, Stack, api, sse_events
+from tests.live import Proc, Stack, api, sse_events
 from tests.pdfgen import make_pdf
 from tests.test_live import upload
 
@@ -161,36 +161,6 @@ class OwnRedis:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(10)
-
-
-class PatientRedis(Redis):
-    """A Redis client that waits out a Redis restart (about 15 s) instead of failing at once.
-
-    Given to a worker with `rq worker --connection-class tests.test_faults.PatientRedis`, it serves the
-    worker, its work horse (hence the progress writer) and RQ's own bookkeeping. It stands for the
-    fix suggested for the finding of test_redis_restart_mid_conversion.
-    """
-
-    @classmethod
-    def from_url(cls, url, **kwargs):
-        kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=40))
-        kwargs.setdefault("retry_on_error", [RedisConnectionError, RedisTimeoutError])
-        return super().from_url(url, **kwargs)
-
-
-PATIENT = ("--connection-class", "tests.test_faults.PatientRedis")
-
-
-def start_worker(stack: Stack, *extra: str) -> Proc:
-    """Like Stack.start_worker (the production command line), with extra `rq worker` options."""
-    n = len(stack.workers)
-    cmd = [str(BIN / "rq"), "worker", "--with-scheduler", "-S", "json", "-u", stack.redis_url, *extra,
-           "-n", f"fault-worker-{os.getpid()}-{n}-{time.monotonic_ns()}", "livedoc"]
-    # scripts/ on the path, so that the worker can import this module for --connection-class.
-    env = {**stack.env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
-    proc = Proc(f"worker-{n}", cmd, env, stack.dir).start()
-    stack.workers.append(proc)
-    return proc
 
 
 def children(pid: int) -> list[int]:
@@ -405,7 +375,7 @@ def _redis_restart(tmp_path, test: str, persistent: bool, worker_args: tuple[str
     conn = connect(redis.url)
     try:
         stack.start_web()
-        worker = start_worker(stack, *worker_args)
+        worker = stack.start_worker(*worker_args)
         token = stack.user("restart")
         s = api(token)
         body = upload(s, stack.base_url, slow_pdf(100))
@@ -454,54 +424,28 @@ def _redis_restart(tmp_path, test: str, persistent: bool, worker_args: tuple[str
         redis.kill(signal.SIGTERM)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Any Redis restart mid-conversion, even 1 s with AOF keeping every write, strands the job: the "
-    "progress write in the work horse fails within milliseconds (the client `rq worker -u URL` builds, "
-    "Redis.from_url, does not wait for a refused connection), "
-    "convert_document's `except RedisError` ends the attempt, neither _fail's will_retry nor RQ's "
-    "handle_job_failure can be recorded while Redis is down, and the rq worker process itself quits "
-    "(RQ's work loop exits on the ConnectionError). The restored job stays 'started' and viewers stay on "
-    "'running' until StartedJobRegistry cleanup: >= 90 s heartbeat TTL plus up to 10 min maintenance "
-    "interval, and only if a worker is running. Fix: give the worker a Redis client that waits out a "
-    "restart (see PatientRedis / the next test) or retry progress writes in ProgressWriter._save."))
 def test_redis_restart_mid_conversion(tmp_path):
-    """Production command line (`rq worker --with-scheduler -S json`), Redis with AOF."""
-    truth, viewers, note = _redis_restart(tmp_path, "redis-restart", True, (), grace=30)
+    """Redis (AOF) killed and restarted mid-conversion under the production worker (scripts/worker,
+    whose Redis client waits out the restart): the conversion simply continues, the stream open
+    through the outage stays open, the viewer that connected during it (503s) and the one that
+    reconnects after it catch up, and all three end on the true final state."""
+    truth, viewers, note = _redis_restart(tmp_path, "redis-restart", True, (), grace=60)
     TALLY.note(note)
     survived = truth is not None and truth["state"] == "complete"
-    TALLY.fault("redis-restart", "Redis SIGKILL + restart (AOF) mid-conversion, production worker", survived)
+    TALLY.fault("redis-restart", "Redis SIGKILL + restart (AOF) mid-conversion", survived)
     wrong = on_truth("redis-restart", viewers, truth)
-    assert truth is not None, note
-    assert not wrong, wrong
-
-
-def test_redis_restart_mid_conversion_patient_worker(tmp_path):
-    """The same fault with a worker whose Redis client waits out the restart (the suggested fix, done
-    from the command line): the conversion simply continues, the stream open through the outage stays
-    open, the viewer that connected during it (503s) and the one that reconnects after it catch up,
-    and all three end on the true final state."""
-    truth, viewers, note = _redis_restart(tmp_path, "redis-restart-patient", True, PATIENT, grace=60)
-    TALLY.note(note)
-    survived = truth is not None and truth["state"] == "complete"
-    TALLY.fault("redis-restart-patient", "Redis SIGKILL + restart (AOF) mid-conversion, patient worker",
-                survived)
-    wrong = on_truth("redis-restart-patient", viewers, truth)
     assert survived, note
     assert truth["attempt"] == 1 and truth["pages"] == 100
     assert not wrong, wrong
     assert viewers[0].connects == 1, "the stream open through the outage stayed open"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Redis restarted empty (no persistence): the status endpoint settles the document as failed/"
-    "worker_lost with seq = doc.last_seq + 1 (documents._settle via progress.lost), a seq lower than what "
-    "viewers already saw, so a viewer that reconnects with Last-Event-ID drops it as a replay (livedoc.js "
-    "dedupes by seq); and a stream that stays open never ends at all, because StreamHub.tick ignores a "
-    "watched job whose hash vanished (progress.decode returns None and _offer does nothing)."))
 def test_redis_restart_without_persistence(tmp_path):
-    """Redis without persistence comes back empty; the true final state is whatever the status says
-    (failed/worker_lost, retryable) and every viewer must end on it."""
-    truth, viewers, note = _redis_restart(tmp_path, "redis-restart-empty", False, (), grace=10)
+    """Redis without persistence comes back empty: the worker, riding out the restart, writes its
+    progress again and finishes (or, had it died, readers would call the job lost after
+    JOB_VANISH_GRACE); the true final state is whatever the status settles on and every viewer must
+    end on it."""
+    truth, viewers, note = _redis_restart(tmp_path, "redis-restart-empty", False, (), grace=60)
     TALLY.note(note)
     wrong = on_truth("redis-restart-empty", viewers, truth)
     TALLY.fault("redis-restart-empty", "Redis SIGKILL + restart without persistence mid-conversion",
@@ -585,14 +529,6 @@ def test_work_horse_sigkill_is_retried(horse_killed):
     assert truth["state"] == "complete" and truth["pages"] == 60
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "After a work horse dies, RQ's Worker.handle_job_failure (parent process) retries the job with "
-    "job.retry -> Queue.schedule_job -> job.save(), which writes the parent's stale job.meta (the "
-    "progress stored at enqueue: seq 1, stage 'queued') over the horse's progress. seq goes back "
-    "(e.g. 11 -> 1), ProgressWriter then sees stage 'queued' and keeps attempt 1, and the retry re-uses "
-    "seqs already sent with other content. Fix: a worker class (rq worker -w ...) whose "
-    "handle_work_horse_killed reloads the meta (job.get_meta(refresh=True)) and records will_retry "
-    "before RQ saves the job."))
 def test_work_horse_sigkill_keeps_progress_seq_increasing(horse_killed):
     history = horse_killed["history"]
     seqs = [seq for seq, _, _ in history]
@@ -799,15 +735,6 @@ def test_sigterm_moves_streams_to_another_server(tmp_path, own_db):
         teardown(stack)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A stream opened on a gunicorn worker that is already shutting down is never told to end: "
-    "StreamHub.close_all (run once from the SIGTERM handler of gunicorn.conf.py post_worker_init) only "
-    "closes the streams open at that moment, and gunicorn keeps serving requests that arrive on "
-    "kept-alive connections until GRACEFUL_TIMEOUT. An EventSource (or a proxy with upstream keep-alive) "
-    "reconnects over that connection, so its new stream lives on the dying worker for the whole 10 s, "
-    "then is cut again. Fix: close_all sets a `closing` reason on the hub, and subscribe() hands out "
-    "subscriptions already closed with it (gunicorn adds Connection: close once the worker is not alive, "
-    "so the next reconnect reaches a live worker)."))
 def test_stream_reopened_on_a_dying_server_ends_promptly(tmp_path, own_db):
     stack = Stack(own_db, tmp_path / "x", **SETTINGS)
     try:
@@ -867,7 +794,7 @@ def _abandoned_scenario(work_dir: Path, url: str) -> dict:
     stack = Stack(url, work_dir, RENDER_DPI="300", **SETTINGS)
     try:
         stack.start_web()
-        first = start_worker(stack, "--job-monitoring-interval", "5")
+        first = stack.start_worker("--job-monitoring-interval", "5")
         token = stack.user("abandoned")
         s = api(token)
         body = upload(s, stack.base_url, slow_pdf(60))
@@ -880,7 +807,7 @@ def _abandoned_scenario(work_dir: Path, url: str) -> dict:
         for pid in found:
             os.kill(pid, signal.SIGKILL)  # the horse leads its own process group
         first.popen.wait(5)
-        start_worker(stack, "--maintenance-interval", "5", "--worker-ttl", "20")
+        stack.start_worker("--maintenance-interval", "5", "--worker-ttl", "20")
         retried = None
         while viewer.is_alive() and time.monotonic() - killed < 130:
             latest = viewer.latest
