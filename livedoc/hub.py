@@ -148,7 +148,6 @@ class StreamHub:
         self._others_by_user: Counter = Counter()
         self._poller: gevent.Greenlet | None = None
         self._pusher: gevent.Greenlet | None = None
-        self.counters: Counter = Counter()
 
     # -- connections -----------------------------------------------------------------------------
     def connect(self, user_id: int, transport: str) -> Connection:
@@ -160,7 +159,6 @@ class StreamHub:
         conn.closed = self._closing
         self._conns.add(conn)
         self._per_user[user_id] += 1
-        self.counters["opened"] += 1
         metrics.OPEN_STREAMS.labels(transport).inc()
         return conn
 
@@ -174,13 +172,7 @@ class StreamHub:
         self._per_user[conn.user_id] -= 1
         if self._per_user[conn.user_id] <= 0:
             del self._per_user[conn.user_id]
-        self.counters["closed"] += 1
         metrics.OPEN_STREAMS.labels(conn.transport).dec()
-
-    def subscribe(self, job_id: str, doc_id: str, user_id: int, transport: str,
-                  current: progress.Progress | None = None) -> Subscription:
-        """A connection watching one job (the single-document transports)."""
-        return self.connect(user_id, transport).watch(job_id, doc_id, current)
 
     def _add(self, sub: Subscription, current: progress.Progress | None) -> None:
         watch = self._watches.get(sub.job_id)
@@ -209,7 +201,6 @@ class StreamHub:
 
     def note_sent(self, prog: progress.Progress, transport: str) -> None:
         """Record that a progress event went out (for the save→send latency metric)."""
-        self.counters["events_sent"] += 1
         metrics.EVENTS_SENT.labels(transport).inc()
         if prog.get("updated_at"):
             metrics.SAVE_TO_SEND.observe(max(0.0, time.time() - float(prog["updated_at"])))
@@ -265,7 +256,6 @@ class StreamHub:
             pipe.zremrangebyscore(keys.STATS_INDEX, 0, now)
             pipe.zrangebyscore(keys.STATS_INDEX, now, "+inf")
             rows = pipe.execute()
-        self.counters["polls"] += 1
         metrics.HUB_POLLS.inc()
         self._apply_flags(flagmod.from_raw(self.defaults, rows[0]))
         for job_id, (meta, status) in zip(job_ids, rows[1:1 + len(job_ids)]):
@@ -325,7 +315,6 @@ class StreamHub:
             try:
                 self.tick()
             except RedisError as exc:
-                self.counters["redis_errors"] += 1
                 metrics.REDIS_ERRORS.labels("poll").inc()
                 log.warning("hub poll failed: %s", exc.__class__.__name__)
             gevent.sleep(max(0.05, self.poll_interval - (time.monotonic() - started)))
@@ -342,11 +331,9 @@ class StreamHub:
                         continue
                     job_id = progress.job_id_from_channel(msg["channel"])
                     if job_id in self._watches:
-                        self.counters["push_messages"] += 1
                         metrics.PUSH_MESSAGES.inc()
                         self._offer(job_id, progress.parse_published(msg["data"]))
             except RedisError as exc:
-                self.counters["redis_errors"] += 1
                 metrics.REDIS_ERRORS.labels("pubsub").inc()
                 log.warning("hub pub/sub lost: %s; reconnecting", exc.__class__.__name__)
             finally:
