@@ -150,7 +150,9 @@ def api_list():
     """The caller's documents with their progress."""
     docs = _user_docs()
     states = documents.progress_of_many(redis_conn(), docs)
-    return jsonify({"documents": [documents.summary(d, states[d.id]) for d in docs]})
+    resp = jsonify({"documents": [documents.summary(d, states[d.id]) for d in docs]})
+    resp.headers["X-Livedoc-Mode"] = realtime_flags().transport  # pollers climb back when it rises
+    return resp
 
 
 @bp.route("/api/documents/<doc_id>")

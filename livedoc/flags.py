@@ -30,27 +30,23 @@ class RealtimeFlags:
 
     @property
     def transport(self) -> str:
-        """The best transport clients should use: ws when on, else the mode; poll when off."""
+        """The best transport clients should use: ws when offered, else the mode; poll when off."""
         if not self.enabled:
             return "poll"
-        return "ws" if self.websocket else self.mode
+        return "ws" if self.websocket and self.mode == "sse" else self.mode
 
     def allows(self, transport: str) -> bool:
         """Whether connections of this transport may open (and stay open) under these flags.
 
-        The chain is ws → sse → longpoll → poll: a transport is allowed when it is the mode or a
-        fallback below it, so a client whose WebSocket is blocked by a proxy can still stream.
+        The chain is ws → sse → longpoll → poll. The mode caps it (a "poll" rollback stops
+        WebSockets too); below the cap every fallback stays allowed, so a client whose WebSocket is
+        blocked by a proxy can still stream. WebSockets sit on top only when the flag offers them.
         """
-        if transport == "poll":
-            return True
-        if not self.enabled:
+        chain = ("ws", "sse", "longpoll", "poll")
+        transport = "sse" if transport == "sse-multi" else transport
+        if transport not in chain:
             return False
-        if transport == "ws":
-            return self.websocket
-        order = ("sse", "longpoll")
-        if self.mode not in order or transport not in order:
-            return False
-        return order.index(transport) >= order.index(self.mode)
+        return chain.index(transport) >= chain.index(self.transport)
 
     @classmethod
     def from_config(cls, config: Mapping) -> RealtimeFlags:

@@ -1,16 +1,22 @@
-/* livedoc client: live conversion progress in the viewer, state refresh on the list, admin stats.
+/* livedoc client: live conversion progress in the viewer and on "My documents", admin stats.
  *
  * One small file, no build step, no libraries. The CSP forbids inline script, so pages hand their
- * data over in data-* attributes. The viewer is server-rendered: this script only keeps it current.
+ * data over in data-* attributes. Pages are server-rendered: this script only keeps them current.
  */
 (function () {
   'use strict';
 
-  const RANK = { poll: 0, longpoll: 1, sse: 2 };
+  // The transport chain, best first. A page uses the best one the server allows and it can use,
+  // and moves down on failure.
+  const ORDER = ['ws', 'sse', 'longpoll', 'poll'];
+  const RANK = { poll: 0, longpoll: 1, sse: 2, ws: 3 };
   const LABELS = { live: 'Live', reconnecting: 'Reconnecting…', polling: 'Polling',
                    longpoll: 'Live (long-poll)', offline: 'Offline' };
   const LONGPOLL_WAIT = 25;     // seconds the server may hold a long-poll
   const SSE_MAX_ERRORS = 3;     // consecutive EventSource errors without a message before falling back
+  const WS_MAX_DROPS = 3;       // consecutive short-lived WebSockets before falling back to SSE
+  const WS_STABLE = 15000;      // ms a WebSocket must live for its drop not to count against it
+  const MAX_DOCS = 50;          // documents one stream or socket may watch (MAX_DOCS_PER_STREAM)
   const QUIET = 10000;          // ms a higher mode must be advertised before we climb back to it
 
   const $ = (sel, root) => (root || document).querySelector(sel);
@@ -19,6 +25,7 @@
   const capitalize = (s) => (s ? s.charAt(0).toUpperCase() + s.slice(1).toLowerCase() : '');
   const csrfToken = () => { const m = $('meta[name="csrf-token"]'); return m ? m.content : ''; };
   const withQuery = (url, q) => url + (url.indexOf('?') >= 0 ? '&' : '?') + q;
+  const errorText = (p) => (p.error && p.error.message) || p.message || '';
 
   // Full jitter (base 1 s, cap 30 s): clients that lost the same server do not return in lockstep.
   const backoff = (n) => Math.random() * Math.min(30000, 1000 * Math.pow(2, n));
@@ -29,8 +36,8 @@
     opts = opts || {};
     const ctl = new AbortController();
     const headers = Object.assign({ Accept: 'application/json' }, opts.headers || {});
-    const p = fetch(url, { method: opts.method || 'GET', headers, credentials: 'same-origin',
-                           cache: 'no-store', signal: ctl.signal })
+    const p = fetch(url, { method: opts.method || 'GET', headers, body: opts.body,
+                           credentials: 'same-origin', cache: 'no-store', signal: ctl.signal })
       .then((resp) => {
         const json = (resp.headers.get('Content-Type') || '').indexOf('json') >= 0;
         return (json ? resp.json() : resp.text()).catch(() => null).then((data) => ({
@@ -42,65 +49,227 @@
     return p;
   }
 
-  /* One progress feed as a chain of transports: SSE, then long-poll, then poll.
-   * It knows only URLs and callbacks, nothing of documents or the DOM, so a multiplexed stream can
-   * reuse it later. Options: mode, eventsUrl, statusUrl, pollInterval, seq, and the callbacks
-   * onState(progress), onConnection(state, text), onAuthLost(), onGone(). */
-  class Transport {
+  /* The live progress of a SET of documents over one connection: WebSocket, SSE, long-poll or poll.
+   *
+   * It knows URLs and callbacks, nothing of the DOM. The viewer is a set of one (single-document
+   * SSE, long-poll on its status URL); the list page names many (the multiplexed SSE stream, or
+   * one poll of the whole list). Options:
+   *   mode            the mode the page was rendered with (the server's best one)
+   *   docs            [[id, progress], ...] known so far; unfinished ones are watched
+   *   wsUrl           WebSocket endpoint (path); absent = no WebSocket
+   *   sseUrl(ids, cursor)  the SSE URL for these documents, resuming after cursor
+   *   statusUrl       single-document status URL: long-poll and poll (viewer)
+   *   listUrl         the document list, polled for every document at once (list page)
+   *   pollInterval, pingInterval (ms)
+   *   onState(id, progress), onConnection(state, text), onAuthLost(), onGone(id)
+   */
+  class Feed {
     constructor(o) {
       this.o = o;
-      this.seq = o.seq || 0;
+      this.seqs = new Map();  // id → last seq applied: replays must not move the UI back
+      this.open = new Set();  // ids not yet terminal: what the connection watches
       this.mode = null;
       this.stopped = true;
-      this.gen = 0;           // bumped on every switch; callbacks of an older transport then do nothing
+      this.gen = 0;           // bumped on every switch; callbacks of an older connection then do nothing
       this.failures = 0;      // consecutive failures of the current mode (drives backoff)
       this.falls = 0;         // times a higher mode failed us: each one lengthens the climb-back wait
       this.wantSince = 0;
-      this.es = null; this.req = null; this.timer = null;
+      this.cursor = '';       // the multiplexed stream's last event id: resumes a reopened stream
+      this.applied = 0;       // progress updates applied, to tell a held long-poll from an idle one
+      this.subscribed = new Set();  // ids subscribed on the open WebSocket
+      this.wsWorked = false;  // a WebSocket opened since the last start: later failures may be transient
+      this.es = null; this.ws = null; this.req = null; this.timer = null; this.watchdog = null;
+      (o.docs || []).forEach(([id, p]) => this.track(id, p));
     }
 
-    start(mode) { this.stopped = false; this.switchTo(mode || this.o.mode); }
+    track(id, p) {
+      if (!this.seqs.has(id)) this.seqs.set(id, (p && p.seq) || 0);
+      if (!isTerminal(p)) this.open.add(id);
+    }
+
+    supports(m) {
+      if (m === 'ws') return !!(this.o.wsUrl && window.WebSocket);
+      if (m === 'sse') return !!(this.o.sseUrl && window.EventSource);
+      if (m === 'longpoll') return !!this.o.statusUrl;
+      return true;
+    }
+
+    // The mode itself if this page can use it, else the next one down ('off' and the unknown: poll).
+    usable(m) {
+      let i = ORDER.indexOf(m);
+      if (i < 0) i = ORDER.length - 1;
+      while (!this.supports(ORDER[i])) i++;
+      return ORDER[i];
+    }
+
+    below(m) { return this.usable(ORDER[Math.min(ORDER.indexOf(m) + 1, ORDER.length - 1)]); }
+
+    start(mode) {
+      this.stopped = false;
+      this.wsWorked = false;
+      this.switchTo(mode || this.mode || this.o.mode);
+    }
+
     stop() { this.stopped = true; this.halt(); }
 
     halt() {
       this.gen++;
       if (this.es) { this.es.close(); this.es = null; }
+      if (this.ws) { this.ws.onclose = null; this.ws.close(); this.ws = null; }
       if (this.req) { this.req.abort(); this.req = null; }
       clearTimeout(this.timer);
+      clearTimeout(this.watchdog);
     }
 
     conn(state, text) { this.connState = state; this.o.onConnection(state, text || LABELS[state]); }
 
     switchTo(mode, failed) {
-      if (!Object.prototype.hasOwnProperty.call(RANK, mode)) mode = 'poll';  // 'off' and the unknown
-      if (mode === 'sse' && !window.EventSource) mode = 'longpoll';
+      mode = this.usable(mode);
       this.halt();
       if (failed) this.falls++;
       this.mode = mode; this.failures = 0; this.wantSince = 0;
-      if (mode === 'sse') this.sse(); else this.fetchLoop();
+      if (!this.open.size) { this.done(); return; }
+      if (mode === 'ws') this.openWs();
+      else if (mode === 'sse') this.openSse();
+      else this.fetchLoop();
     }
 
-    // Dedupe by seq: replays (Last-Event-ID, a long-poll racing a push) must not move the UI back.
-    apply(p) {
-      if (!p || typeof p.seq !== 'number' || p.seq <= this.seq) return;
-      this.seq = p.seq;
-      if (isTerminal(p)) { this.stop(); this.conn('offline', 'Up to date'); }
-      this.o.onState(p);
+    done() { this.stop(); this.conn('offline', 'Up to date'); }
+
+    /* Watch one more document (a new upload) without dropping the others: a WebSocket subscribes
+     * it, SSE reopens its stream with the cursor (nothing is lost), polling picks it up next tick. */
+    add(id, p) {
+      const known = this.seqs.has(id);
+      this.track(id, p);
+      if (known || !this.open.has(id)) return;
+      if (this.stopped) { this.start(); return; }
+      if (this.mode === 'ws') {
+        this.topUp();  // a socket still connecting subscribes everything once it opens
+      } else if (this.mode === 'sse') {
+        this.reopenSse();
+      }
     }
 
-    sse() {
+    apply(id, p) {
+      const last = this.seqs.get(id);
+      if (!p || typeof p.seq !== 'number' || last === undefined || p.seq <= last) return;
+      this.seqs.set(id, p.seq);
+      this.applied++;
+      if (isTerminal(p)) this.open.delete(id);
+      this.o.onState(id, p);
+      if (!this.open.size && !this.stopped) { this.done(); return; }
+      // The server ends a subscription after its terminal event: that frees a slot.
+      if (isTerminal(p) && this.subscribed.delete(id)) this.topUp();
+    }
+
+    gone(id) {
+      this.open.delete(id);
+      this.subscribed.delete(id);
+      if (this.o.onGone) this.o.onGone(id);
+      if (!this.open.size && !this.stopped) { this.stop(); this.conn('offline'); }
+    }
+
+    /* ---- WebSocket: one socket, documents subscribed and unsubscribed as messages ---- */
+    openWs() {
       const gen = this.gen;
-      const es = this.es = new EventSource(this.o.eventsUrl);
-      let errors = 0;
       const mine = () => gen === this.gen;
+      const url = new URL(this.o.wsUrl, window.location.href);
+      url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+      let ws;
+      try { ws = this.ws = new WebSocket(url.href); } catch (_) { this.switchTo(this.below('ws'), true); return; }
+      let openedAt = 0;
+      if (!this.failures) this.conn('reconnecting', 'Connecting…');
+      ws.onopen = () => {
+        if (!mine()) return;
+        openedAt = Date.now();
+        this.wsWorked = true;
+        this.conn('live');
+        this.subscribed.clear();
+        this.topUp();
+        this.arm(gen);
+      };
+      ws.onmessage = (e) => {
+        if (!mine()) return;
+        this.arm(gen);
+        let m = null;
+        try { m = JSON.parse(e.data); } catch (_) { return; }
+        if (m && typeof m === 'object') this.wsMessage(m);
+      };
+      ws.onclose = () => {
+        if (!mine()) return;
+        this.ws = null;
+        clearTimeout(this.watchdog);
+        // Refused before it ever opened here (flags off, a proxy that drops upgrades, logged out):
+        // SSE at once. Later, only repeated short-lived sockets count as a failing transport.
+        if (!this.wsWorked) { this.switchTo(this.below('ws'), true); return; }
+        if (openedAt && Date.now() - openedAt >= WS_STABLE) this.failures = 0;
+        if (++this.failures >= WS_MAX_DROPS) { this.switchTo(this.below('ws'), true); return; }
+        this.conn(navigator.onLine === false ? 'offline' : 'reconnecting');
+        this.timer = setTimeout(() => { if (mine()) this.openWs(); }, backoff(this.failures));
+      };
+    }
+
+    send(msg) { if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg)); }
+
+    // Subscribe unfinished documents not yet subscribed, up to the server's per-socket cap.
+    topUp() {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+      const more = Array.from(this.open).filter((id) => !this.subscribed.has(id))
+        .slice(0, Math.max(0, MAX_DOCS - this.subscribed.size));
+      if (!more.length) return;
+      more.forEach((id) => this.subscribed.add(id));
+      this.send({ type: 'subscribe', documents: more });
+    }
+
+    // A peer that vanished without a close frame is noticed only by silence: the server pings
+    // every pingInterval, so a few missed pings mean the socket is dead.
+    arm(gen) {
+      clearTimeout(this.watchdog);
+      this.watchdog = setTimeout(() => {
+        const ws = this.ws;
+        if (gen !== this.gen || !ws || !ws.onclose) return;
+        // A dead peer may never answer our close frame: run the drop handling now, not on close.
+        const dropped = ws.onclose;
+        ws.onclose = null;
+        ws.close();
+        dropped();
+      }, 2.5 * this.o.pingInterval + 5000);
+    }
+
+    wsMessage(m) {
+      if (m.type === 'ping') { this.send({ type: 'pong' }); return; }
+      if (m.type === 'mode') {
+        // The operator switched transports; the server closes this socket next.
+        if (m.mode && m.mode !== 'ws') this.switchTo(m.mode);
+        return;
+      }
+      if (m.type === 'subscribed') { (m.denied || []).forEach((id) => this.gone(id)); return; }
+      // {type: 'error', code, message} without a document answers a bad message of ours: nothing
+      // to show. With document_id and data, `error` is a failed conversion like any other state.
+      if (m.document_id && m.data) this.apply(m.document_id, m.data);
+    }
+
+    /* ---- SSE: single-document stream, or one multiplexed stream for many ---- */
+    openSse() {
+      const gen = this.gen;
+      const mine = () => gen === this.gen;
+      const ids = Array.from(this.open).slice(0, MAX_DOCS);
+      const es = this.es = new EventSource(this.o.sseUrl(ids, this.cursor));
+      let errors = 0;
       const onData = (e) => {
         if (!mine()) return;
         errors = 0;
+        if (e.lastEventId) this.cursor = e.lastEventId;
         let p = null;
         try { p = JSON.parse(e.data); } catch (_) { return; }
-        this.apply(p);
+        // Single-document events carry no document_id: that stream names one document.
+        this.apply((p && p.document_id) || ids[0], p);
+        // More than MAX_DOCS unfinished: name the waiting ones as soon as a slot frees up.
+        if (mine() && isTerminal(p) && Array.from(this.open).some((id) => ids.indexOf(id) < 0)) {
+          this.reopenSse();
+        }
       };
-      this.conn('reconnecting', 'Connecting…');
+      if (!this.failures) this.conn('reconnecting', 'Connecting…');
       es.onopen = () => { if (mine()) this.conn('live'); };
       es.addEventListener('progress', onData);
       es.addEventListener('complete', onData);
@@ -117,23 +286,31 @@
         if (!mine()) return;
         if (e.data !== undefined) { onData(e); return; }
         errors++;
-        // CLOSED: a 204 (real-time off) or any non-stream answer; the browser will not retry.
+        // CLOSED: a 204 (real-time off, nothing to watch) or any non-stream answer; the browser
+        // will not retry by itself.
         if (es.readyState === EventSource.CLOSED || errors >= SSE_MAX_ERRORS) {
-          this.switchTo('longpoll', true);
+          this.switchTo(this.below('sse'), true);
         } else {
           this.conn('reconnecting');
         }
       });
     }
 
-    // Long-poll and poll share the status endpoint; only `after`/`wait` and the pacing differ.
+    // A new EventSource sends no Last-Event-ID: the cursor query parameter carries the position.
+    reopenSse() {
+      this.halt();
+      this.openSse();
+    }
+
+    /* ---- Long-poll (one document) and poll (its status, or the whole list) ---- */
     fetchLoop() {
       const gen = this.gen;
       const long = this.mode === 'longpoll';
-      const url = long ? withQuery(this.o.statusUrl, 'after=' + this.seq + '&wait=' + LONGPOLL_WAIT)
-                       : this.o.statusUrl;
+      const single = Array.from(this.open)[0];
+      const url = long ? withQuery(this.o.statusUrl, 'after=' + this.seqs.get(single) + '&wait=' + LONGPOLL_WAIT)
+                       : this.o.statusUrl || this.o.listUrl;
       const started = Date.now();
-      const before = this.seq;
+      const before = this.applied;
       if (!this.failures) this.conn(long ? 'longpoll' : 'polling');
       const req = this.req = request(url);
       req.then((r) => {
@@ -142,11 +319,15 @@
         if (r.status !== 200) { this.failed(r); return; }
         this.failures = 0;
         this.conn(long ? 'longpoll' : 'polling');
-        this.apply(r.data);
+        if (r.data && Array.isArray(r.data.documents)) {
+          r.data.documents.forEach((doc) => this.apply(doc.id, doc.progress));
+        } else if (r.data) {
+          this.apply(r.data.document_id || single, r.data);
+        }
         if (gen !== this.gen || this.follow(r.mode)) return;
         // A long-poll answered at once with nothing new is not being held (e.g. the server turned
         // real-time off): pace it like a poll rather than hammer the server.
-        const held = long && (this.seq > before || Date.now() - started > 1000);
+        const held = long && (this.applied > before || Date.now() - started > 1000);
         this.later(held ? 0 : this.o.pollInterval);
       });
     }
@@ -156,7 +337,7 @@
         this.stop(); this.conn('offline', 'Session expired'); this.o.onAuthLost(); return;
       }
       if (r.status === 403 || r.status === 404) {
-        this.stop(); this.conn('offline'); if (this.o.onGone) this.o.onGone(); return;
+        Array.from(this.open).forEach((id) => this.gone(id)); return;
       }
       // A proxy that times out held requests (502/504) breaks long-poll but not plain polling.
       if (this.mode === 'longpoll' && r.status >= 500 && this.failures >= 2) {
@@ -175,13 +356,12 @@
       this.timer = setTimeout(() => { if (gen === this.gen) this.fetchLoop(); }, ms);
     }
 
-    /* X-Livedoc-Mode names the mode in force. Going down is the operator's rollback: obey at once.
-     * Going up waits a jittered quiet period, so a crowd of pages does not reopen streams at the
-     * same instant, and waits longer each time that higher mode has already failed here. */
+    /* X-Livedoc-Mode names the best mode in force. Going down is the operator's rollback: obey at
+     * once. Going up waits a jittered quiet period, so a crowd of pages does not reopen streams at
+     * the same instant, and waits longer each time that higher mode has already failed here. */
     follow(m) {
       if (!m) return false;
-      if (!Object.prototype.hasOwnProperty.call(RANK, m)) m = 'poll';
-      if (m === 'sse' && !window.EventSource) m = 'longpoll';
+      m = this.usable(m);
       if (RANK[m] < RANK[this.mode]) { this.switchTo(m); return true; }
       if (RANK[m] === RANK[this.mode]) { this.wantSince = 0; return false; }
       const now = Date.now();
@@ -190,12 +370,29 @@
         this.quiet = QUIET * Math.pow(2, Math.min(this.falls, 4)) * (0.5 + Math.random());
       }
       if (now - this.wantSince < this.quiet) return false;
+      this.wsWorked = false;  // a fresh try: a refused upgrade should drop to SSE at once again
       this.switchTo(m);
       return true;
     }
 
     // Back online: retry now instead of waiting out the backoff (EventSource retries by itself).
     kick() { if (!this.stopped && !this.es && this.failures) this.switchTo(this.mode); }
+  }
+
+  // Page-level wiring shared by the viewer and the list: online/offline, the connection indicator.
+  function watchNetwork(feed, setConnection) {
+    window.addEventListener('online', () => { if (feed()) feed().kick(); });
+    window.addEventListener('offline', () => {
+      if (feed() && !feed().stopped) setConnection('offline', LABELS.offline);
+    });
+  }
+
+  function sessionNotice(notice, loginUrl) {
+    notice.textContent = 'Session expired — ';
+    const a = document.createElement('a');
+    a.href = loginUrl || '/login'; a.textContent = 'log in again';
+    notice.appendChild(a);
+    notice.hidden = false;
   }
 
   /* ---- Viewer ---------------------------------------------------------------------------------- */
@@ -213,7 +410,7 @@
     if (!state || typeof state.seq !== 'number') {
       state = { seq: Number(d.seq) || 0, state: d.state, stage: d.state, percent: 0, page: 0, pages: 0 };
     }
-    let transport = null;
+    let feed = null;
 
     const announce = (text) => { el.live.textContent = text; };
     const valueText = (p) => capitalize(p.stage) + (p.pages ? ' page ' + p.page + ' of ' + p.pages : '') +
@@ -244,8 +441,7 @@
       root.dataset.seq = String(p.seq);
       root.dataset.state = p.state;
       if (p.state === 'failed') {
-        const err = p.error || {};
-        showError(err.message || p.message, !!err.retryable);
+        showError(errorText(p), !!(p.error && p.error.retryable));
       } else {
         el.error.hidden = true;
         const btn = $('#retry');
@@ -256,13 +452,13 @@
       if (p.state === 'complete') {
         announce('Conversion complete, ' + p.pages + (p.pages === 1 ? ' page' : ' pages'));
       } else if (p.state === 'failed') {
-        announce('Conversion failed: ' + ((p.error && p.error.message) || p.message || ''));
+        announce('Conversion failed: ' + errorText(p));
       } else if (!prev || p.state !== prev.state || p.stage !== prev.stage) {
         announce(capitalize(p.stage) + (p.message ? ': ' + p.message : ''));
       }
     }
 
-    function onState(p) {
+    function onState(id, p) {
       const prev = state;
       state = p;
       render(p, prev);
@@ -295,23 +491,20 @@
     }
 
     function sessionExpired() {
-      el.notice.textContent = 'Session expired — ';
-      const a = document.createElement('a');
-      a.href = d.loginUrl || '/login'; a.textContent = 'log in again';
-      el.notice.appendChild(a);
-      el.notice.hidden = false;
+      sessionNotice(el.notice, d.loginUrl);
       announce('Session expired. Log in again to see progress.');
     }
 
-    function startTransport(mode) {
-      if (transport) transport.stop();
-      transport = new Transport({
-        mode, eventsUrl: d.eventsUrl, statusUrl: d.statusUrl, seq: state.seq,
+    function startFeed(mode) {
+      if (feed) feed.stop();
+      feed = new Feed({
+        mode, docs: [[d.docId, state]], wsUrl: d.wsUrl, sseUrl: () => d.eventsUrl, statusUrl: d.statusUrl,
         pollInterval: Math.max(500, Number(d.pollInterval) || 2000),
+        pingInterval: Number(d.pingInterval) || 30000,
         onState, onConnection: setConnection, onAuthLost: sessionExpired,
         onGone: () => announce('This document is no longer available.'),
       });
-      transport.start();
+      feed.start();
     }
 
     // Retry with fetch; the same form still works without script.
@@ -324,9 +517,9 @@
         btn.disabled = false;
         if (r.status === 202 && r.data && r.data.progress) {
           const p = r.data.progress;
-          if (p.seq > state.seq) onState(p);  // reset the UI to the new, queued attempt
+          if (p.seq > state.seq) onState(d.docId, p);  // reset the UI to the new, queued attempt
           $('#status-heading').focus();       // the button just vanished: keep keyboard users in place
-          startTransport(initialMode);
+          startFeed(initialMode);
           return;
         }
         if (r.status === 401) { sessionExpired(); return; }
@@ -341,57 +534,169 @@
       // Complete but the page was rendered before the pages were in place: fetch them now.
       if (state.state === 'complete' && !$('#pages-heading')) loadPages(0);
     } else {
-      startTransport(initialMode);
+      startFeed(initialMode);
     }
-    window.addEventListener('online', () => { if (transport) transport.kick(); });
-    window.addEventListener('offline', () => {
-      if (transport && !transport.stopped) setConnection('offline', LABELS.offline);
-    });
+    watchNetwork(() => feed, setConnection);
     window.livedoc = {
       state: () => Object.assign({}, state),
-      mode: () => (transport ? transport.mode : null),
+      mode: () => (feed ? feed.mode : null),
       connection: () => el.conn.dataset.state,
     };
   }
 
-  /* ---- Document list: refresh unfinished rows in place --------------------------------------- */
-  function initList(table) {
-    const interval = Math.max(1000, Number(table.dataset.pollInterval) || 3000);
-    let failures = 0;
-    const rows = () => Array.prototype.slice.call(table.querySelectorAll('tr[data-doc-id]'));
-    const unfinished = () => rows().some((tr) => tr.dataset.state !== 'complete' && tr.dataset.state !== 'failed');
+  /* ---- My documents: every row live over one connection; uploads join without a reload ------- */
+  function initList(root) {
+    const d = root.dataset;
+    const tbody = $('#doc-list tbody', root);
+    const form = $('#upload-form', root);
+    const live = $('#list-live', root);
+    const connEl = $('#connection', root);
+    const sizeUnits = ['kB', 'MB', 'GB', 'TB'];
 
-    function update(doc) {
-      const tr = table.querySelector('tr[data-doc-id="' + doc.id + '"]');
-      const p = doc.progress;
-      if (!tr || !p || p.seq <= Number(tr.dataset.seq)) return;
+    // One line per announcement (not one replaced text), so two completions in a row both get read.
+    function announce(text) {
+      const line = document.createElement('p');
+      line.textContent = text;
+      live.appendChild(line);
+      while (live.childNodes.length > 5) live.removeChild(live.firstChild);
+    }
+
+    function setConnection(s, text) { connEl.dataset.state = s; connEl.textContent = text; }
+
+    const rowOf = (id) => tbody.querySelector('tr[data-doc-id="' + id + '"]');
+    const nameOf = (tr) => $('.doc-link', tr).textContent;
+
+    function render(tr, p) {
+      const pct = clampPct(p.percent);
       tr.dataset.seq = String(p.seq);
       tr.dataset.state = p.state;
       const badge = $('.doc-state', tr);
       badge.textContent = p.state;
       badge.dataset.state = p.state;
-      $('.doc-stage', tr).textContent = p.state === 'failed' ? (p.message || '')
-        : p.state === 'complete' ? '' : (p.stage || '');
-      $('progress', tr).value = clampPct(p.percent);
-      $('.doc-percent', tr).textContent = clampPct(p.percent) + '%';
+      // The badge says the state; the stage adds what it is doing (not "queued" twice).
+      const doing = p.stage && p.stage !== p.state ? capitalize(p.stage) +
+        (p.pages ? ' page ' + p.page + ' of ' + p.pages : '') : '';
+      $('.doc-stage', tr).textContent = p.state === 'failed' ? errorText(p) : p.state === 'complete' ? '' : doing;
+      const bar = $('[role="progressbar"]', tr);
+      bar.setAttribute('aria-valuenow', String(pct));
+      bar.setAttribute('aria-valuetext', isTerminal(p) ? capitalize(p.state)
+        : (doing || capitalize(p.state)) + ', ' + pct + '%');
+      $('.progress-fill', bar).style.width = pct + '%';
+      $('.doc-percent', tr).textContent = pct + '%';
     }
 
-    function tick() {
-      if (!unfinished()) return;
-      request(table.dataset.apiUrl).then((r) => {
-        if (r.status === 401 || r.status === 403) return;  // logged out elsewhere: stop quietly
-        let wait = interval;
-        if (r.status === 200 && r.data && r.data.documents) {
-          failures = 0;
-          r.data.documents.forEach(update);
-        } else {
-          wait = r.status === 429 && r.retryAfter >= 0 ? r.retryAfter * 1000
-            : Math.max(interval, backoff(failures++));
-        }
-        setTimeout(tick, wait);
-      });
+    function onState(id, p) {
+      const tr = rowOf(id);
+      if (!tr) return;
+      render(tr, p);
+      if (p.state === 'complete') {
+        announce(nameOf(tr) + ': conversion complete' + (p.pages ? ', ' + p.pages + (p.pages === 1 ? ' page' : ' pages') : ''));
+      } else if (p.state === 'failed') {
+        announce(nameOf(tr) + ': conversion failed: ' + errorText(p));
+      }
     }
-    setTimeout(tick, interval);
+
+    // Jinja's filesizeformat, so a row added here reads like the server-rendered ones.
+    function fileSize(n) {
+      if (n < 1000) return n + (n === 1 ? ' Byte' : ' Bytes');
+      let i = 0;
+      while (i < sizeUnits.length - 1 && n >= Math.pow(1000, i + 2)) i++;
+      return (n / Math.pow(1000, i + 1)).toFixed(1) + ' ' + sizeUnits[i];
+    }
+
+    // A new row from the server-rendered <template>: the markup lives in one place.
+    function addRow(doc) {
+      const tr = $('#doc-row-template').content.firstElementChild.cloneNode(true);
+      const iso = String(doc.created_at || '').replace(/\.\d+/, '');
+      tr.dataset.docId = doc.id;
+      const link = $('.doc-link', tr);
+      link.href = doc.viewer_url; link.textContent = doc.filename;
+      $('[role="progressbar"]', tr).setAttribute('aria-label', 'Progress of ' + doc.filename);
+      $('.doc-kind', tr).textContent = String(doc.kind || '').toUpperCase();
+      $('.doc-size', tr).textContent = fileSize(Number(doc.size) || 0);
+      const time = $('time', tr);
+      time.setAttribute('datetime', iso);
+      time.textContent = iso.slice(0, 10) + ' ' + iso.slice(11, 16);
+      render(tr, doc.progress);
+      tbody.insertBefore(tr, tbody.firstChild);
+      const empty = $('#no-docs', root);
+      if (empty) empty.remove();
+    }
+
+    const rows = Array.prototype.slice.call(tbody.querySelectorAll('tr[data-doc-id]'));
+    const feed = new Feed({
+      mode: d.mode || 'sse',
+      docs: rows.map((tr) => [tr.dataset.docId, { seq: Number(tr.dataset.seq) || 0, state: tr.dataset.state }]),
+      wsUrl: d.wsUrl,
+      sseUrl: (ids, cursor) => withQuery(d.eventsUrl, 'docs=' + ids.map(encodeURIComponent).join(',') +
+        (cursor ? '&cursor=' + encodeURIComponent(cursor) : '')),
+      listUrl: d.listUrl,
+      pollInterval: Math.max(1000, Number(d.pollInterval) || 3000),
+      pingInterval: Number(d.pingInterval) || 30000,
+      onState, onConnection: setConnection,
+      onAuthLost: () => {
+        sessionNotice($('#notice', root), d.loginUrl);
+        announce('Session expired. Log in again to see progress.');
+      },
+      onGone: () => {},
+    });
+
+    // ---- the upload form, sent with fetch; without script (or on a network error) it posts itself
+    const fileInput = $('#file', form);
+    const button = $('button[type="submit"]', form);
+
+    function showUploadError(text) {
+      let box = $('#upload-error', root);
+      if (!box) {
+        box = document.createElement('p');
+        box.id = 'upload-error'; box.className = 'error-box'; box.setAttribute('role', 'alert');
+        form.parentNode.insertBefore(box, form);
+        fileInput.setAttribute('aria-describedby', 'file-help upload-error');
+      }
+      box.textContent = text;
+      box.hidden = false;
+    }
+
+    function clearUploadError() {
+      const box = $('#upload-error', root);
+      if (box) box.hidden = true;
+      fileInput.setAttribute('aria-describedby', 'file-help');
+    }
+
+    form.addEventListener('submit', (ev) => {
+      if (!window.fetch || !window.FormData) return;  // the browser posts the form itself
+      ev.preventDefault();
+      if (button.disabled) return;
+      button.disabled = true;
+      button.setAttribute('aria-busy', 'true');
+      request(d.listUrl, { method: 'POST', body: new FormData(form),
+                           headers: { 'X-CSRFToken': csrfToken() } }).then((r) => {
+        button.disabled = false;
+        button.removeAttribute('aria-busy');
+        if (r.status === 201 && r.data && r.data.id && r.data.progress) {
+          clearUploadError();
+          form.reset();
+          if (!rowOf(r.data.id)) addRow(r.data);
+          announce(r.data.filename + ' uploaded; converting.');
+          feed.add(r.data.id, r.data.progress);
+          return;
+        }
+        if (r.status === 0) { form.submit(); return; }  // no answer at all: the plain form may still get through
+        if (r.status === 401) { feed.o.onAuthLost(); return; }
+        const err = r.data && r.data.error;
+        showUploadError((err && err.message) || (r.status === 429
+          ? 'Too many uploads; try again in a minute.' : 'The upload failed; try again.'));
+      });
+    });
+
+    if (feed.open.size) feed.start();
+    else setConnection('offline', 'Up to date');
+    watchNetwork(() => feed, setConnection);
+    window.livedoc = {
+      mode: () => feed.mode,
+      connection: () => connEl.dataset.state,
+      watching: () => Array.from(feed.open),
+    };
   }
 
   /* ---- Admin: connection stats ----------------------------------------------------------------- */
@@ -440,7 +745,7 @@
   }
 
   function init() {
-    [['#viewer', initViewer], ['#doc-list', initList], ['#stats[data-stats-url]', initStats]]
+    [['#viewer', initViewer], ['#doc-page', initList], ['#stats[data-stats-url]', initStats]]
       .forEach(([sel, fn]) => { const node = $(sel); if (node) fn(node); });
   }
 

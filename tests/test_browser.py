@@ -169,8 +169,15 @@ def upload(page: Page, data: bytes, name: str = "report.pdf") -> str:
     """Upload through the form on 'My documents'; returns the document id the viewer shows."""
     if not page.url.endswith("/documents"):
         page.goto("/documents")
+    rows = page.locator("#doc-list tbody tr")
+    before = rows.count()
     page.set_input_files("#file", files=[{"name": name, "mimeType": "application/pdf", "buffer": data}])
     page.click("#upload-form button[type=submit]")
+    # The list sends the form with fetch and adds the new row at the top: open its viewer.
+    expect(rows).to_have_count(before + 1)
+    link = rows.first.locator("a.doc-link")
+    expect(link).to_have_text(name)
+    link.click()
     page.wait_for_url(DOC_URL)
     return DOC_URL.search(page.url).group(1)
 
@@ -515,6 +522,11 @@ def test_keyboard_only_login_upload_view_and_retry(make_stack, open_context, con
     page.locator("*:focus").set_input_files(
         files=[{"name": "keyboard.pdf", "mimeType": "application/pdf", "buffer": SMALL_PDF}])
     tab_to(page, "#upload-form button[type=submit]", limit=3)
+    assert_focus_visible(page)
+    page.keyboard.press("Enter")
+    # The new row appears at the top of the list; its link is the next Tab stop.
+    expect(page.locator("#doc-list tbody tr")).to_have_count(1)
+    tab_to(page, "#doc-list tbody tr:first-child a.doc-link", limit=3)
     assert_focus_visible(page)
     page.keyboard.press("Enter")
     page.wait_for_url(DOC_URL)
