@@ -16,6 +16,8 @@ import devredis  # noqa: E402
 
 from livedoc.redis_client import connect  # noqa: E402
 
+pytest_plugins = ["tests.browser_support"]
+
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> str:

@@ -16,23 +16,21 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
+if not Path("/usr/bin/chromium").exists():
     pytest.skip("Debian chromium is not installed at /usr/bin/chromium", allow_module_level=True)
 
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
 from rq.job import Job  # noqa: E402
 
 from livedoc import flags, jobs, progress  # noqa: E402
 from livedoc.redis_client import connect  # noqa: E402
+from tests.browser_support import login  # noqa: E402
 from tests.pdfgen import make_pdf  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SETTINGS = {"RENDER_DPI": "250"}
 PAGES = 60
 BIG_PDF = make_pdf([f"Page {i} of the browser test document\nLine two of page {i}"
@@ -72,73 +70,6 @@ FOCUS_STYLE = """() => {
 
 
 # -- fixtures --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    """One headless Debian chromium for the module (Playwright never downloads a browser here)."""
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
-
-
-class Console:
-    """Console errors and uncaught exceptions of every page in the contexts it watches."""
-
-    def __init__(self):
-        self.errors: list[str] = []
-        self.allowed: list[re.Pattern] = []
-        self.tolerated: list[str] = []
-
-    def watch(self, context: BrowserContext, who: str) -> None:
-        context.on("console", lambda msg: self._console(who, msg))
-        context.on("weberror", lambda err: self.errors.append(f"[{who}] uncaught: {err.error}"))
-
-    def _console(self, who: str, msg) -> None:
-        if msg.type != "error":
-            return
-        text = f"[{who}] console.error: {msg.text} ({msg.location.get('url', '')})"
-        csp = "Content Security Policy" in msg.text
-        if not csp and any(p.search(msg.text) for p in self.allowed):
-            self.tolerated.append(text)
-        else:
-            self.errors.append(text)
-
-    def allow(self, pattern: str) -> None:
-        """Tolerate console errors matching pattern (never CSP violations or uncaught exceptions)."""
-        self.allowed.append(re.compile(pattern))
-
-    def assert_clean(self) -> None:
-        assert not self.errors, "\n".join(self.errors)
-
-
-@pytest.fixture
-def console():
-    c = Console()
-    yield c
-    for line in c.errors:
-        print("console error:", line)
-    for line in c.tolerated:
-        print("tolerated network error:", line)
-
-
-@pytest.fixture
-def open_context(browser: Browser, console: Console):
-    """Factory of fresh browser contexts (separate cookies) on a stack, watched by `console`."""
-    contexts = []
-
-    def make(stack, who: str, **options) -> BrowserContext:
-        ctx = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 900},
-                                  **options)
-        ctx.set_default_timeout(15_000)
-        console.watch(ctx, who)
-        contexts.append(ctx)
-        return ctx
-
-    yield make
-    for ctx in contexts:
-        ctx.close()
-
-
 @pytest.fixture
 def stack_conn(make_stack):
     """A Redis client for stacks made by make_stack (database 2); real-time override cleared after."""
@@ -156,15 +87,6 @@ def stack_conn(make_stack):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def login(page: Page, name: str) -> None:
-    """Log in through the real form."""
-    page.goto("/login")
-    page.fill("#username", name)
-    page.fill("#password", f"pw-{name}")
-    page.click("form.stack button[type=submit]")
-    page.wait_for_url("**/documents")
-
-
 def upload(page: Page, data: bytes, name: str = "report.pdf") -> str:
     """Upload through the form on 'My documents'; returns the document id the viewer shows."""
     if not page.url.endswith("/documents"):

@@ -16,21 +16,19 @@ from pathlib import Path
 import pytest
 import requests
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
+if not Path("/usr/bin/chromium").exists():
     pytest.skip("Debian chromium is not installed at /usr/bin/chromium", allow_module_level=True)
 
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
 
 from livedoc import flags  # noqa: E402
 from livedoc.redis_client import connect  # noqa: E402
+from tests.browser_support import login  # noqa: E402
 from tests.live import api  # noqa: E402
 from tests.pdfgen import make_pdf  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SETTINGS = {"RENDER_DPI": "250"}  # a conversion takes a couple of seconds: progress is visible
 DOCS = 10
 PAGES = 20
@@ -64,72 +62,7 @@ RECORDER = """() => {
 }"""
 
 
-# -- fixtures (as in test_browser.py) --------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    """One headless Debian chromium for the module (Playwright never downloads a browser here)."""
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield b
-        b.close()
-
-
-class Console:
-    """Console errors and uncaught exceptions of every page in the contexts it watches."""
-
-    def __init__(self):
-        self.errors: list[str] = []
-        self.allowed: list[re.Pattern] = []
-        self.tolerated: list[str] = []
-
-    def watch(self, context: BrowserContext, who: str) -> None:
-        context.on("console", lambda msg: self._console(who, msg))
-        context.on("weberror", lambda err: self.errors.append(f"[{who}] uncaught: {err.error}"))
-
-    def _console(self, who: str, msg) -> None:
-        if msg.type != "error":
-            return
-        text = f"[{who}] console.error: {msg.text} ({msg.location.get('url', '')})"
-        csp = "Content Security Policy" in msg.text
-        if not csp and any(p.search(msg.text) for p in self.allowed):
-            self.tolerated.append(text)
-        else:
-            self.errors.append(text)
-
-    def allow(self, pattern: str) -> None:
-        self.allowed.append(re.compile(pattern))
-
-    def assert_clean(self) -> None:
-        assert not self.errors, "\n".join(self.errors)
-
-
-@pytest.fixture
-def console():
-    c = Console()
-    yield c
-    for line in c.errors:
-        print("console error:", line)
-    for line in c.tolerated:
-        print("tolerated network error:", line)
-
-
-@pytest.fixture
-def open_context(browser: Browser, console: Console):
-    """Factory of fresh browser contexts (separate cookies) on a stack, watched by `console`."""
-    contexts = []
-
-    def make(stack, who: str) -> BrowserContext:
-        ctx = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 900})
-        ctx.set_default_timeout(15_000)
-        console.watch(ctx, who)
-        contexts.append(ctx)
-        return ctx
-
-    yield make
-    for ctx in contexts:
-        ctx.close()
-
-
+# -- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture(params=["sse", "ws"])
 def transport(request) -> str:
     return request.param
@@ -188,15 +121,6 @@ class Traffic:
     @property
     def list_polls(self) -> int:
         return self.count(r"/api/documents(\?|$)")
-
-
-def login(page: Page, name: str) -> None:
-    """Log in through the real form; it lands on 'My documents'."""
-    page.goto("/login")
-    page.fill("#username", name)
-    page.fill("#password", f"pw-{name}")
-    page.click("form.stack button[type=submit]")
-    page.wait_for_url("**/documents")
 
 
 def upload_api(stack, token: str, n: int) -> list[str]:

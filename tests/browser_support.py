@@ -1,0 +1,94 @@
+"""Browser-test support shared by the Playwright modules: Debian chromium, console watching, contexts.
+
+tests/conftest.py loads this module as a pytest plugin, so its fixtures (browser, console,
+open_context) are there for every test module; the browser modules skip themselves when chromium is
+absent, before any browser is launched.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Debian chromium for the module (Playwright never downloads a browser here)."""
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+class Console:
+    """Console errors and uncaught exceptions of every page in the contexts it watches."""
+
+    def __init__(self):
+        self.errors: list[str] = []
+        self.allowed: list[re.Pattern] = []
+        self.tolerated: list[str] = []
+
+    def watch(self, context: BrowserContext, who: str) -> None:
+        context.on("console", lambda msg: self._console(who, msg))
+        context.on("weberror", lambda err: self.errors.append(f"[{who}] uncaught: {err.error}"))
+
+    def _console(self, who: str, msg) -> None:
+        if msg.type != "error":
+            return
+        text = f"[{who}] console.error: {msg.text} ({msg.location.get('url', '')})"
+        csp = "Content Security Policy" in msg.text
+        if not csp and any(p.search(msg.text) for p in self.allowed):
+            self.tolerated.append(text)
+        else:
+            self.errors.append(text)
+
+    def allow(self, pattern: str) -> None:
+        """Tolerate console errors matching pattern (never CSP violations or uncaught exceptions)."""
+        self.allowed.append(re.compile(pattern))
+
+    def assert_clean(self) -> None:
+        assert not self.errors, "\n".join(self.errors)
+
+
+@pytest.fixture
+def console():
+    c = Console()
+    yield c
+    for line in c.errors:
+        print("console error:", line)
+    for line in c.tolerated:
+        print("tolerated network error:", line)
+
+
+@pytest.fixture
+def open_context(browser: Browser, console: Console):
+    """Factory of fresh browser contexts (separate cookies) on a stack, watched by `console`."""
+    contexts = []
+
+    def make(stack, who: str, **options) -> BrowserContext:
+        ctx = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 900},
+                                  **options)
+        ctx.set_default_timeout(15_000)
+        console.watch(ctx, who)
+        contexts.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+def login(page: Page, name: str) -> None:
+    """Log in through the real form."""
+    page.goto("/login")
+    page.fill("#username", name)
+    page.fill("#password", f"pw-{name}")
+    page.click("form.stack button[type=submit]")
+    page.wait_for_url("**/documents")
