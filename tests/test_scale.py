@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from tests.live import api, sse_events
+from tests.pdfgen import make_pdf
 from tests.test_live import open_stream, upload
 
 pytestmark = pytest.mark.live
@@ -116,3 +117,19 @@ def test_metrics_in_prometheus_format_for_admins(live):
     assert 'livedoc_events_sent_total{transport="sse"}' in text.text
     assert reader.get(live.base_url + "/metrics", timeout=5).status_code == 403
     assert requests.get(live.base_url + "/metrics", timeout=5).status_code == 401
+
+
+def test_polling_alone_delivers_when_push_is_off(make_stack):
+    stack = make_stack(REALTIME_PUSH="false")
+    admin = api(stack.user("ops-nopush", admin=True))
+    reader = api(stack.user("nopush"))
+    body = upload(reader, stack.base_url, make_pdf([f"page {i}" for i in range(1, 13)]))
+    stream = sse_events(open_stream(reader, stack.base_url, body))
+    assert next(e for e in stream if "event" in e)["id"] == "1"
+    stack.start_worker()
+    events = [e for e in stream if "event" in e]
+    assert events[-1]["event"] == "complete"
+    metrics = admin.get(stack.base_url + "/metrics", timeout=5).text
+    # Every event came from the hub's poll: no pub/sub message was read.
+    assert "livedoc_push_messages_total 0.0" in metrics
+    assert 'livedoc_events_sent_total{transport="sse"}' in metrics
