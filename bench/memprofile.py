@@ -1,6 +1,7 @@
 """Where a livedoc web worker's memory per open stream goes (tracemalloc), for bench/run.py's RSS column.
 
     .venv/bin/python bench/memprofile.py [--streams 1000] [--frames 12] [--top 25]
+    .venv/bin/python bench/memprofile.py --transport ws --docs 10    # WebSockets watching 10 documents each
 
 Starts the same throwaway deployment as bench/run.py, serves livedoc with bench/gunicorn_tracemalloc.py
 (gunicorn.conf.py + tracemalloc), snapshots the worker's Python heap before and after opening the
@@ -39,6 +40,10 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--system", default="livedoc", choices=["livedoc", "naive", "flask-sse"],
                         help="the peers get the same tracemalloc config, for a like-for-like floor")
+    parser.add_argument("--transport", default="sse", choices=["sse", "multi", "ws"],
+                        help="livedoc: single-document SSE, multiplexed SSE, or WebSocket")
+    parser.add_argument("--docs", type=int, default=None,
+                        help=f"documents per connection (multi, ws; default {run.DOCS_PER_CONN})")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
@@ -48,7 +53,8 @@ def main() -> None:
     trigger = work / "snapshot"
     try:
         bench.setup()
-        sc = run.Scenario("memprofile", args.system, args.streams)
+        docs = 1 if args.transport == "sse" else (args.docs or run.DOCS_PER_CONN)
+        sc = run.Scenario("memprofile", args.system, args.streams, transport=args.transport, docs=docs)
         bench.base_env.update(TRACEMALLOC_TRIGGER=str(trigger), TRACEMALLOC_FRAMES=str(args.frames))
         bench.livedoc_config = bench.peer_config = str(run.BENCH / "gunicorn_tracemalloc.py")
         server = bench.start_server(sc)
@@ -57,9 +63,7 @@ def main() -> None:
             time.sleep(1)
             rss0 = server.worker.memory_info().rss
             before = snapshot(trigger)
-            paths, headers, _ = bench.paths(sc)
-            client = run.LoadClient(bench.port, paths, headers, work / "client.json",
-                                    wait_headers=args.system != "flask-sse")
+            client = bench.load_client(sc, work / "client.json")
             ramped = client.expect("RAMPED", 300)
             time.sleep(2)
             rss1 = server.worker.memory_info().rss

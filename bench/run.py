@@ -1,7 +1,8 @@
-"""livedoc streaming benchmark: livedoc (push on/off) vs Flask-SSE 1.0.0 vs naive per-stream polling.
+"""livedoc streaming benchmark: livedoc (single-document SSE with push on/off, multiplexed SSE, WebSocket)
+vs Flask-SSE 1.0.0 vs naive per-stream polling.
 
-    .venv/bin/python bench/run.py --scenarios quick      # ~5 min: 100 and 1,000 streams
-    .venv/bin/python bench/run.py --scenarios full       # ~15 min: adds 5,000 streams, pings, ratios
+    .venv/bin/python bench/run.py --scenarios quick      # ~8 min: 100 and 1,000 connections
+    .venv/bin/python bench/run.py --scenarios full       # ~25 min: adds 5,000, pings, ratios
 
 Loopback only and bounded: a throwaway Redis, one gunicorn gevent worker per scenario (restarted for
 every scenario, so memory numbers start clean), one gevent load-client process, and a driver in this
@@ -47,6 +48,7 @@ DRIVE_S = 12.0
 IDLE_S = 10.0
 PROBES = 50
 CONCURRENCY = 50      # connects in flight while the client ramps up
+DOCS_PER_CONN = 10    # documents one multiplexed SSE stream / one WebSocket watches (a page showing K)
 
 TARGETS = {
     "streams_5000_errors": "5,000 concurrent streams on one gevent worker with 0 errors",
@@ -66,11 +68,13 @@ SEED_CLAIMS = "connect < 100 ms, update < 500 ms, < 10 MB per 100 connections, <
 class Scenario:
     name: str
     system: str            # livedoc | naive | flask-sse
-    streams: int
+    streams: int           # connections
     jobs: str = "main"     # main (100 jobs) | ratio (10 jobs)
     push: bool = True      # livedoc only
     ping_ms: int = PING_MS
     idle: bool = True      # measure idle CPU and idle Redis traffic
+    transport: str = "sse"  # livedoc only: sse (one document) | multi (/api/events?docs=) | ws (/api/ws)
+    docs: int = 1          # documents each connection watches (multi, ws)
 
     @property
     def rate(self) -> float:
@@ -86,6 +90,12 @@ def suite(name: str) -> list[Scenario]:
         out.append(Scenario(f"livedoc nopush {n}", "livedoc", n, push=False))
     if name == "full":
         out.append(Scenario("livedoc push 1000 ping5s", "livedoc", 1000, ping_ms=5000))
+    # 100 / 500 connections x 10 documents = the document watches of `livedoc push 1000 / 5000`
+    # (the same pages served over one connection each); 1,000 / 5,000 = the same connection count.
+    for transport in ("multi", "ws"):
+        for n in sorted({*sizes, *([500] if name == "full" else [])}):
+            out.append(Scenario(f"livedoc {transport} {n}", "livedoc", n, transport=transport,
+                                docs=DOCS_PER_CONN))
     for n in sizes:
         out.append(Scenario(f"naive {n}", "naive", n))
     for n in sizes:
@@ -97,6 +107,12 @@ def suite(name: str) -> list[Scenario]:
     for label, system, push in ratio_systems:
         for n in (10, 1000):
             out.append(Scenario(f"{label} {n}on10", system, n, jobs="ratio", push=push, idle=False))
+    if name == "full":
+        # Every connection watches all 10 jobs: 1,000 connections = 10,000 document watches.
+        for transport in ("multi", "ws"):
+            for n in (10, 1000):
+                out.append(Scenario(f"livedoc {transport} {n}on10", "livedoc", n, jobs="ratio", idle=False,
+                                    transport=transport, docs=RATIO_JOBS))
     return out
 
 
@@ -183,9 +199,11 @@ class Server:
 class LoadClient:
     """The gevent load-client process, driven line by line over its stdin/stdout."""
 
-    def __init__(self, port: int, paths: list[str], headers: dict, out: Path, wait_headers: bool):
+    def __init__(self, port: int, paths: list[str], headers: dict, out: Path, wait_headers: bool,
+                 kind: str = "sse", subscribe: list[list[str]] | None = None):
         targets = out.with_suffix(".targets.json")
-        targets.write_text(json.dumps({"paths": paths, "headers": headers}))
+        targets.write_text(json.dumps({"kind": kind, "paths": paths, "headers": headers,
+                                       "subscribe": subscribe or []}))
         cmd = [sys.executable, str(BENCH / "loadclient.py"), "--port", str(port), "--targets", str(targets),
                "--out", str(out), "--concurrency", str(CONCURRENCY)]
         if not wait_headers:
@@ -238,9 +256,10 @@ def cmdstats(conn) -> Counter:
 
 # -- the benchmark ---------------------------------------------------------------------------------
 class Bench:
-    def __init__(self, work: Path, profile: set[str]):
+    def __init__(self, work: Path, profile: set[str], profile_phase: str = "all"):
         self.work = work
         self.profile = profile
+        self.profile_phase = profile_phase  # all | ramp | drive: which phase py-spy records
         self.livedoc_config = "gunicorn.conf.py"  # bench/memprofile.py swaps in its tracemalloc config
         self.peer_config: str | None = None        # ... and gives the peers the same one
         self.redis_proc = None
@@ -318,6 +337,7 @@ class Bench:
         bind = ["--bind", f"127.0.0.1:{port}"]
         if sc.system == "livedoc":
             env["REALTIME_PUSH"] = "true" if sc.push else "false"
+            env["WEBSOCKET_ENABLED"] = "true" if sc.transport == "ws" else "false"
             cmd = [str(BIN / "gunicorn"), "-c", self.livedoc_config, *GEVENT_ARGS, *bind, "wsgi:app"]
             health = f"{self.url}/login"
         else:
@@ -331,18 +351,35 @@ class Bench:
         server.wait_ready(health)
         return server
 
-    def paths(self, sc: Scenario) -> tuple[list[str], dict, list[str]]:
-        """Request paths of the N streams (stream i watches job i mod M), headers, and job ids."""
+    def paths(self, sc: Scenario) -> tuple[list[str], dict, list[str], list[list[int]]]:
+        """Request paths of the N connections, headers, job ids, and the job indexes each watches.
+
+        Connection i watches jobs (i*K + j) mod M, j < K: every job gets N*K/M watchers. With K = 1
+        that is job i mod M, the round robin of the single-document scenarios."""
         from livedoc import jobs as ljobs
 
         docs = self.docs[sc.jobs]
         job_ids = [ljobs.job_id(d, 1) for d in docs]
+        k = sc.docs
+        watch = [[(i * k + j) % len(docs) for j in range(k)] for i in range(sc.streams)]
         if sc.system == "livedoc":
-            paths = [f"/api/documents/{docs[i % len(docs)]}/events" for i in range(sc.streams)]
-            return paths, {"Authorization": f"Bearer {self.token}"}, job_ids
+            auth = {"Authorization": f"Bearer {self.token}"}
+            if sc.transport == "multi":
+                return ([f"/api/events?docs={','.join(docs[x] for x in w)}" for w in watch], auth, job_ids,
+                        watch)
+            if sc.transport == "ws":
+                return ["/api/ws"] * sc.streams, auth, job_ids, watch
+            return [f"/api/documents/{docs[w[0]]}/events" for w in watch], auth, job_ids, watch
         if sc.system == "naive":
-            return [f"/events/{job_ids[i % len(docs)]}" for i in range(sc.streams)], {}, job_ids
-        return [f"/stream?channel={job_ids[i % len(docs)]}" for i in range(sc.streams)], {}, job_ids
+            return [f"/events/{job_ids[w[0]]}" for w in watch], {}, job_ids, watch
+        return [f"/stream?channel={job_ids[w[0]]}" for w in watch], {}, job_ids, watch
+
+    def load_client(self, sc: Scenario, out: Path) -> LoadClient:
+        paths, headers, _, watch = self.paths(sc)
+        docs = self.docs[sc.jobs]
+        subscribe = [[docs[x] for x in w] for w in watch] if sc.transport == "ws" else None
+        return LoadClient(self.port, paths, headers, out, wait_headers=sc.system != "flask-sse",
+                          kind="ws" if sc.transport == "ws" else "sse", subscribe=subscribe)
 
     def warm_up(self, sc: Scenario) -> None:
         import requests
@@ -391,15 +428,24 @@ class Bench:
             self.warm_up(sc)
             time.sleep(1)
             rss0 = w.memory_info().rss
-            paths, headers, job_ids = self.paths(sc)
-            if sc.name in self.profile:
-                spy = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(w.pid), "--rate", "200",
-                                        "--nonblocking", "--format", "raw",
-                                        "--output", str(self.work / f"profile-{slug}.txt")],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, _, job_ids, watch = self.paths(sc)
+            profiling = sc.name in self.profile
+
+            def start_spy():
+                proc = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(w.pid), "--rate", "200",
+                                         "--nonblocking", "--format", "raw",
+                                         "--output", str(self.work / f"profile-{slug}.txt")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
-            client = LoadClient(self.port, paths, headers, self.work / f"client-{slug}.json",
-                                wait_headers=sc.system != "flask-sse")
+                return proc
+
+            def stop_spy(proc):
+                proc.send_signal(signal.SIGINT)
+                proc.wait(30)
+
+            if profiling and self.profile_phase in ("all", "ramp"):
+                spy = start_spy()
+            client = self.load_client(sc, self.work / f"client-{slug}.json")
             ramped = client.expect("RAMPED", 240)
             res["ramp_s"] = round(ramped["ramp_s"], 2)
             if sc.system == "flask-sse":
@@ -415,11 +461,16 @@ class Bench:
                 res["subscribed"] = subscribed
                 res["ramp_s"] = round(ramped["ramp_s"] + 0, 2)
             log(f"    ramped in {res['ramp_s']} s: {ramped}")
+            if spy is not None and self.profile_phase == "ramp":
+                stop_spy(spy)
+                spy = None
             time.sleep(2)
             rss1 = w.memory_info().rss
             res["rss_before_mb"] = round(rss0 / 2**20, 1)
             res["rss_after_mb"] = round(rss1 / 2**20, 1)
             res["rss_per_100_mb"] = round((rss1 - rss0) / 2**20 / max(1, sc.streams) * 100, 3)
+            res["watches"] = sc.streams * sc.docs
+            res["rss_per_100_docs_mb"] = round((rss1 - rss0) / 2**20 / max(1, res["watches"]) * 100, 3)
             if sc.system != "flask-sse":
                 client.send(f"PROBE {PROBES}")
                 probed = client.expect("PROBED", 120)
@@ -437,10 +488,15 @@ class Bench:
                 d = cmdstats(self.raw) - c0
                 d.pop("info", None)
                 res["idle_redis_cmds_s"] = round(sum(d.values()) / dt, 1)
+            if profiling and self.profile_phase == "drive":
+                spy = start_spy()
             c0 = cmdstats(self.raw)
             w.cpu_percent(None)
             d0, d1, per_job, driver_cmds = self.drive(sc)
             res["drive_cpu_pct"] = round(w.cpu_percent(None), 2)
+            if spy is not None and self.profile_phase == "drive":
+                stop_spy(spy)
+                spy = None
             c1 = cmdstats(self.raw)
             info = self.raw.info("clients")
             res["redis_clients"] = info["connected_clients"]
@@ -460,13 +516,13 @@ class Bench:
             out = client.finish()
             client = None
             if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(30)
+                stop_spy(spy)
                 spy = None
             lat = [(recv - ua) * 1000 for ua, recv in out["events"] if d0 - 0.001 <= ua <= d1 + 0.001]
-            streams_per_job = Counter(i % len(job_ids) for i in range(sc.streams))
-            expected = sum(per_job[j] * streams_per_job[k] for k, j in enumerate(job_ids))
+            watchers = Counter(x for w in watch for x in w)
+            expected = sum(per_job[j] * watchers[k] for k, j in enumerate(job_ids))
             res["events"] = len(lat)
+            res["events_per_s"] = round(len(lat) / (d1 - d0), 1)
             res["delivered_pct"] = round(100 * len(lat) / expected, 1) if expected else None
             res["lat_p50_ms"] = pct(lat, 50)
             res["lat_p99_ms"] = pct(lat, 99)
@@ -474,13 +530,19 @@ class Bench:
             conn_ms = out["connect_ms"]
             res["connect_p50_ms"] = pct(conn_ms, 50) if sc.system != "flask-sse" else None
             res["connect_p99_ms"] = pct(conn_ms, 99) if sc.system != "flask-sse" else None
+            if sc.transport == "ws":
+                res["handshake_p50_ms"] = pct(out["handshake_ms"], 50)
+                res["handshake_p99_ms"] = pct(out["handshake_ms"], 99)
+                res["ws_errors"] = out.get("ws_errors", {})
+                res["denied"] = out.get("denied", 0)
             res["opened"] = len(conn_ms) if sc.system != "flask-sse" else res.get("subscribed", 0)
             res["failed"] = out["failed"]
             res["dropped"] = out["dropped"]
             res["open_at_end"] = status["open"]
             res["pings"] = out["pings"]
             res["errors"] = (sum(out["failed"].values()) + sum(out["dropped"].values())
-                             + sum(res.get("probe_failed", {}).values()))
+                             + sum(res.get("probe_failed", {}).values())
+                             + sum(out.get("ws_errors", {}).values()) + out.get("denied", 0))
         except Exception as exc:  # noqa: BLE001 - a scenario that breaks is a result, not a crash
             res["crashed"] = f"{exc.__class__.__name__}: {str(exc)[:500]}"
             log(f"    CRASHED: {res['crashed']}")
@@ -498,6 +560,7 @@ class Bench:
             res["server_error_lines"] = server.error_lines()
         if sc.name in self.profile:
             res["profile"] = summarize_profile(self.work / f"profile-{slug}.txt")
+            res["profile"]["phase"] = self.profile_phase
         log("    " + json.dumps({k: v for k, v in res.items() if k not in ("scenario", "redis_server_cmds")},
                                 default=str))
         self.results.append(res)
@@ -540,6 +603,7 @@ def f(value, digits: int = 0, unit: str = "") -> str:
 COLUMNS = [
     ("scenario", lambda r: r["name"]),
     ("open", lambda r: f(r.get("opened"))),
+    ("docs/conn", lambda r: f(r["scenario"].get("docs", 1))),
     ("ramp s", lambda r: f(r.get("ramp_s"), 1)),
     ("connect p50/p99 ms (ramp)",
      lambda r: f"{f(r.get('connect_p50_ms'), 1)} / {f(r.get('connect_p99_ms'), 1)}"),
@@ -547,8 +611,10 @@ COLUMNS = [
      lambda r: f"{f(r.get('probe_p50_ms'), 1)} / {f(r.get('probe_p99_ms'), 1)}"),
     ("save→recv p50/p99 ms", lambda r: f"{f(r.get('lat_p50_ms'), 1)} / {f(r.get('lat_p99_ms'), 1)}"),
     ("delivered", lambda r: f(r.get("delivered_pct"), 1, "%")),
+    ("events/s", lambda r: f(r.get("events_per_s"))),
     ("RSS MB before→after", lambda r: f"{f(r.get('rss_before_mb'), 1)}→{f(r.get('rss_after_mb'), 1)}"),
-    ("MB/100 streams", lambda r: f(r.get("rss_per_100_mb"), 2)),
+    ("MB/100 conns", lambda r: f(r.get("rss_per_100_mb"), 2)),
+    ("MB/100 docs watched", lambda r: f(r.get("rss_per_100_docs_mb"), 2)),
     ("idle CPU", lambda r: f(r.get("idle_cpu_pct"), 1, "%")),
     ("drive CPU", lambda r: f(r.get("drive_cpu_pct"), 1, "%")),
     ("Redis cmd/s idle", lambda r: f(r.get("idle_redis_cmds_s"), 1)),
@@ -558,6 +624,8 @@ COLUMNS = [
     ("errors", lambda r: r.get("crashed", "")[:60] or
      f"{r.get('errors', 0)}" + (f" {r['failed']}" if r.get("failed") else "")
      + (f" dropped {r['dropped']}" if r.get("dropped") else "")
+     + (f" ws-errors {r['ws_errors']}" if r.get("ws_errors") else "")
+     + (f" denied {r['denied']}" if r.get("denied") else "")
      + (f" srv-log {r['server_error_lines']}" if r.get("server_error_lines") else "")),
 ]
 
@@ -592,6 +660,7 @@ def verdicts(results: list[dict]) -> list[tuple[str, str, str, str]]:
         return f"MISSED by {value - limit:,.1f}{unit} ({value / limit:.1f}x)" if lower_is_better else "missed"
 
     systems = [("livedoc push", "livedoc push"), ("livedoc nopush", "livedoc nopush"),
+               ("livedoc multi", "livedoc multi"), ("livedoc ws", "livedoc ws"),
                ("naive", "naive"), ("flask-sse", "flask-sse")]
     for label, prefix in systems:
         s = r.get(f"{prefix} 5000")
@@ -601,19 +670,25 @@ def verdicts(results: list[dict]) -> list[tuple[str, str, str, str]]:
                          s.get("crashed") or f"{s.get('opened')} open, {s.get('errors')} errors",
                          "met" if ok else "MISSED"))
     for label, prefix in systems:
-        for n in (1000, 5000):
+        for n in (500, 1000, 5000):
             s = r.get(f"{prefix} {n}")
             if s and s.get("rss_per_100_mb") is not None:
-                rows.append((TARGETS["rss_per_100"], f"{label} @{n}", f"{s['rss_per_100_mb']:.2f} MB",
-                             miss(s["rss_per_100_mb"], 2.0, " MB")))
+                k = s["scenario"].get("docs", 1)
+                per_doc = (f" per 100 connections = {s['rss_per_100_docs_mb']:.2f} MB per 100 documents "
+                           f"watched ({k} per connection)" if k > 1 else "")
+                rows.append((TARGETS["rss_per_100"], f"{label} @{n}",
+                             f"{s['rss_per_100_mb']:.2f} MB{per_doc}", miss(s["rss_per_100_mb"], 2.0, " MB")))
     for label, prefix, limit, key in (("livedoc push", "livedoc push", 100, "p99_push"),
+                                      ("livedoc multi", "livedoc multi", 100, "p99_push"),
+                                      ("livedoc ws", "livedoc ws", 100, "p99_push"),
                                       ("flask-sse", "flask-sse", 100, "p99_push"),
                                       ("livedoc nopush", "livedoc nopush", POLL_MS + 100, "p99_nopush"),
                                       ("naive", "naive", POLL_MS + 100, "p99_nopush")):
-        for n in (100, 1000, 5000):
+        for n in (100, 500, 1000, 5000):
             s = r.get(f"{prefix} {n}")
             if s and s.get("lat_p99_ms") is not None:
-                rows.append((TARGETS[key], f"{label} @{n}", f"{s['lat_p99_ms']:,.1f} ms",
+                rate = f" ({s['events_per_s']:,.0f} events/s)" if s.get("events_per_s") else ""
+                rows.append((TARGETS[key], f"{label} @{n}", f"{s['lat_p99_ms']:,.1f} ms{rate}",
                              miss(s["lat_p99_ms"], limit, " ms")))
     for label, prefix in systems:
         a, b = r.get(f"{prefix} 10on10"), r.get(f"{prefix} 1000on10")
@@ -662,6 +737,7 @@ def machine() -> dict:
         "flask": version("flask"),
         "flask-sse": version("flask-sse"),
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                  text=True).stdout.strip() or "?",
     }
@@ -671,25 +747,32 @@ def write_markdown(path: Path, meta: dict, results: list[dict], command: str) ->
     lines = [
         "# Benchmarks",
         "",
-        "Streaming fan-out of livedoc (ours, stream hub, push on and off) against Flask-SSE 1.0.0 and naive",
-        "per-connection polling, on one gunicorn gevent worker each, loopback only. How to run and what",
-        "every column means: [bench/README.md](bench/README.md).",
+        "Streaming fan-out of livedoc (ours, stream hub: single-document SSE with push on and off, the",
+        f"multiplexed SSE stream and the WebSocket transport with {DOCS_PER_CONN} documents per connection)",
+        "against Flask-SSE 1.0.0 and naive per-connection polling, on one gunicorn gevent worker each,",
+        "loopback only. How to run and what every column means: [bench/README.md](bench/README.md).",
         "",
         "## Run",
         "",
         f"- Command: `{command}` (at commit {meta.get('commit', '?')}, plus uncommitted changes if any)",
-        f"- Date: {meta['date']}",
+        f"- Date: {meta['date']} (the run took {meta.get('duration_s', 0) / 60:.0f} min); load average "
+        f"(1/5/15 min) {' / '.join(map(str, meta.get('loadavg_start', [])))} at the start, "
+        f"{' / '.join(map(str, meta.get('loadavg_end', [])))} at the end",
         f"- Machine: {meta['nproc']} CPUs ({meta['cpu']}), RAM {meta['ram']}, Linux {meta['kernel']}, "
         f"RLIMIT_NOFILE {meta['nofile']}",
         f"- Python {meta['python']}, gunicorn {meta['gunicorn']}, gevent {meta['gevent']}, greenlet "
         f"{meta['greenlet']}, redis-py {meta['redis-py']}, Redis server {meta['redis_server']}, "
         f"rq {meta['rq']}, Flask {meta['flask']}, Flask-SSE {meta['flask-sse']}",
-        f"- Server (all three): `gunicorn {' '.join(GEVENT_ARGS)} --bind 127.0.0.1:<free port>` "
+        f"- Server (all): `gunicorn {' '.join(GEVENT_ARGS)} --bind 127.0.0.1:<free port>` "
         "(livedoc adds "
         f"`-c gunicorn.conf.py`); SSE_POLL_INTERVAL={POLL_MS} ms, SSE_PING_INTERVAL={PING_MS} ms unless the "
         "scenario says ping5s (5,000 ms); a fresh server for every scenario.",
         f"- Load: streams spread round-robin over {MAIN_JOBS} queued jobs (the `NonM` scenarios: over "
-        f"{RATIO_JOBS}); {CONCURRENCY} connects in flight during the ramp; then {PROBES} connects one at a "
+        f"{RATIO_JOBS}); `livedoc multi N` = N `GET /api/events?docs=<{DOCS_PER_CONN} ids>` streams, "
+        f"`livedoc ws N` = N WebSockets on `/api/ws` (server `WEBSOCKET_ENABLED=true`) each subscribing to "
+        f"{DOCS_PER_CONN} documents, connection i watching jobs (i*{DOCS_PER_CONN} + j) mod M, so every "
+        f"job has N*{DOCS_PER_CONN}/M watchers (`multi/ws NonM`: every connection watches all {RATIO_JOBS}); "
+        f"{CONCURRENCY} connects in flight during the ramp; then {PROBES} connects one at a "
         f"time with all N open; {IDLE_S:.0f} s idle; {DRIVE_S:.0f} s driven at {MAIN_RATE:.0f} progress "
         f"saves/s ({RATIO_RATE:.0f}/s on 10 jobs) through `ProgressWriter.update`.",
         "- Client, server, Redis and driver share the same 2 CPUs: latencies include that contention.",
@@ -712,7 +795,9 @@ def write_markdown(path: Path, meta: dict, results: list[dict], command: str) ->
         lines += ["## Profiles (py-spy, web worker)", ""]
         for r in profiles:
             p = r["profile"]
-            lines += [f"### {r['name']} ({p.get('samples', 0)} samples over ramp + probe + idle + drive)", "",
+            phase = {"ramp": "the ramp", "drive": "the driven window"}.get(p.get("phase"),
+                                                                          "ramp + probe + idle + drive")
+            lines += [f"### {r['name']} ({p.get('samples', 0)} samples over {phase})", "",
                       "| own % | function |", "|---|---|",
                       *[f"| {pc} | `{fn}` |" for fn, pc in p.get("own", [])[:12]], ""]
     kept = ""
@@ -730,6 +815,9 @@ def main() -> None:
                         help="where to write the report ('' to skip)")
     parser.add_argument("--json", default=None, help="raw results (default: bench/results/<suite>.json)")
     parser.add_argument("--profile", default="", help="comma-separated scenario names to profile with py-spy")
+    parser.add_argument("--profile-phase", default="all", choices=["all", "ramp", "drive"],
+                        help="record the whole scenario, only the ramp (connect path) or only the driven "
+                             "window (fan-out)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, client data)")
     parser.add_argument("--report-only", metavar="JSON", help="rewrite the report from a results file")
     args = parser.parse_args()
@@ -757,7 +845,7 @@ def main() -> None:
     meta = machine()
     work = Path(tempfile.mkdtemp(prefix="livedoc-bench-"))
     log(f"work dir {work}; {len(scenarios)} scenarios; {meta['nproc']} CPUs; nofile {meta['nofile']}")
-    bench = Bench(work, profile)
+    bench = Bench(work, profile, args.profile_phase)
     started = time.monotonic()
     try:
         bench.setup()
@@ -767,6 +855,7 @@ def main() -> None:
     finally:
         bench.close()
     meta["duration_s"] = round(time.monotonic() - started)
+    meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     print()
     print(text_table(bench.results))

@@ -160,6 +160,7 @@ def _sse_stream(h: hubmod.StreamHub, watched: list, multi: bool, user_id: int, u
                 yield message(doc_id, current)
             if not is_terminal(current) and job_id:
                 conn.watch(job_id, doc_id, current)
+        current = None  # noqa: F841 - the loop variable would otherwise pin a dict per stream
         watched.clear()  # the hub holds what is current from here on; do not keep a copy per stream
         next_ping = time.monotonic() + ping
         while conn.subs:
@@ -337,6 +338,16 @@ class _WsSession:
             self.conn.wait(max(0.0, next_ping - time.monotonic()))
 
     def _read(self) -> None:
+        try:
+            self._read_messages()
+        except simple_websocket.ConnectionClosed:
+            pass  # the peer closed: the send loop ends on the wake below
+        finally:
+            # Without this the send loop would sleep until the next ping, holding the connection
+            # and the user's stream slot for a socket that is already gone.
+            self.conn.wake()
+
+    def _read_messages(self) -> None:
         while True:
             raw = self.ws.receive()
             if raw is None:

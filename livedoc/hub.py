@@ -198,6 +198,15 @@ class StreamHub:
         for conn in list(self._conns):
             conn.closed = reason
             conn.wake()
+        # Drop this process from the shared stats now: its users' streams reconnect elsewhere and
+        # would otherwise count twice against their cap until the snapshot expired.
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.delete(keys.STATS_HOSTS + self.host_id)
+                pipe.zrem(keys.STATS_INDEX, self.host_id)
+                pipe.execute()
+        except RedisError:
+            pass  # the snapshot expires by itself within STATS_TTL
 
     def note_sent(self, prog: progress.Progress, transport: str) -> None:
         """Record that a progress event went out (for the save→send latency metric)."""
@@ -251,8 +260,9 @@ class StreamHub:
             pipe.hgetall(keys.FLAGS)
             for job_id in job_ids:
                 pipe.hmget(progress.job_key(job_id), "meta", "status")
-            pipe.set(keys.STATS_HOSTS + self.host_id, snap, ex=max(1, int(self.stats_ttl)))
-            pipe.zadd(keys.STATS_INDEX, {self.host_id: now + self.stats_ttl})
+            if not self._closing:  # a stopping process no longer counts (see close_all)
+                pipe.set(keys.STATS_HOSTS + self.host_id, snap, ex=max(1, int(self.stats_ttl)))
+                pipe.zadd(keys.STATS_INDEX, {self.host_id: now + self.stats_ttl})
             pipe.zremrangebyscore(keys.STATS_INDEX, 0, now)
             pipe.zrangebyscore(keys.STATS_INDEX, now, "+inf")
             rows = pipe.execute()

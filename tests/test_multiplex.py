@@ -182,3 +182,17 @@ def test_websocket_ping_timeout_closes_dead_socket_and_mode_switch(make_stack):
     finally:
         flags.clear_override(conn)
         conn.connection_pool.disconnect()
+
+
+@pytest.mark.live
+def test_closed_websocket_frees_its_slot_at_once(make_stack):
+    stack = make_stack(SSE_PING_INTERVAL="30000", WEBSOCKET_ENABLED="true")
+    admin = api(stack.user("ops-close", admin=True))
+    ws = _ws(stack, stack.user("closer"))
+    stats_url = stack.base_url + "/api/realtime/stats"
+    wait_for(lambda: admin.get(stats_url, timeout=5).json()["local"]["totalConnections"] == 1)
+    closed_at = time.monotonic()
+    ws.close()
+    # Released on the close itself, not at the next ping 30 s later.
+    wait_for(lambda: admin.get(stats_url, timeout=5).json()["local"]["totalConnections"] == 0, timeout=5)
+    assert time.monotonic() - closed_at < 5
