@@ -36,7 +36,9 @@ setup_venv() {
 start_redis() {
   local port="$1" dir="$2" log="$3"
   mkdir -p "$dir"
-  .venv/bin/python scripts/devredis.py --port "$port" --dir "$dir" >"$log" 2>&1 &
+  # Ctrl-C reaches the whole foreground group; Redis ignores it and is stopped last, after the
+  # worker, whose shutdown still talks to Redis.
+  ( trap '' INT; exec .venv/bin/python scripts/devredis.py --port "$port" --dir "$dir" ) >"$log" 2>&1 &
   REDIS_PID=$!
   for _ in $(seq 1 100); do
     if grep -q '^redis://' "$log" 2>/dev/null; then return 0; fi

@@ -41,7 +41,9 @@ def start(port: int, directory: str | os.PathLike, log: str | os.PathLike | None
     cmd = [server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
            "--appendonly", "no", "--dir", str(directory), "--maxclients", "10000"]
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    # A session of its own: a Ctrl-C meant for the app must not take Redis down under a worker that
+    # still has to finish its shutdown (scripts/run stops Redis last).
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -77,7 +79,8 @@ def main() -> None:
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # scripts/run ignores it on purpose
+        signal.signal(signal.SIGINT, stop)
     print(f"redis://127.0.0.1:{port}/0", flush=True)
     proc.wait()
 
