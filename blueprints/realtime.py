@@ -17,7 +17,7 @@ from flask_login import current_user, login_required
 from livedoc import documents, metrics, sse
 from livedoc import hub as hubmod
 from livedoc.audit import audit
-from livedoc.errors import Forbidden, LivedocError, TooManyRequests
+from livedoc.errors import Forbidden, LivedocError, NotFound, TooManyRequests
 from livedoc.extensions import db, limiter
 from livedoc.progress import is_terminal
 from livedoc.web import hub, realtime_flags, redis_conn
@@ -78,6 +78,11 @@ def limited(view):
     return view
 
 
+def _fall_back(flags) -> Response:
+    """204: by the SSE standard the browser stops reconnecting; the header names what to use instead."""
+    return Response(status=204, headers={"X-Livedoc-Mode": flags.transport})
+
+
 @bp.route("/api/documents/<doc_id>/events")
 @login_required
 @limited
@@ -86,7 +91,7 @@ def events(doc_id: str):
     doc = documents.get_owned(doc_id, current_user)
     flags = realtime_flags()
     if not flags.allows("sse"):
-        return Response(status=204, headers={"X-Livedoc-Mode": flags.transport})
+        return _fall_back(flags)
     current = documents.current_progress(redis_conn(), doc)
     last = sse.parse_last_event_id(request.headers.get("Last-Event-ID"))
     return _open_stream([(doc, current, last)], multi=False)
@@ -99,7 +104,7 @@ def events_multi():
     """One SSE stream for many documents (`?docs=id,id,...`, or every unfinished one of the user)."""
     flags = realtime_flags()
     if not flags.allows("sse"):
-        return Response(status=204, headers={"X-Livedoc-Mode": flags.transport})
+        return _fall_back(flags)
     cap = current_app.config["MAX_DOCS_PER_STREAM"]
     raw = request.args.get("docs")
     if raw is None:
@@ -108,9 +113,12 @@ def events_multi():
         ids = list(dict.fromkeys(x for x in raw.split(",") if x))
         if not ids or len(ids) > cap:
             raise LivedocError(f"Name 1 to {cap} documents in 'docs'.", code="bad_parameter")
-        docs = [documents.get_owned(x, current_user) for x in ids]
+        owned = documents.owned_among(ids, current_user.id)
+        if len(owned) != len(ids):
+            raise NotFound()  # one absent or foreign id refuses the stream, as get_owned would
+        docs = [owned[x] for x in ids]
     if not docs:
-        return Response(status=204, headers={"X-Livedoc-Mode": flags.transport})
+        return _fall_back(flags)
     states = documents.progress_of_many(redis_conn(), docs)
     cursor = request.headers.get("Last-Event-ID") or request.args.get("cursor")
     lasts = sse.parse_cursor(cursor, [d.id for d in docs])
@@ -379,22 +387,16 @@ class _WsSession:
             self.conn.wake()
 
     def _subscribe(self, ids: list[str]) -> None:
-        from livedoc.models import User
-
         if len(self.conn.subs) + len(ids) > self.cap:
             self.send({"type": "error", "code": "too_many_documents",
                        "message": f"At most {self.cap} documents per connection."})
             return
-        user = db.session.get(User, self.user_id)
-        allowed, denied = [], []
-        for doc_id in ids:
-            try:
-                doc = documents.get_owned(doc_id, user)
-            except LivedocError:
-                denied.append(doc_id)  # absent and not-yours look the same
-                continue
-            current = documents.current_progress(redis_conn(), doc)
-            allowed.append(doc_id)
+        owned = documents.owned_among(ids, self.user_id)
+        allowed = [d for d in ids if d in owned]
+        denied = [d for d in ids if d not in owned]  # absent and not-yours look the same
+        states = documents.progress_of_many(redis_conn(), [owned[d] for d in allowed])
+        for doc_id in allowed:
+            doc, current = owned[doc_id], states[doc_id]
             self.last.setdefault(doc_id, 0)
             if doc.job_id and not is_terminal(current):
                 self.conn.watch(doc.job_id, doc.id, current)
