@@ -1,17 +1,22 @@
 """Operators' pages: real-time flags, live stats, and the RQ dashboard at /rq (admins only)."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from functools import wraps
 
 import rq_dashboard
-from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
+from rq.exceptions import NoSuchJobError
 from rq_dashboard import web as rq_web
+from werkzeug.exceptions import MethodNotAllowed
 
 from livedoc import flags, jobs
 from livedoc import hub as hubmod
 from livedoc.audit import audit
-from livedoc.errors import Forbidden, LivedocError
+from livedoc.errors import Forbidden, LivedocError, NotFound, error_response
 from livedoc.extensions import login_manager
 from livedoc.web import realtime_flags, redis_conn
 
@@ -62,6 +67,39 @@ def set_realtime():
     return redirect(url_for("admin.index"), code=303)
 
 
+# The dashboard's pages render their rows with underscore templates, which compile through
+# `new Function`: that needs 'unsafe-eval'. Its page logic is one inline <script> per page, allowed
+# by its hash (computed per response, so only the script the dashboard itself rendered runs), not by
+# 'unsafe-inline'. Its markup has style="" attributes, hence 'unsafe-inline' for styles only. It talks
+# to its own JSON endpoints (connect-src 'self') and loads nothing from elsewhere.
+RQ_DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval' {hashes}; "
+                    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+                    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'")
+# Inline scripts that run: no src, and not the dashboard's `type="text/template"` row templates.
+_INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\b(?:src=|type=\"text/template\"))[^>]*>(.*?)</script>",
+                            re.S | re.I)
+
+# The dashboard's routes that change state; its JS sends them all as POST.
+_RQ_WRITES = {"rq_dashboard.requeue_all", "rq_dashboard.requeue_job_view", "rq_dashboard.delete_job_view",
+              "rq_dashboard.empty_queue", "rq_dashboard.compact_queue"}
+
+
+def dashboard_csp(body: bytes) -> str:
+    """The CSP for one rq-dashboard response: its own inline scripts by hash, plus 'unsafe-eval'."""
+    hashes = sorted({"'sha256-" + base64.b64encode(hashlib.sha256(m).digest()).decode() + "'"
+                     for m in _INLINE_SCRIPT.findall(body)})
+    return RQ_DASHBOARD_CSP.format(hashes=" ".join(hashes)).replace("  ", " ")
+
+
+def same_origin() -> bool:
+    """True when the browser says the request comes from a page of this site."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site == "same-origin"
+    origin = request.headers.get("Origin")
+    return origin is not None and origin.rstrip("/") == request.host_url.rstrip("/")
+
+
 def mount_rq_dashboard(app: Flask) -> None:
     """Serve rq-dashboard at /rq behind our admin check (it has no auth of its own)."""
     rq_web.config.serializer = jobs.SERIALIZER
@@ -77,5 +115,25 @@ def mount_rq_dashboard(app: Flask) -> None:
         if not current_user.is_admin:
             audit("access_denied", page="/rq")
             raise Forbidden("Only administrators can open the RQ dashboard.")
+        if request.endpoint in _RQ_WRITES:
+            # rq-dashboard accepts GET on /requeue/<queue>: a link or an <img> elsewhere must not
+            # requeue jobs. Its writes carry no CSRF token, so they must come from its own pages.
+            if request.method != "POST":
+                raise MethodNotAllowed(valid_methods=["POST"])
+            if not same_origin():
+                audit("access_denied", page=request.path, reason="cross_origin")
+                raise Forbidden("Cross-site requests to the RQ dashboard are refused.", code="cross_origin")
         return None
+
+    @app.errorhandler(NoSuchJobError)
+    def job_not_found(_exc):
+        # The dashboard fetches jobs by the id in its URL; an expired or made-up one is a 404.
+        err = NotFound("No such job (it may have expired).")
+        return error_response(err.status, err.code, err.message)
+
+    @app.after_request
+    def rq_dashboard_csp(resp: Response) -> Response:
+        if request.blueprint == "rq_dashboard" and resp.mimetype == "text/html" and not resp.is_streamed:
+            resp.headers["Content-Security-Policy"] = dashboard_csp(resp.get_data())
+        return resp
 

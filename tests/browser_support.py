@@ -32,22 +32,53 @@ class Console:
 
     def __init__(self):
         self.errors: list[str] = []
+        self.base_url = "http://127.0.0.1:"
         self.allowed: list[re.Pattern] = []
         self.tolerated: list[str] = []
+        self.expected_pages: set[str] = set()
 
-    def watch(self, context: BrowserContext, who: str) -> None:
+    def watch(self, context: BrowserContext, who: str, requests: bool = False) -> None:
+        """Record console errors and uncaught exceptions; with `requests`, failed same-origin
+        requests too (a 4xx/5xx answer to anything but the page itself, or no answer at all)."""
         context.on("console", lambda msg: self._console(who, msg))
         context.on("weberror", lambda err: self.errors.append(f"[{who}] uncaught: {err.error}"))
+        if requests:
+            context.on("response", lambda resp: self._response(who, resp))
+            context.on("requestfailed", lambda req: self._request_failed(who, req))
+
+    @staticmethod
+    def _own(context_url: str, url: str) -> bool:
+        return url.startswith(context_url)
+
+    def _response(self, who: str, resp) -> None:
+        req = resp.request
+        if resp.status >= 400 and not req.is_navigation_request() and self._own(self.base_url, resp.url):
+            self.errors.append(f"[{who}] {req.method} {resp.url} answered {resp.status}")
+
+    def _request_failed(self, who: str, req) -> None:
+        # ERR_ABORTED is the browser cancelling requests of a page it navigates away from.
+        failure = req.failure or ""
+        if self._own(self.base_url, req.url) and "ERR_ABORTED" not in failure:
+            self.errors.append(f"[{who}] {req.method} {req.url} failed: {failure}")
 
     def _console(self, who: str, msg) -> None:
         if msg.type != "error":
             return
         text = f"[{who}] console.error: {msg.text} ({msg.location.get('url', '')})"
+        if msg.text.startswith("Failed to load resource") and self._navigation_status(msg):
+            return  # the page itself answered its expected error status (a 404 or 403 page)
         csp = "Content Security Policy" in msg.text
         if not csp and any(p.search(msg.text) for p in self.allowed):
             self.tolerated.append(text)
         else:
             self.errors.append(text)
+
+    def expect_status(self, url: str) -> None:
+        """The next navigation to url answers an error status on purpose (the 404 and 403 pages)."""
+        self.expected_pages.add(url)
+
+    def _navigation_status(self, msg) -> bool:
+        return msg.location.get("url", "") in self.expected_pages
 
     def allow(self, pattern: str) -> None:
         """Tolerate console errors matching pattern (never CSP violations or uncaught exceptions)."""
@@ -72,11 +103,12 @@ def open_context(browser: Browser, console: Console):
     """Factory of fresh browser contexts (separate cookies) on a stack, watched by `console`."""
     contexts = []
 
-    def make(stack, who: str, **options) -> BrowserContext:
+    def make(stack, who: str, requests: bool = False, **options) -> BrowserContext:
         ctx = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 900},
                                   **options)
         ctx.set_default_timeout(15_000)
-        console.watch(ctx, who)
+        console.base_url = stack.base_url
+        console.watch(ctx, who, requests=requests)
         contexts.append(ctx)
         return ctx
 
