@@ -2,10 +2,14 @@
 
 Progress lives in the RQ job's meta under ``META_KEY`` (so the RQ dashboard shows it) as one dict:
 ``seq`` (+1 on every write), ``state``, ``stage``, ``percent`` (never goes back within an attempt),
-``page``, ``pages``, ``message``, ``error`` ({code, message, retryable}) when failed, ``attempt``,
-``updated_at`` (epoch seconds). After each save the worker PUBLISHes the saved dict as JSON on
-``channel(job_id)`` so streams wake at once; readers still poll, because a missed message is
-normal for pub/sub. Jobs use RQ's JSONSerializer, so meta is plain JSON that any host can read.
+``page``, ``pages``, ``ready`` (pages 1..ready are servable now; never goes back within an attempt;
+equals ``pages`` at complete), ``message``, ``error`` ({code, message, retryable}) when failed,
+``attempt``, ``updated_at`` (epoch seconds). After each save the worker PUBLISHes the saved dict as
+JSON on ``channel(job_id)`` so streams wake at once; readers still poll, because a missed message
+is normal for pub/sub. Jobs use RQ's JSONSerializer, so meta is plain JSON that any host can read.
+
+A deleted document's job is marked (``keys.DELETED_JOB``); from then on a save refuses to write
+and raises ``Deleted``, so a conversion that is still running can never resurrect it.
 """
 from __future__ import annotations
 
@@ -17,9 +21,12 @@ from typing import Any
 from redis import Redis
 from rq.job import Job
 
+from livedoc import keys
+
 META_KEY = "progress"
-CHANNEL_PREFIX = "livedoc:progress:"
-CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
+CHANNEL_PATTERN = keys.PROGRESS_PATTERN
+DELETED_CODE = "deleted"
+DELETED_MESSAGE = "This document was deleted."
 
 
 class State(StrEnum):
@@ -41,14 +48,14 @@ Progress = dict[str, Any]
 
 def channel(job_id: str) -> str:
     """The pub/sub channel on which a job's progress is announced."""
-    return CHANNEL_PREFIX + job_id
+    return keys.PROGRESS_CHANNEL + job_id
 
 
 def job_id_from_channel(name: bytes | str) -> str:
     """The job id named by a progress channel."""
     if isinstance(name, bytes):
         name = name.decode()
-    return name[len(CHANNEL_PREFIX):]
+    return name[len(keys.PROGRESS_CHANNEL):]
 
 
 def is_terminal(progress: Progress | None) -> bool:
@@ -65,6 +72,7 @@ def initial(seq: int, attempt: int) -> Progress:
         "percent": 0,
         "page": 0,
         "pages": 0,
+        "ready": 0,
         "message": "Waiting for a worker",
         "error": None,
         "attempt": attempt,
@@ -83,6 +91,32 @@ def lost(previous: Progress | None) -> Progress:
         error={"code": "worker_lost", "message": "The conversion stopped unexpectedly.", "retryable": True},
     )
     return base
+
+
+def deleted(previous: Progress | None) -> Progress:
+    """The terminal event of a document its owner deleted (every open stream shows it and ends)."""
+    base = dict(previous) if previous else initial(0, 1)
+    base.update(seq=vanished_seq(base["seq"]), state=State.FAILED.value, stage=DELETED_CODE,
+                message=DELETED_MESSAGE, updated_at=round(time.time(), 4),
+                error={"code": DELETED_CODE, "message": DELETED_MESSAGE, "retryable": False})
+    return base
+
+
+def mark_deleted(connection: Redis, job: Job, previous: Progress | None, ttl: int = 3600) -> Progress:
+    """Stop every writer of this job, then store and announce the `deleted` ending; returns it.
+
+    The job's record is kept for `ttl` seconds with the ending in its meta, so hubs on other hosts
+    that missed the announcement still read it on their next poll.
+    """
+    ending = deleted(previous)
+    job.meta[META_KEY] = ending
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.set(keys.DELETED_JOB + job.id, 1, ex=ttl)
+        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+        pipe.expire(job.key, ttl)
+        pipe.publish(channel(job.id), json.dumps(ending))
+        pipe.execute()
+    return ending
 
 
 def vanished_seq(floor: int) -> int:
@@ -154,7 +188,10 @@ class ProgressWriter:
         self.progress: Progress = dict(previous)
         self.progress["attempt"] = previous.get("attempt", 1) + (1 if started_before else 0)
         self.progress["percent"] = 0
+        self.progress["ready"] = 0  # a new attempt writes its pages afresh
         self.progress["error"] = None
+        self._save_script = connection.register_script(_GUARDED_SAVE)
+        self._deleted_key = keys.DELETED_JOB + job.id
 
     @property
     def attempt(self) -> int:
@@ -162,8 +199,8 @@ class ProgressWriter:
         return self.progress["attempt"]
 
     def update(self, stage: str, percent: float | None = None, page: int | None = None,
-               pages: int | None = None, message: str | None = None) -> Progress:
-        """Record that the conversion is running at this stage (and page)."""
+               pages: int | None = None, message: str | None = None, ready: int | None = None) -> Progress:
+        """Record that the conversion is running at this stage (and page, and pages ready)."""
         changes: dict[str, Any] = {"state": State.RUNNING.value, "stage": stage}
         if percent is not None:
             changes["percent"] = max(self.progress["percent"], min(100, int(percent)))
@@ -171,14 +208,16 @@ class ProgressWriter:
             changes["page"] = page
         if pages is not None:
             changes["pages"] = pages
+        if ready is not None:
+            changes["ready"] = max(self.progress.get("ready", 0), ready)
         if message is not None:
             changes["message"] = message
         return self._save(changes)
 
     def complete(self, pages: int, message: str = "Ready") -> Progress:
-        """Record the successful end of the conversion."""
+        """Record the successful end of the conversion: every page is ready."""
         return self._save({"state": State.COMPLETE.value, "stage": "complete", "percent": 100,
-                           "page": pages, "pages": pages, "message": message})
+                           "page": pages, "pages": pages, "ready": pages, "message": message})
 
     def fail(self, code: str, message: str, retryable: bool) -> Progress:
         """Record the end of a conversion that failed for good."""
@@ -195,8 +234,23 @@ class ProgressWriter:
         self.progress["updated_at"] = round(time.time(), 4)
         self.job.meta[META_KEY] = dict(self.progress)
         payload = json.dumps(self.progress)
-        with self.connection.pipeline(transaction=True) as pipe:
-            pipe.hset(self.job.key, "meta", self.job.serializer.dumps(self.job.meta))
-            pipe.publish(channel(self.job.id), payload)
-            pipe.execute()
+        written = self._save_script(keys=[self.job.key, self._deleted_key],
+                                    args=[self.job.serializer.dumps(self.job.meta), channel(self.job.id),
+                                          payload])
+        if not written:
+            raise Deleted(self.job.id)
         return dict(self.progress)
+
+
+class Deleted(Exception):
+    """The document was deleted while its conversion ran: stop, write nothing more."""
+
+
+# Save and announce in one step, unless the document was deleted: checked inside Redis, so no save
+# can slip in between the delete and the writer noticing it.
+_GUARDED_SAVE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'meta', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""

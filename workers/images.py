@@ -1,61 +1,17 @@
-"""PNG and JPEG uploads (one page each), and the page writer that every kind shares.
-
-`write_page` turns one page image into the files the viewer serves: page-NNNN.jpg, a thumbnail
-and text-NNNN.txt. The PDF and text stages render with their own tools and hand their images here.
-"""
+"""PNG and JPEG uploads: one page each, decoded under the pixel cap before a pixel is read."""
 from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
 from config import Settings
-from livedoc.storage import page_names
 from workers.errors import CorruptDocument, PageTooLarge, UnsupportedDocument
+from workers.pages import PageSink
 
-JPEG_QUALITY = 85
-THUMB_QUALITY = 80
 FORMATS = ("PNG", "JPEG")
-
-# Called as on_page(page, pages) when a page's work starts, so progress can report "page i of n".
-PageCallback = Callable[[int, int], None]
-
-
-def write_page(work: Path, n: int, image: Image.Image, text: str, settings: Settings) -> dict:
-    """Write page n's JPEG, thumbnail and text into `work`; returns its manifest entry."""
-    names = page_names(n)
-    rgb = _to_rgb(image)
-    rgb.save(work / names["image"], "JPEG", quality=JPEG_QUALITY)
-    # Never upscale a narrow page: a blown-up thumbnail is blurrier than a small one.
-    thumb_width = min(settings.THUMB_WIDTH, rgb.width)
-    thumb_height = max(1, round(rgb.height * thumb_width / rgb.width))
-    thumb = rgb.resize((thumb_width, thumb_height), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    thumb.save(work / names["thumb"], "JPEG", quality=THUMB_QUALITY)
-    (work / names["text"]).write_text(text, encoding="utf-8", newline="")
-    entry = {"n": n, **names, "width": rgb.width, "height": rgb.height}
-    if rgb is not image:
-        rgb.close()
-    thumb.close()
-    return entry
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # JPEG has no alpha; flatten onto white, as the page would look on screen, not onto black.
-        rgba = image.convert("RGBA")
-        page = Image.new("RGB", rgba.size, "white")
-        page.paste(rgba, mask=rgba.getchannel("A"))
-        rgba.close()
-        return page
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        # 16-bit and float greyscale: scale into 8 bits rather than let convert() clip to white.
-        return image.point(lambda v: v / 256).convert("L").convert("RGB")
-    return image.convert("RGB")
 
 
 def _decode(data: bytes, settings: Settings) -> Image.Image:
@@ -99,12 +55,12 @@ def _too_large_message(width: int, height: int, settings: Settings) -> str:
     return f"The image is {width} x {height} pixels; the limit is {_megapixels(settings)} million pixels."
 
 
-def convert(source: Path, work: Path, settings: Settings, on_page: PageCallback) -> list[dict]:
-    """Convert a PNG or JPEG into one page; returns the manifest's page list."""
+def convert(source: Path, settings: Settings, sink: PageSink) -> None:
+    """Convert a PNG or JPEG into one page."""
     data = source.read_bytes()
     image = _decode(data, settings)
     try:
-        on_page(1, 1)
-        return [write_page(work, 1, image, "", settings)]
+        sink.begin([image.size])
+        sink.add(1, image, "", [])
     finally:
         image.close()

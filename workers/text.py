@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from config import Settings
 from workers.errors import CorruptDocument, EmptyDocument, TooManyPages
-from workers.images import PageCallback, write_page
+from workers.pages import PageSink, Run
 
 WRAP_AT = 100
 FONT_SIZE = 14
@@ -78,13 +78,17 @@ def _line_height(font: Font) -> int:
     return int((bottom - top) * 1.35) + 1
 
 
+def page_size(lines_per_page: int) -> tuple[int, int]:
+    """Width and height of every text page."""
+    font = _font()
+    return 2 * MARGIN + int(font.getlength("M" * WRAP_AT)) + 1, 2 * MARGIN + _line_height(font) * lines_per_page
+
+
 def render_page(lines: list[str], lines_per_page: int) -> Image.Image:
     """One page of text drawn black on white; every page has the same size."""
     font = _font()
     line_height = _line_height(font)
-    width = 2 * MARGIN + int(font.getlength("M" * WRAP_AT)) + 1
-    height = 2 * MARGIN + line_height * lines_per_page
-    image = Image.new("RGB", (width, height), "white")
+    image = Image.new("RGB", page_size(lines_per_page), "white")
     draw = ImageDraw.Draw(image)
     for i, line in enumerate(lines):
         if line:
@@ -92,19 +96,28 @@ def render_page(lines: list[str], lines_per_page: int) -> Image.Image:
     return image
 
 
-def convert(source: Path, work: Path, settings: Settings, on_page: PageCallback) -> list[dict]:
-    """Paginate a UTF-8 text file and draw each page; returns the manifest's page list."""
+def page_runs(lines: list[str], size: tuple[int, int]) -> list[Run]:
+    """Where each drawn line sits on the page, as fractions of it (the text layer)."""
+    font = _font()
+    line_height = _line_height(font)
+    width, height = size
+    return [(round(MARGIN / width, 5), round((MARGIN + i * line_height) / height, 5),
+             round(font.getlength(line) / width, 5), round(line_height / height, 5), line)
+            for i, line in enumerate(lines) if line.strip()]
+
+
+def convert(source: Path, settings: Settings, sink: PageSink) -> None:
+    """Paginate a UTF-8 text file and draw each page."""
     text = decode(source.read_bytes())
     if not text.strip():
         raise EmptyDocument("The text file is empty.")
     per_page = max(1, settings.TEXT_LINES_PER_PAGE)
     pages = paginate(text, per_page, settings.MAX_PAGES)
-    page_list = []
+    size = page_size(per_page)
+    sink.begin([size] * len(pages))
     for n, lines in enumerate(pages, start=1):
-        on_page(n, len(pages))
         image = render_page(lines, per_page)
         try:
-            page_list.append(write_page(work, n, image, "\n".join(lines) + "\n", settings))
+            sink.add(n, image, "\n".join(lines) + "\n", page_runs(lines, size))
         finally:
             image.close()
-    return page_list

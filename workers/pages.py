@@ -1,0 +1,141 @@
+"""Page output, shared by every converter: a page's files, and the sink that makes pages servable.
+
+A converter hands each rendered page to `PageSink.add`; the sink writes the page's image, thumbnail,
+text and text layer into storage and only then raises `ready`, so the viewer can show page k the
+moment k and every page before it are stored.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from config import Settings
+from livedoc.progress import ProgressWriter
+from livedoc.storage import LAYOUT, MANIFEST, DocumentFiles, page_names
+
+JPEG_QUALITY = 85
+THUMB_QUALITY = 80
+
+# Percent bands: rendering dominates the time, so it gets most of the bar.
+RENDER_START = 5
+RENDER_END = 95
+
+# A text run over the page: (x, y, width, height) as fractions of the page, and its text.
+Run = tuple[float, float, float, float, str]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image as RGB, transparency flattened onto white (as the page looks on screen)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        page = Image.new("RGB", rgba.size, "white")
+        page.paste(rgba, mask=rgba.getchannel("A"))
+        rgba.close()
+        return page
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit and float greyscale: scale into 8 bits rather than let convert() clip to white.
+        return image.point(lambda v: v / 256).convert("L").convert("RGB")
+    return image.convert("RGB")
+
+
+def write_page_files(scratch: Path, n: int, image: Image.Image, text: str, runs: list[Run],
+                     thumb_width: int) -> tuple[dict, dict[str, Path]]:
+    """Write page n's files into scratch; returns its manifest entry and the files by name."""
+    names = page_names(n)
+    rgb = to_rgb(image)
+    paths = {name: scratch / name for name in names.values()}
+    rgb.save(paths[names["image"]], "JPEG", quality=JPEG_QUALITY)
+    # Never upscale a narrow page: a blown-up thumbnail is blurrier than a small one.
+    tw = min(thumb_width, rgb.width)
+    thumb = rgb.resize((tw, max(1, round(rgb.height * tw / rgb.width))), Image.Resampling.LANCZOS,
+                       reducing_gap=2.0)
+    thumb.save(paths[names["thumb"]], "JPEG", quality=THUMB_QUALITY)
+    thumb.close()
+    paths[names["text"]].write_text(text, encoding="utf-8", newline="")
+    paths[names["layer"]].write_text(json.dumps({"runs": [list(r) for r in runs]}, separators=(",", ":")),
+                                     encoding="utf-8")
+    entry = {"n": n, **names, "width": rgb.width, "height": rgb.height}
+    if rgb is not image:
+        rgb.close()
+    return entry, paths
+
+
+@dataclass
+class PageSink:
+    """Stores pages as they are rendered and reports them ready in page order."""
+
+    files: DocumentFiles
+    attempt: int
+    writer: ProgressWriter
+    settings: Settings
+    kind: str
+    pages: int = 0
+    entries: dict[int, dict] = field(default_factory=dict)
+    ready: int = 0
+    stored: int = 0
+    scratch: Path | None = None
+    on_ready: Callable[[int], None] | None = None
+
+    def __post_init__(self) -> None:
+        root = self.files.storage.scratch_root()
+        root.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"{self.files.doc_id}-a{self.attempt}-", dir=root))
+
+    def begin(self, sizes: list[tuple[int, int]], outline: list[dict] | None = None) -> None:
+        """Announce the page count and sizes (the viewer lays out placeholders) before page 1."""
+        self.pages = len(sizes)
+        layout = {"kind": self.kind, "pages": self.pages, "sizes": [list(s) for s in sizes],
+                  "outline": outline or []}
+        self.files.storage.put_bytes(self.files.key(self.attempt, LAYOUT),
+                                     json.dumps(layout, separators=(",", ":")).encode())
+        self.writer.update("rendering", RENDER_START, page=1, pages=self.pages, ready=0,
+                           message=f"Rendering page 1 of {self.pages}")
+
+    def add(self, n: int, image: Image.Image, text: str, runs: list[Run]) -> None:
+        """Write page n's files and store them; the page becomes ready with those before it."""
+        entry, paths = write_page_files(self.scratch, n, image, text, runs, self.settings.THUMB_WIDTH)
+        self.store(entry, paths)
+
+    def store(self, entry: dict, paths: dict[str, Path]) -> None:
+        """Store a page written elsewhere (a render process) and advance `ready` past it."""
+        for name, path in paths.items():
+            self.stored += self.files.storage.put_file(self.files.key(self.attempt, name), path)
+        self.entries[entry["n"]] = entry
+        advanced = self.ready
+        while self.ready + 1 in self.entries:
+            self.ready += 1
+        if self.ready > advanced:
+            self._report()
+
+    def _report(self) -> None:
+        done, total = self.ready, self.pages
+        percent = RENDER_START + (RENDER_END - RENDER_START) * done / max(1, total)
+        nxt = min(done + 1, total)
+        message = f"Rendering page {nxt} of {total}" if done < total else "Finishing up"
+        self.writer.update("rendering" if done < total else "finalizing", percent, page=nxt, pages=total,
+                           ready=done, message=message)
+        if self.on_ready is not None:
+            self.on_ready(done)
+
+    def finish(self) -> int:
+        """Write the manifest of a complete attempt; returns the page count."""
+        page_list = [self.entries[n] for n in range(1, self.pages + 1)]
+        names = [e[k] for e in page_list for k in ("image", "thumb", "text", "layer")]
+        manifest = {"kind": self.kind, "pages": self.pages, "attempt": self.attempt, "files": names,
+                    "bytes": self.stored, "page_list": page_list}
+        self.files.storage.put_bytes(self.files.key(self.attempt, MANIFEST),
+                                     json.dumps(manifest, separators=(",", ":")).encode())
+        return self.pages
+
+    def close(self) -> None:
+        """Remove the scratch directory."""
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
