@@ -18,6 +18,7 @@ from livedoc.extensions import csrf, db, limiter, login_manager
 from livedoc.hub import StreamHub
 from livedoc.models import User
 from livedoc.redis_client import connect
+from livedoc.storage import open_storage
 from livedoc.web import redis_conn
 
 # Only the app's own files; inline script/style are refused, pages embed data as data-* attributes.
@@ -58,7 +59,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         RATELIMIT_STRATEGY="fixed-window",  # one INCR per hit; moving windows cost a Lua script
         RQ_DASHBOARD_REDIS_URL=cfg["REDIS_URL"],
     )
-    Path(cfg["STORAGE_DIR"]).mkdir(parents=True, exist_ok=True)
+    app.extensions["livedoc.storage"] = open_storage(Settings.from_mapping(cfg))
     logging.basicConfig(level=cfg["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     db.init_app(app)

@@ -54,7 +54,7 @@ class Settings:
 
     # Uploads and conversion.
     MAX_UPLOAD_MB: int = 50
-    MAX_PAGES: int = 500
+    MAX_PAGES: int = 2000
     MAX_PAGE_PIXELS: int = 40_000_000
     RENDER_DPI: int = 110
     THUMB_WIDTH: int = 180
@@ -101,6 +101,11 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"bad value for {f.name}: {exc}") from None
         return cls(**values)
+
+    @classmethod
+    def from_mapping(cls, mapping) -> Settings:
+        """The settings held in a mapping of already typed values (a Flask app's config)."""
+        return cls(**{f.name: mapping[f.name] for f in fields(cls) if f.name in mapping})
 
     def as_flask_config(self) -> dict:
         """The settings as a dict for `app.config`."""

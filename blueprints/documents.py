@@ -1,10 +1,20 @@
-"""Documents: upload, list, the viewer, retry, and the converted page files."""
+"""Documents: upload, list, the viewer, retry, delete, search, reading position, and the files."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, redirect, render_template, request, send_file, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
 from flask_login import current_user, login_required
 
-from livedoc import documents, progress
+from livedoc import documents
 from livedoc.audit import audit
 from livedoc.errors import LivedocError, NotFound
 from livedoc.extensions import db, limiter
@@ -89,37 +99,69 @@ def upload_form():
 @bp.route("/documents/<doc_id>")
 @login_required
 def viewer(doc_id: str):
-    """The viewer: live progress while converting, the pages when ready."""
+    """The viewer: live progress, and every page the moment it is ready."""
     doc = documents.get_owned(doc_id, current_user)
     prog = documents.current_progress(redis_conn(), doc)
-    manifest = documents.files_of(doc).manifest() if prog["state"] == "complete" else None
-    return render_template("documents/viewer.html", doc=doc, progress=prog, manifest=manifest,
-                           flags=realtime_flags(), config=current_app.config)
+    return render_template("documents/viewer.html", doc=doc, progress=prog,
+                           layout=documents.pages_of(doc, prog), flags=realtime_flags(),
+                           config=current_app.config)
 
 
-@bp.route("/documents/<doc_id>/pages")
+@bp.route("/documents/<doc_id>/files/<int:attempt>/<name>")
 @login_required
-def pages_fragment(doc_id: str):
-    """The rendered pages as an HTML fragment, inserted by the viewer when conversion completes."""
+def page_file(doc_id: str, attempt: int, name: str):
+    """One page file (image, thumbnail, text, text layer) of a page that is ready."""
     doc = documents.get_owned(doc_id, current_user)
-    manifest = documents.files_of(doc).manifest()
-    if manifest is None:
-        raise NotFound("The pages are not ready.")
-    return render_template("documents/_pages.html", doc=doc, manifest=manifest)
+    prog = documents.current_progress(redis_conn(), doc)
+    if documents.servable(doc, prog, attempt, name) is None:
+        raise NotFound("No such page, or it is not ready yet.")
+    return _send(documents.files_of(doc).key(attempt, name), name)
 
 
-@bp.route("/documents/<doc_id>/files/<name>")
-@login_required
-def page_file(doc_id: str, name: str):
-    """One converted file (page image, thumbnail, text), by a name the manifest lists."""
-    doc = documents.get_owned(doc_id, current_user)
-    path = documents.files_of(doc).output_file(name)
+def _send(key: str, name: str, download_name: str | None = None) -> Response:
+    """A stored file: sent from local disk, or a redirect to a short-lived object-storage URL."""
+    from livedoc.storage import MIMETYPES
+
+    store = documents.storage()
+    url = store.url(key, download_name)
+    if url is not None:
+        resp = redirect(url, code=302)
+        resp.headers["Cache-Control"] = "private, no-store"
+        return resp
+    path = store.local_path(key)
     if path is None:
-        raise NotFound("No such page.")
-    mimetype = "text/plain; charset=utf-8" if name.endswith(".txt") else "image/jpeg"
-    resp = send_file(path, mimetype=mimetype, conditional=True, max_age=3600)
-    resp.headers["Cache-Control"] = "private, max-age=3600"
+        raise NotFound("No such file.")
+    if download_name is not None:
+        return send_file(path, as_attachment=True, download_name=download_name,
+                         mimetype="application/octet-stream", conditional=True, max_age=0)
+    resp = send_file(path, mimetype=MIMETYPES[name.rsplit(".", 1)[-1]], conditional=True, max_age=86400)
+    # A file name within an attempt never changes content: browsers may keep it.
+    resp.headers["Cache-Control"] = "private, max-age=86400, immutable"
     return resp
+
+
+@bp.route("/documents/<doc_id>/download")
+@login_required
+def download(doc_id: str):
+    """The original upload, as an attachment with its original name."""
+    doc = documents.get_owned(doc_id, current_user)
+    audit("download", document=doc.id)
+    files = documents.files_of(doc)
+    return _send(files.original_key, "original", download_name=doc.filename)
+
+
+@bp.route("/documents/<doc_id>/delete", methods=["POST"])
+@login_required
+def delete_form(doc_id: str):
+    """The delete button (after the page's confirmation)."""
+    _delete_owned(doc_id)
+    return redirect(url_for("documents.list_page"), code=303)
+
+
+def _delete_owned(doc_id: str) -> None:
+    doc = documents.get_owned(doc_id, current_user)
+    documents.delete(redis_conn(), current_app.config, doc)
+    audit("delete", document=doc_id)
 
 
 @bp.route("/documents/<doc_id>/retry", methods=["POST"])
@@ -158,19 +200,41 @@ def api_list():
 @bp.route("/api/documents/<doc_id>")
 @login_required
 def api_get(doc_id: str):
-    """One document with its progress, and its pages when complete."""
+    """One document with its progress, its ready pages, every page's size, and its outline."""
     doc = documents.get_owned(doc_id, current_user)
     prog = documents.current_progress(redis_conn(), doc)
-    body = documents.summary(doc, prog)
-    manifest = documents.files_of(doc).manifest() if prog["state"] == progress.State.COMPLETE.value else None
-    if manifest:
-        body["pages"] = [
-            {"n": p["n"], "width": p["width"], "height": p["height"],
-             **{k: url_for("documents.page_file", doc_id=doc.id, name=p[k])
-                for k in ("image", "thumb", "text")}}
-            for p in manifest["page_list"]
-        ]
-    return jsonify(body)
+    return jsonify({**documents.summary(doc, prog), **documents.pages_of(doc, prog),
+                    "last_page": doc.last_page})
+
+
+@bp.route("/api/documents/<doc_id>", methods=["DELETE"])
+@login_required
+def api_delete(doc_id: str):
+    """Delete a document: its conversion stops, its streams end on "deleted", its files go."""
+    _delete_owned(doc_id)
+    return Response(status=204)
+
+
+@bp.route("/api/documents/<doc_id>/search")
+@login_required
+def api_search(doc_id: str):
+    """Find a phrase in the pages that are ready: hits with page, snippet and rectangles."""
+    query = request.args.get("q", "")
+    doc = documents.get_owned(doc_id, current_user)
+    return jsonify(documents.search(doc, documents.current_progress(redis_conn(), doc), query))
+
+
+@bp.route("/api/documents/<doc_id>/position", methods=["PUT"])
+@login_required
+def api_position(doc_id: str):
+    """Remember the page being read (`{"page": n}`), restored when the viewer opens again."""
+    doc = documents.get_owned(doc_id, current_user)
+    body = request.get_json(silent=True)
+    page = body.get("page") if isinstance(body, dict) else None
+    if not isinstance(page, int) or isinstance(page, bool) or not 1 <= page <= max(1, doc.pages or 100_000):
+        raise LivedocError("Send {\"page\": n} with a page number of this document.", code="bad_parameter")
+    documents.set_position(doc, page)
+    return Response(status=204)
 
 
 @bp.route("/api/documents/<doc_id>/retry", methods=["POST"])

@@ -1,4 +1,4 @@
-"""Documents: creating them, finding the caller's own, their progress, and retrying them."""
+"""Documents: creating them, finding the caller's own, their progress, pages, search, retry, delete."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +17,7 @@ from livedoc.extensions import db
 from livedoc.ids import new_doc_id, valid_doc_id
 from livedoc.models import Document, User
 from livedoc.sniff import sniff
-from livedoc.storage import DocumentFiles
+from livedoc.storage import DocumentFiles, Storage
 
 log = logging.getLogger("livedoc")
 
@@ -29,9 +29,14 @@ def display_name(filename: str | None) -> str:
     return name.strip()[:200] or "untitled"
 
 
+def storage() -> Storage:
+    """The app's storage (one per process)."""
+    return current_app.extensions["livedoc.storage"]
+
+
 def files_of(doc: Document) -> DocumentFiles:
-    """The document's files under STORAGE_DIR."""
-    return DocumentFiles(current_app.config["STORAGE_DIR"], doc.id)
+    """The document's files in the app's storage."""
+    return DocumentFiles(storage(), doc.id)
 
 
 def create(connection: Redis, config: Mapping, owner: User, filename: str | None, data: bytes) -> Document:
@@ -101,11 +106,15 @@ def unfinished(user: User, limit: int) -> list[Document]:
         .order_by(Document.created_at.desc()).limit(limit)).scalars().all()
 
 
-def _store_final(doc: Document, prog: progress.Progress) -> None:
+def _store_final(doc: Document, prog: progress.Progress, manifest: dict | None = None) -> None:
     doc.state = prog["state"]
     doc.last_seq = prog["seq"]
     doc.attempt = prog.get("attempt", doc.attempt)
-    doc.pages = prog.get("pages") or 0
+    # A failed attempt keeps the pages it stored readable: the row remembers how many (`ready`).
+    doc.pages = (manifest or {}).get("pages", prog.get("pages") or 0) if doc.state == "complete" \
+        else prog.get("ready") or 0
+    if manifest is not None:
+        doc.stored_bytes = doc.size + int(manifest.get("bytes") or 0)
     error = prog.get("error") or {}
     doc.error_code = error.get("code")
     doc.error_message = error.get("message")
@@ -116,7 +125,8 @@ def _from_final(doc: Document) -> progress.Progress:
     prog = progress.initial(doc.last_seq, doc.attempt)
     complete = doc.state == progress.State.COMPLETE.value
     prog.update(state=doc.state, stage=doc.state, percent=100 if complete else prog["percent"],
-                page=doc.pages, pages=doc.pages, message="Ready" if complete else doc.error_message)
+                page=doc.pages, pages=doc.pages, ready=doc.pages,
+                message="Ready" if complete else doc.error_message)
     if not complete:
         prog["error"] = {"code": doc.error_code, "message": doc.error_message,
                          "retryable": bool(doc.error_retryable)}
@@ -129,21 +139,32 @@ def _settle(connection: Redis, doc: Document, prog: progress.Progress | None) ->
         # The job's record is gone: its output decides the ending, or, after a grace period in
         # which a worker that rode out a Redis restart would have written again, it is lost.
         seq = progress.vanished_seq(doc.last_seq)
-        if files_of(doc).manifest() is not None:
-            prog = progress.initial(seq, doc.attempt)
+        manifest = _finished_manifest(doc)
+        if manifest is not None:
+            prog = progress.initial(seq, manifest["attempt"])
             prog.update(state=progress.State.COMPLETE.value, stage="complete", percent=100,
+                        pages=manifest["pages"], page=manifest["pages"], ready=manifest["pages"],
                         message="Ready")
         elif _missing_for(connection, doc.job_id) < current_app.config["JOB_VANISH_GRACE"]:
             return progress.initial(doc.last_seq, doc.attempt)  # not an ending yet
         else:
             prog = progress.lost(progress.initial(seq - 1, doc.attempt))
     if progress.is_terminal(prog) and prog["seq"] > doc.last_seq:
-        if prog["state"] == progress.State.COMPLETE.value:
-            manifest = files_of(doc).manifest() or {}
-            prog = {**prog, "pages": manifest.get("pages", prog.get("pages", 0))}
-        _store_final(doc, prog)
+        manifest = files_of(doc).manifest(prog["attempt"]) if prog["state"] == "complete" else None
+        _store_final(doc, prog, manifest)
         db.session.commit()
     return prog
+
+
+def _finished_manifest(doc: Document) -> dict | None:
+    """The manifest of an attempt of this document that completed, looked for when its job vanished
+    (RQ retries raise the attempt number past the document's, at most JOB_RETRIES times)."""
+    files = files_of(doc)
+    for attempt in range(doc.attempt + current_app.config["JOB_RETRIES"], doc.attempt - 1, -1):
+        manifest = files.manifest(attempt)
+        if manifest is not None:
+            return {**manifest, "attempt": attempt}
+    return None
 
 
 def _missing_for(connection: Redis, job_id: str) -> float:
@@ -222,4 +243,139 @@ def summary(doc: Document, prog: progress.Progress) -> dict:
         "status_url": url_for("realtime.status", doc_id=doc.id),
         "events_url": url_for("realtime.events", doc_id=doc.id),
         "viewer_url": url_for("documents.viewer", doc_id=doc.id),
+        "download_url": url_for("documents.download", doc_id=doc.id),
+        "search_url": url_for("documents.api_search", doc_id=doc.id),
     }
+
+
+# -- pages, search, reading position, delete ------------------------------------------------------
+SEARCH_MAX_HITS = 200
+SEARCH_MAX_RECT_PAGES = 50
+SNIPPET = 60
+
+
+def files_url(doc: Document, attempt: int) -> str:
+    """The URL prefix of an attempt's page files (the client appends a file name)."""
+    from flask import url_for
+
+    return url_for("documents.page_file", doc_id=doc.id, attempt=attempt, name="page-0001.jpg")[:-len(
+        "page-0001.jpg")]
+
+
+def pages_of(doc: Document, prog: progress.Progress) -> dict:
+    """What the viewer lays out: every page's size (placeholders), the ready pages' files, the outline."""
+    attempt, ready = prog.get("attempt", doc.attempt), prog.get("ready") or 0
+    layout = files_of(doc).layout(attempt)
+    if layout is None:
+        return {"files_url": None, "sizes": [], "pages": [], "outline": []}
+    base = files_url(doc, attempt)
+    sizes = layout.get("sizes") or []
+    ready = min(ready, len(sizes))
+    pages = []
+    for n in range(1, ready + 1):
+        width, height = sizes[n - 1]
+        names = storage_names(n)
+        pages.append({"n": n, "width": width, "height": height, **{k: base + v for k, v in names.items()}})
+    return {"files_url": base, "sizes": sizes, "pages": pages, "outline": layout.get("outline") or []}
+
+
+def storage_names(n: int) -> dict[str, str]:
+    """Page n's file names by role, as the API lists them."""
+    from livedoc.storage import hd_name, page_names
+
+    return {**page_names(n), "hd": hd_name(n)}
+
+
+def servable(doc: Document, prog: progress.Progress, attempt: int, name: str) -> tuple[str, int] | None:
+    """(role, page) when this file of this attempt may be served now: its page is ready."""
+    from livedoc.storage import parse_page_file
+
+    parsed = parse_page_file(name)
+    if parsed is None or attempt != prog.get("attempt", doc.attempt):
+        return None
+    if parsed[1] < 1 or parsed[1] > (prog.get("ready") or 0):
+        return None
+    return parsed
+
+
+def search(doc: Document, prog: progress.Progress, query: str) -> dict:
+    """Where a phrase occurs in the ready pages: page, a snippet around it, and its rectangles."""
+    needle = " ".join(query.split()).casefold()
+    if not needle or len(needle) > 200:
+        raise LivedocError("Search for 1 to 200 characters in 'q'.", code="bad_parameter")
+    files = files_of(doc)
+    attempt, ready = prog.get("attempt", doc.attempt), prog.get("ready") or 0
+    hits: list[dict] = []
+    rect_pages = 0
+    for n in range(1, ready + 1):
+        raw = files.storage.get_bytes(files.key(attempt, storage_names(n)["text"]))
+        if raw is None:
+            continue
+        text = " ".join(raw.decode("utf-8", "replace").split())
+        folded = text.casefold()
+        start = folded.find(needle)
+        if start < 0:
+            continue
+        rects = []
+        if rect_pages < SEARCH_MAX_RECT_PAGES:
+            rect_pages += 1
+            rects = _hit_rects(files.read_json(attempt, storage_names(n)["layer"]) or {}, needle)
+        while start >= 0 and len(hits) < SEARCH_MAX_HITS:
+            lo, hi = max(0, start - SNIPPET), min(len(text), start + len(needle) + SNIPPET)
+            snippet = ("…" if lo else "") + text[lo:hi] + ("…" if hi < len(text) else "")
+            hits.append({"page": n, "snippet": snippet, "offset": start, "length": len(needle),
+                         "rects": rects})
+            rects = []  # a page's rectangles come with its first hit
+            start = folded.find(needle, start + len(needle))
+        if len(hits) >= SEARCH_MAX_HITS:
+            break
+    return {"query": query, "hits": hits, "searched_pages": ready, "pages": prog.get("pages") or 0,
+            "complete": prog["state"] == progress.State.COMPLETE.value,
+            "truncated": len(hits) >= SEARCH_MAX_HITS}
+
+
+def _hit_rects(layer: dict, needle: str) -> list[list[float]]:
+    """The parts of the text runs that hold the phrase (proportional within a run)."""
+    rects = []
+    for run in layer.get("runs") or []:
+        if len(run) != 5:
+            continue
+        x, y, w, h, text = run
+        folded = str(text).casefold()
+        at = folded.find(needle)
+        while at >= 0 and len(rects) < 100:
+            per = w / max(1, len(folded))
+            rects.append([round(x + at * per, 5), y, round(len(needle) * per, 5), h])
+            at = folded.find(needle, at + len(needle))
+    return rects
+
+
+def set_position(doc: Document, page: int) -> None:
+    """Remember the page the owner is reading."""
+    doc.last_page = page
+    db.session.commit()
+
+
+def delete(connection: Redis, config: Mapping, doc: Document) -> None:
+    """Stop the conversion, end every open stream on "deleted", remove the files and the row."""
+    from rq.command import send_stop_job_command
+    from rq.exceptions import InvalidJobOperation, NoSuchJobError
+    from rq.job import Job
+
+    prog = current_progress(connection, doc)
+    if doc.job_id:
+        try:
+            job = Job.fetch(doc.job_id, connection=connection, serializer=jobs.SERIALIZER)
+        except NoSuchJobError:
+            job = None
+        if job is not None:
+            # First the mark that stops every writer, then the running work horse itself.
+            progress.mark_deleted(connection, job, prog)
+            jobs.queue(connection, config["QUEUE_NAME"]).remove(job.id)
+            try:
+                send_stop_job_command(connection, job.id, serializer=jobs.SERIALIZER)
+            except InvalidJobOperation:
+                pass  # not running: nothing to stop
+    files_of(doc).delete()
+    db.session.delete(doc)
+    db.session.commit()

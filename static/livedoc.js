@@ -462,27 +462,76 @@
       const prev = state;
       state = p;
       render(p, prev);
-      if (p.state === 'complete') loadPages(0);
+      syncPages(p);
     }
 
-    // The pages arrive as a server-rendered fragment: no reload, and focus lands on its heading.
-    function loadPages(attempt) {
-      request(d.pagesUrl, { headers: { Accept: 'text/html' } }).then((r) => {
-        if (r.status === 200 && typeof r.data === 'string') {
-          el.pages.innerHTML = r.data;
-          const h = $('#pages-heading');
-          if (h) h.focus();
-        } else if (r.status === 401) {
-          sessionExpired();
-        } else if (attempt < 5) {
-          setTimeout(() => loadPages(attempt + 1), backoff(attempt + 1));
-        } else {
-          el.pages.textContent = '';
-          const a = document.createElement('a');
-          a.href = window.location.pathname; a.textContent = 'Reload to see the pages';
-          el.pages.appendChild(a);
-        }
+    /* Pages appear as they become ready: the column of placeholders comes from the document's
+     * layout (fetched once per attempt), and each ready page's image replaces its placeholder. */
+    let layoutAttempt = null;
+    let shown = 0;
+    let fetching = false;
+    function syncPages(p) {
+      const column = $('#page-column');
+      if (!column || layoutAttempt !== p.attempt) {
+        if (fetching || !(p.ready > 0 || p.state === 'complete')) return;
+        fetching = true;
+        request(d.docUrl).then((r) => {
+          fetching = false;
+          if (r.status === 200 && r.data && r.data.sizes) {
+            buildColumn(r.data);
+            layoutAttempt = r.data.progress.attempt;
+            shown = 0;
+            fillReady(state);
+          } else if (r.status === 401) {
+            sessionExpired();
+          }
+        });
+        return;
+      }
+      fillReady(p);
+    }
+
+    function buildColumn(doc) {
+      const sec = el.pages;
+      sec.textContent = '';
+      const h = document.createElement('h2');
+      h.id = 'pages-heading'; h.tabIndex = -1;
+      h.textContent = 'Pages (' + doc.sizes.length + ')';
+      sec.appendChild(h);
+      const col = document.createElement('div');
+      col.id = 'page-column'; col.className = 'page-column'; col.dataset.filesUrl = doc.files_url;
+      doc.sizes.forEach((size, i) => {
+        const fig = document.createElement('figure');
+        fig.id = 'page-' + (i + 1); fig.className = 'page pending';
+        fig.dataset.n = String(i + 1); fig.dataset.width = size[0]; fig.dataset.height = size[1];
+        const ph = document.createElement('div');
+        ph.className = 'placeholder'; ph.setAttribute('role', 'img');
+        ph.setAttribute('aria-label', 'Page ' + (i + 1) + ', not converted yet');
+        fig.appendChild(ph);
+        const cap = document.createElement('figcaption');
+        cap.textContent = 'Page ' + (i + 1);
+        fig.appendChild(cap);
+        col.appendChild(fig);
       });
+      sec.appendChild(col);
+    }
+
+    function fillReady(p) {
+      const column = $('#page-column');
+      if (!column) return;
+      const upto = Math.min(p.ready || 0, column.children.length);
+      for (let n = shown + 1; n <= upto; n++) {
+        const fig = $('#page-' + n);
+        if (!fig || !fig.classList.contains('pending')) continue;
+        const img = document.createElement('img');
+        img.loading = 'lazy'; img.alt = 'Page ' + n;
+        img.width = Number(fig.dataset.width); img.height = Number(fig.dataset.height);
+        img.src = column.dataset.filesUrl + 'page-' + String(n).padStart(4, '0') + '.jpg';
+        const ph = fig.querySelector('.placeholder');
+        if (ph) ph.replaceWith(img);
+        fig.classList.remove('pending');
+      }
+      shown = Math.max(shown, upto);
     }
 
     function setConnection(s, text) {
@@ -530,10 +579,13 @@
     });
 
     render(state, state, true);  // the exact width over the server's 10% step; nothing to announce
-    if (isTerminal(state)) {
-      // Complete but the page was rendered before the pages were in place: fetch them now.
-      if (state.state === 'complete' && !$('#pages-heading')) loadPages(0);
-    } else {
+    const served = $('#page-column');
+    if (served) {
+      layoutAttempt = state.attempt;
+      shown = served.querySelectorAll('figure.page:not(.pending)').length;
+    }
+    syncPages(state);
+    if (!isTerminal(state)) {
       startFeed(initialMode);
     }
     watchNetwork(() => feed, setConnection);

@@ -38,7 +38,7 @@ def test_upload_returns_urls_and_converts(client, users, redis_conn):
     assert status["state"] == "complete"
     assert status["document_id"] == doc_id
     assert status["pages"] == 3 and status["percent"] == 100
-    assert set(status) == {"seq", "state", "stage", "percent", "page", "pages", "message", "error",
+    assert set(status) == {"seq", "state", "stage", "percent", "page", "pages", "ready", "message", "error",
                            "attempt", "updated_at", "document_id"}
 
     doc = client.get(f"/api/documents/{doc_id}", headers=_auth(token)).get_json()

@@ -1,13 +1,16 @@
 """The conversion job that RQ runs: `convert_document(doc_id, kind)`.
 
-One attempt: fresh work directory → validate → render page by page → publish the output whole →
-mark complete. Every failure ends in a progress record the viewer can explain: permanent errors
-stop RQ's retries at once; transient ones (storage, Redis, timeout) let RQ run the job again and
-the next attempt starts from an empty work directory with its percent back at 0.
+One attempt: validate → announce the page sizes → render and store page by page, each page servable
+as soon as it and those before it are stored (`ready`) → write the manifest → mark complete. Every
+failure ends in a progress record the viewer can explain: permanent errors stop RQ's retries at
+once; transient ones (storage, Redis, timeout) let RQ run the job again, and the next attempt
+writes its pages afresh under its own attempt number with its percent back at 0. A document deleted
+while it converts stops the job at its next progress save, and the job removes what it wrote.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -17,8 +20,8 @@ from rq.timeouts import JobTimeoutException
 
 from config import Settings
 from livedoc.ids import valid_doc_id
-from livedoc.progress import ProgressWriter
-from livedoc.storage import DocumentFiles
+from livedoc.progress import Deleted, ProgressWriter
+from livedoc.storage import DocumentFiles, open_storage
 from workers import images, pdf, text
 from workers.errors import (
     ConversionError,
@@ -28,57 +31,60 @@ from workers.errors import (
     TransientError,
     UnsupportedDocument,
 )
-from workers.images import PageCallback
+from workers.pages import PageSink
 
 log = logging.getLogger("livedoc.worker")
 
-STAGES = {"pdf": pdf.convert, "image": images.convert, "text": text.convert}
+# The converter of each kind: convert(original path, settings, sink) renders every page into sink.
+Converter = Callable[[Path, Settings, PageSink], None]
+CONVERTERS: dict[str, Converter] = {"pdf": pdf.convert, "image": images.convert, "text": text.convert}
 RETRY_MESSAGE = "Temporary problem; trying again shortly."
-
-# Percent bands: rendering dominates the time, so it gets most of the bar.
-VALIDATING = 0
-RENDER_START = 5
-RENDER_END = 90
-FINALIZING = 95
 
 
 def convert_document(doc_id: str, kind: str) -> dict:
-    """Convert one uploaded document into page images, thumbnails and text; returns {"pages": n}."""
+    """Convert one uploaded document into page images, thumbnails, text and text layers."""
     job = get_current_job()
     if job is None:
         raise RuntimeError("convert_document runs only inside an RQ job")
     writer = ProgressWriter(job, job.connection)
     files: DocumentFiles | None = None
+    sink: PageSink | None = None
     try:
         if not valid_doc_id(doc_id):
             raise ConversionError("internal", "This conversion request is not valid.", retryable=False)
-        convert_kind = STAGES.get(kind)
-        if convert_kind is None:
+        converter = CONVERTERS.get(kind)
+        if converter is None:
             raise UnsupportedDocument()
         settings = Settings.from_env()
-        files = DocumentFiles(settings.STORAGE_DIR, doc_id)
-        writer.update("validating", VALIDATING, page=0, pages=0, message="Checking the document")
-        work = files.fresh_work()
-        page_list = convert_kind(files.original, work, settings, _page_reporter(writer))
-        pages = len(page_list)
-        writer.update("finalizing", FINALIZING, page=pages, pages=pages, message="Finishing up")
-        files.publish_work(_manifest(kind, page_list))
+        files = DocumentFiles(open_storage(settings), doc_id)
+        writer.update("validating", 0, page=0, pages=0, ready=0, message="Checking the document")
+        # Earlier attempts' pages would be served under their own attempt number only; drop them.
+        files.clear_attempts(writer.attempt)
+        sink = PageSink(files, writer.attempt, writer, settings, kind)
+        converter(_original(files, sink.scratch), settings, sink)
+        pages = sink.finish()
         writer.complete(pages)
         return {"pages": pages}
+    except Deleted:
+        log.info("job %s: the document was deleted; stopping", job.id)
+        job.retries_left = 0
+        if files is not None:
+            files.delete()
+        return {"deleted": True}
     except ConversionError as exc:
         log.info("job %s: conversion failed: %s (retryable=%s)", job.id, exc.code, exc.retryable)
-        _fail(job, writer, files, exc)
+        _fail(job, writer, exc)
         raise
     except JobTimeoutException:
-        _fail(job, writer, files, ConversionTimeout())
+        _fail(job, writer, ConversionTimeout())
         raise
     except OSError as exc:
         log.warning("job %s: storage error (%s)", job.id, exc)
-        _fail(job, writer, files, StorageError())
+        _fail(job, writer, StorageError())
         raise
     except RedisError as exc:
         log.warning("job %s: redis error (%s)", job.id, exc.__class__.__name__)
-        _fail(job, writer, files, TransientError())
+        _fail(job, writer, TransientError())
         raise
     except Exception:
         # The job boundary is the last place that can turn a bug (in Pillow, pdfium or our code)
@@ -86,27 +92,29 @@ def convert_document(doc_id: str, kind: str) -> dict:
         # own bookkeeping noticed. The trace goes to the log and to RQ's failed-job record, never
         # to the user, and the error is retryable because a bug hit once may not be hit again.
         log.exception("job %s: unexpected error converting document %s", job.id, doc_id)
-        _fail(job, writer, files, InternalError())
+        _fail(job, writer, InternalError())
         raise
+    finally:
+        if sink is not None:
+            sink.close()
 
 
-def _page_reporter(writer: ProgressWriter) -> PageCallback:
-    def on_page(page: int, pages: int) -> None:
-        percent = RENDER_START + (RENDER_END - RENDER_START) * (page - 1) / pages
-        writer.update("rendering", percent, page=page, pages=pages,
-                      message=f"Rendering page {page} of {pages}")
-    return on_page
+def _original(files: DocumentFiles, scratch: Path) -> Path:
+    """A local path of the upload: in place on local storage, else copied into scratch."""
+    path = files.storage.local_path(files.original_key)
+    if path is not None:
+        return path
+    path = scratch / "original"
+    files.storage.fetch(files.original_key, path)
+    return path
 
 
-def _manifest(kind: str, page_list: list[dict]) -> dict:
-    names = [entry[key] for entry in page_list for key in ("image", "thumb", "text")]
-    return {"kind": kind, "pages": len(page_list), "files": names, "page_list": page_list}
+def _fail(job: Job, writer: ProgressWriter, error: ConversionError) -> None:
+    """Record what happens next after a failed attempt; never raises.
 
-
-def _fail(job: Job, writer: ProgressWriter, files: DocumentFiles | None, error: ConversionError) -> None:
-    """Clean up after a failed attempt and record what happens next; never raises."""
-    if files is not None:
-        _discard(files)
+    The pages the attempt stored stay readable: a document whose page 400 is damaged can still be
+    read up to page 399. A new attempt starts by removing them.
+    """
     if not error.retryable:
         # RQ's worker consults this same job object's should_retry after the job raises.
         job.retries_left = 0
@@ -116,19 +124,9 @@ def _fail(job: Job, writer: ProgressWriter, files: DocumentFiles | None, error: 
             writer.will_retry(RETRY_MESSAGE)
         else:
             writer.fail(error.code, error.message, error.retryable)
+    except Deleted:
+        pass  # deleted meanwhile: nothing to record
     except Exception as exc:  # noqa: BLE001 - must not hide the error that ended the attempt
         # Redis may be the very thing that is down. The exception being handled is the one RQ has
         # to see (it decides retry or failure), and the reader derives an ending from RQ's status.
         log.warning("job %s: could not record the failure (%s)", job.id, exc.__class__.__name__)
-
-
-def _discard(files: DocumentFiles) -> None:
-    try:
-        files.discard_work()
-        work: Path = files.work
-        # discard_work only removes a directory; a stray file or symlink at the work path would
-        # make every later fresh_work() fail, so remove it too.
-        if work.is_symlink() or (work.exists() and not work.is_dir()):
-            work.unlink()
-    except OSError as exc:
-        log.warning("could not remove partial output (%s)", exc.__class__.__name__)

@@ -81,7 +81,8 @@ def _line_height(font: Font) -> int:
 def page_size(lines_per_page: int) -> tuple[int, int]:
     """Width and height of every text page."""
     font = _font()
-    return 2 * MARGIN + int(font.getlength("M" * WRAP_AT)) + 1, 2 * MARGIN + _line_height(font) * lines_per_page
+    width = 2 * MARGIN + int(font.getlength("M" * WRAP_AT)) + 1
+    return width, 2 * MARGIN + _line_height(font) * lines_per_page
 
 
 def render_page(lines: list[str], lines_per_page: int) -> Image.Image:
