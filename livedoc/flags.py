@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -16,6 +17,25 @@ from livedoc import keys
 
 OFF = "off"
 CHOICES = (*REALTIME_MODES, OFF)
+
+
+class Transport(StrEnum):
+    """The ways progress reaches a client, best first: the order clients step down on failure."""
+
+    WS = "ws"
+    SSE = "sse"
+    LONGPOLL = "longpoll"
+    POLL = "poll"
+
+
+CHAIN = tuple(Transport)
+
+
+def client_settings(flags: RealtimeFlags, config: Mapping) -> dict:
+    """What a page's script needs to follow the server: its mode, the chain and the limits."""
+    return {"mode": flags.transport, "transports": [t.value for t in CHAIN],
+            "maxDocs": config["MAX_DOCS_PER_STREAM"], "longpollWait": config["LONGPOLL_MAX_WAIT"],
+            "pollInterval": config["SSE_POLL_INTERVAL"], "pingInterval": config["SSE_PING_INTERVAL"]}
 
 
 @dataclass(frozen=True)
@@ -32,8 +52,8 @@ class RealtimeFlags:
     def transport(self) -> str:
         """The best transport clients should use: ws when offered, else the mode; poll when off."""
         if not self.enabled:
-            return "poll"
-        return "ws" if self.websocket and self.mode == "sse" else self.mode
+            return Transport.POLL.value
+        return Transport.WS.value if self.websocket and self.mode == Transport.SSE else self.mode
 
     def allows(self, transport: str) -> bool:
         """Whether connections of this transport may open (and stay open) under these flags.
@@ -42,11 +62,10 @@ class RealtimeFlags:
         WebSockets too); below the cap every fallback stays allowed, so a client whose WebSocket is
         blocked by a proxy can still stream. WebSockets sit on top only when the flag offers them.
         """
-        chain = ("ws", "sse", "longpoll", "poll")
         transport = "sse" if transport == "sse-multi" else transport
-        if transport not in chain:
+        if transport not in CHAIN:
             return False
-        return chain.index(transport) >= chain.index(self.transport)
+        return CHAIN.index(Transport(transport)) >= CHAIN.index(Transport(self.transport))
 
     @classmethod
     def from_config(cls, config: Mapping) -> RealtimeFlags:
