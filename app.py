@@ -74,6 +74,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         conn, flags.RealtimeFlags.from_config(cfg), cfg["SSE_POLL_INTERVAL"] / 1000,
         stats_ttl=cfg["STATS_TTL"], vanish_grace=cfg["JOB_VANISH_GRACE"])
 
+    # Pages hand their script the real-time settings: {{ realtime_client(flags)|tojson }}.
+    app.jinja_env.globals["realtime_client"] = lambda f: flags.client_settings(f, app.config)
     register_error_handlers(app)
     _register_auth(app)
     _register_security(app)
