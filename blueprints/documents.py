@@ -107,15 +107,18 @@ def viewer(doc_id: str):
                            config=current_app.config)
 
 
-@bp.route("/documents/<doc_id>/files/<int:attempt>/<name>")
+@bp.route("/documents/<doc_id>/files/<attempt>/<name>")
 @login_required
-def page_file(doc_id: str, attempt: int, name: str):
+def page_file(doc_id: str, attempt: str, name: str):
     """One page file (image, thumbnail, text, text layer) of a page that is ready."""
     doc = documents.get_owned(doc_id, current_user)
+    # One spelling per file: "01" or "+1" would be the same attempt under another URL.
+    number = int(attempt) if attempt.isascii() and attempt.isdigit() and attempt[0] != "0" \
+        and len(attempt) < 10 else None
     prog = documents.current_progress(redis_conn(), doc)
-    if documents.servable(doc, prog, attempt, name) is None:
+    if number is None or documents.servable(doc, prog, number, name) is None:
         raise NotFound("No such page, or it is not ready yet.")
-    return _send(documents.files_of(doc).key(attempt, name), name)
+    return _send(documents.files_of(doc).key(number, name), name)
 
 
 def _send(key: str, name: str, download_name: str | None = None) -> Response:

@@ -78,9 +78,14 @@ class _Security:
                 + str(_PERMISSIONS).encode() + b" >>")
 
 
+# A bookmark: (title, 0-based page index, children).
+Bookmark = tuple[str, int, list]
+
+
 def make_pdf(pages: list[str], sizes: list[tuple[float, float]] | None = None,
-             user_password: str | None = None) -> bytes:
-    """A valid PDF with one page per string (lines split on newlines), US Letter unless sized."""
+             user_password: str | None = None, outline: list[Bookmark] | None = None) -> bytes:
+    """A valid PDF with one page per string (lines split on newlines), US Letter unless sized,
+    with bookmarks when `outline` is given (not with a password)."""
     sizes = sizes or [LETTER] * len(pages)
     security = _Security(user_password, "owner-" + user_password) if user_password else None
     objects: dict[int, bytes] = {}
@@ -100,12 +105,40 @@ def make_pdf(pages: list[str], sizes: list[tuple[float, float]] | None = None,
             stream = security.encrypt(content_num, stream)
         objects[content_num] = (f"<< /Length {len(stream)} >>\nstream\n".encode() + stream
                                 + b"\nendstream")
+    if outline and not security:
+        root = max(objects) + 1
+        objects[root] = b""  # reserved: the items number themselves after it
+        objects[1] = f"<< /Type /Catalog /Pages 2 0 R /Outlines {root} 0 R >>".encode()
+        first, last, count = _outline_items(objects, outline, root, first_page)
+        objects[root] = f"<< /Type /Outlines /First {first} 0 R /Last {last} 0 R /Count {count} >>".encode()
     trailer_extra = b""
     if security:
         encrypt_num = max(objects) + 1
         objects[encrypt_num] = security.dictionary()
         trailer_extra = f" /Encrypt {encrypt_num} 0 R".encode()
     return _assemble(objects, trailer_extra)
+
+
+def _outline_items(objects: dict[int, bytes], items: list[Bookmark], parent: int,
+                   first_page: int) -> tuple[int, int, int]:
+    """Write one level of bookmarks (and their children); returns first, last and count."""
+    nums = [max(objects) + 1 + i for i in range(len(items))]
+    for num in nums:
+        objects[num] = b""  # reserve the numbers before the children take theirs
+    count = len(items)
+    for i, (title, index, children) in enumerate(items):
+        fields = [f"/Title ({title})", f"/Parent {parent} 0 R",
+                  f"/Dest [{first_page + 2 * index} 0 R /XYZ 0 792 0]"]
+        if i:
+            fields.append(f"/Prev {nums[i - 1]} 0 R")
+        if i + 1 < len(items):
+            fields.append(f"/Next {nums[i + 1]} 0 R")
+        if children:
+            first, last, sub = _outline_items(objects, children, nums[i], first_page)
+            fields.append(f"/First {first} 0 R /Last {last} 0 R /Count {sub}")
+            count += sub
+        objects[nums[i]] = ("<< " + " ".join(fields) + " >>").encode()
+    return nums[0], nums[-1], count
 
 
 def _assemble(objects: dict[int, bytes], trailer_extra: bytes = b"") -> bytes:

@@ -56,8 +56,8 @@ DOC_ROUTES = [
     ("GET", "/api/documents/{id}/events"),
     ("POST", "/api/documents/{id}/retry"),
     ("GET", "/documents/{id}"),
-    ("GET", "/documents/{id}/pages"),
-    ("GET", "/documents/{id}/files/page-0001.jpg"),
+    ("GET", "/documents/{id}/download"),
+    ("GET", "/documents/{id}/files/1/page-0001.jpg"),
     ("POST", "/documents/{id}/retry"),
 ]
 
@@ -203,14 +203,18 @@ def multipart(parts: list[tuple[bytes | None, bytes | None, bytes]], boundary: s
 
 
 def doc_ids_on_disk(storage: Path) -> set[str]:
-    return {p.name for p in storage.iterdir()}
+    return {p.name for p in storage.iterdir() if p.name != ".scratch"}
 
 
 def assert_storage_sane(w: World) -> None:
-    """Only <id>/original|out|work under STORAGE_DIR, and nothing written next to it."""
+    """Only <id>/original|a<attempt> under STORAGE_DIR (and an empty scratch), nothing next to it."""
     for entry in w.storage.iterdir():
+        if entry.name == ".scratch":
+            assert entry.is_dir() and not list(entry.iterdir()), "a worker left scratch files"
+            continue
         assert entry.is_dir() and valid_doc_id(entry.name), entry.name
-        assert {p.name for p in entry.iterdir()} <= {"original", "out", "work"}, entry.name
+        names = {p.name for p in entry.iterdir()}
+        assert all(n == "original" or re.fullmatch(r"a[1-9][0-9]*", n) for n in names), (entry.name, names)
     beside = {p.name for p in w.storage.parent.iterdir()}
     assert beside <= {"storage", "test.db", "test.db-journal", "test.db-wal", "test.db-shm"}, beside
 
@@ -284,14 +288,20 @@ def test_bad_file_names_are_404(world):
              "out%2Fmanifest.json", "..%2f..%2f..%2f..%2fetc%2fpasswd"]
     for name in names:
         for who in ("alice", "bob"):
-            resp = send(w, "GET", f"/documents/{mine}/files/{name}", who=who, expect=id_status(name))
+            resp = send(w, "GET", f"/documents/{mine}/files/1/{name}", who=who, expect=id_status(name))
             assert b"%PDF" not in resp.data and b'"page_list"' not in resp.data
-    # The listed names work for the owner, and for nobody else.
-    ok = send(w, "GET", f"/documents/{mine}/files/page-0001.jpg", expect=200)
+    # Another attempt's files, or no attempt at all, are not served either.
+    for attempt in ("0", "2", "-1", "01", "1.0", "9" * 25, "x", "%2e%2e"):
+        resp = send(w, "GET", f"/documents/{mine}/files/{attempt}/page-0001.jpg", expect=id_status(attempt))
+        assert b"\xff\xd8\xff" not in resp.data
+    # Ready pages' files work for the owner, and for nobody else.
+    ok = send(w, "GET", f"/documents/{mine}/files/1/page-0001.jpg", expect=200)
     assert ok.mimetype == "image/jpeg" and ok.data[:3] == b"\xff\xd8\xff"
-    assert "first page" in send(w, "GET", f"/documents/{mine}/files/text-0001.txt", expect=200).get_data(
+    assert "first page" in send(w, "GET", f"/documents/{mine}/files/1/text-0001.txt", expect=200).get_data(
         as_text=True)
-    send(w, "GET", f"/documents/{mine}/files/page-0001.jpg", who="bob", expect=404)
+    layer = send(w, "GET", f"/documents/{mine}/files/1/layer-0001.json", expect=200).get_json()
+    assert any("first page" in run[4] for run in layer["runs"])
+    send(w, "GET", f"/documents/{mine}/files/1/page-0001.jpg", who="bob", expect=404)
     still_serves(w)
 
 
@@ -302,9 +312,12 @@ def test_not_yours_answers_exactly_like_absent(world):
     variants = [{}, {"Last-Event-ID": "0"}, {"Last-Event-ID": "garbage"}, {"Accept": "text/event-stream"},
                 {"Accept": "application/json"}, {"Accept": "text/html"}]
     suffixes = ["", "?after=0", "?after=0&wait=1", "?wait=abc"]
-    routes = DOC_ROUTES + [("GET", "/documents/{id}/files/text-0001.txt"),
-                           ("GET", "/documents/{id}/files/manifest.json"),
-                           ("GET", "/documents/{id}/files/original"), ("HEAD", "/api/documents/{id}"),
+    routes = DOC_ROUTES + [("GET", "/documents/{id}/files/1/text-0001.txt"),
+                           ("GET", "/documents/{id}/files/1/manifest.json"),
+                           ("GET", "/documents/{id}/files/1/original"), ("HEAD", "/api/documents/{id}"),
+                           ("DELETE", "/api/documents/{id}"), ("POST", "/documents/{id}/delete"),
+                           ("GET", "/api/documents/{id}/search?q=page"),
+                           ("PUT", "/api/documents/{id}/position"),
                            ("HEAD", "/documents/{id}"), ("OPTIONS", "/api/documents/{id}"),
                            ("PUT", "/api/documents/{id}"), ("DELETE", "/documents/{id}")]
     compared = 0
@@ -446,15 +459,18 @@ def test_after_and_wait_values(world):
 
 ALLOWED = [  # route: methods it answers (besides HEAD and OPTIONS for GET routes)
     ("/api/documents", {"GET", "POST"}),
-    ("/api/documents/{id}", {"GET"}),
+    ("/api/documents/{id}", {"GET", "DELETE"}),
     ("/api/documents/{id}/status", {"GET"}),
+    ("/api/documents/{id}/search", {"GET"}),
+    ("/api/documents/{id}/position", {"PUT"}),
     ("/api/documents/{id}/events", {"GET"}),
     ("/api/documents/{id}/retry", {"POST"}),
     ("/api/realtime/stats", {"GET"}),
     ("/documents", {"GET", "POST"}),
     ("/documents/{id}", {"GET"}),
-    ("/documents/{id}/pages", {"GET"}),
-    ("/documents/{id}/files/page-0001.jpg", {"GET"}),
+    ("/documents/{id}/download", {"GET"}),
+    ("/documents/{id}/delete", {"POST"}),
+    ("/documents/{id}/files/1/page-0001.jpg", {"GET"}),
     ("/documents/{id}/retry", {"POST"}),
     ("/logout", {"POST"}),
 ]
@@ -672,12 +688,12 @@ def test_bad_uploads_then_worker(world, redis_conn):
             assert status["error"]["code"] in PERMANENT_CODES, (name, status["error"])
             retry = send(w, "POST", f"/api/documents/{doc}/retry", expect=409)
             assert error_code(retry) == "not_retryable"
-            send(w, "GET", f"/documents/{doc}/files/page-0001.jpg", expect=404)
-            send(w, "GET", f"/documents/{doc}/pages", expect=404)
+            send(w, "GET", f"/documents/{doc}/files/1/page-0001.jpg", expect=404)
+            assert send(w, "GET", f"/api/documents/{doc}", expect=200).get_json()["pages"] == []
             events = send(w, "GET", f"/api/documents/{doc}/events", expect=200).get_data(as_text=True)
             assert "event: error" in events
         else:
-            send(w, "GET", f"/documents/{doc}/files/page-0001.jpg", expect=200)
+            send(w, "GET", f"/documents/{doc}/files/1/page-0001.jpg", expect=200)
             assert "event: complete" in send(w, "GET", f"/api/documents/{doc}/events", expect=200).get_data(
                 as_text=True)
         send(w, "GET", f"/documents/{doc}", expect=200)
@@ -977,8 +993,8 @@ def test_live_bad_requests(live_world):
         live_send(lw, "GET", target, expect={400, 414}, server=True)
     # File names.
     for name in ("manifest.json", "original", "..%2fmanifest.json", "%2fetc%2fpasswd", "page-0001.jpg%00"):
-        live_send(lw, "GET", f"/documents/{mine}/files/{name}", expect=id_status(name))
-    live_send(lw, "GET", f"/documents/{mine}/files/page-0001.jpg", expect={200})
+        live_send(lw, "GET", f"/documents/{mine}/files/1/{name}", expect=id_status(name))
+    live_send(lw, "GET", f"/documents/{mine}/files/1/page-0001.jpg", expect={200})
 
     # Not yours answers exactly like absent.
     for method, route in DOC_ROUTES[:2] + DOC_ROUTES[3:]:
@@ -1015,7 +1031,7 @@ def test_live_bad_requests(live_world):
 
     # Methods.
     for method, route in (("PUT", "/api/documents/{id}"), ("PATCH", "/api/documents/{id}"),
-                          ("DELETE", "/api/documents/{id}"), ("GET", "/api/documents/{id}/retry"),
+                          ("POST", "/api/documents/{id}/position"), ("GET", "/api/documents/{id}/retry"),
                           ("DELETE", "/api/documents"), ("TRACE", "/api/documents"),
                           ("PROPFIND", "/api/documents/{id}"), ("PUT", "/documents/{id}")):
         status, hdrs, _ = live_send(lw, method, route.replace("{id}", mine), expect={405})

@@ -20,7 +20,7 @@ from config import Settings
 from livedoc import jobs, progress
 from livedoc.ids import new_doc_id
 from livedoc.progress import ProgressWriter
-from livedoc.storage import DocumentFiles
+from livedoc.storage import DocumentFiles, LocalStorage
 from tests import pdfgen
 from tests.conftest import run_jobs
 from workers.convert import _fail
@@ -57,13 +57,49 @@ class Published:
         return message is not None
 
 
+class Files:
+    """A document's files on local storage, as these tests look at them."""
+
+    def __init__(self, storage_dir: Path, doc_id: str):
+        self.docs = DocumentFiles(LocalStorage(storage_dir), doc_id)
+        self.root = storage_dir / doc_id
+        self.scratch = storage_dir / ".scratch"
+
+    @property
+    def original(self) -> Path:
+        return self.root / "original"
+
+    def save_original(self, data: bytes) -> None:
+        self.docs.save_original(data)
+
+    def out_of(self, attempt: int) -> Path:
+        return self.root / f"a{attempt}"
+
+    @property
+    def out(self) -> Path:
+        """The output of the newest attempt that completed."""
+        done = sorted(p for p in self.root.glob("a*") if (p / "manifest.json").is_file())
+        assert done, "no attempt completed"
+        return done[-1]
+
+    def manifest(self) -> dict | None:
+        done = sorted(p for p in self.root.glob("a*") if (p / "manifest.json").is_file())
+        return json.loads((done[-1] / "manifest.json").read_text()) if done else None
+
+    def attempts(self) -> list[str]:
+        return sorted(p.name for p in self.root.glob("a*"))
+
+    def scratch_left(self) -> list[Path]:
+        return list(self.scratch.glob("*")) if self.scratch.exists() else []
+
+
 def _settings() -> dict:
     return Settings.from_env().as_flask_config()
 
 
-def _submit(redis_conn: Redis, storage_dir: Path, data: bytes, kind: str) -> tuple[DocumentFiles, str]:
+def _submit(redis_conn: Redis, storage_dir: Path, data: bytes, kind: str) -> tuple[Files, str]:
     doc_id = new_doc_id()
-    files = DocumentFiles(storage_dir, doc_id)
+    files = Files(storage_dir, doc_id)
     files.save_original(data)
     job_id = jobs.enqueue_conversion(redis_conn, _settings(), doc_id, kind, seq=FIRST_SEQ, attempt=1)
     return files, job_id
@@ -94,10 +130,20 @@ def _assert_contract(messages: list[dict]) -> None:
         percents = [m["percent"] for m in attempt]
         assert percents == sorted(percents), percents
         assert attempt[0]["percent"] == 0, "an attempt must start from 0"
+        readies = [m["ready"] for m in attempt]
+        assert readies == sorted(readies), f"ready went back: {readies}"
+        assert attempt[0]["ready"] == 0, "an attempt's pages start from none"
+        assert all(0 <= m["ready"] <= m["pages"] for m in attempt)
+        for m in attempt:
+            if m["state"] == "complete":
+                assert m["ready"] == m["pages"], "complete means every page is ready"
         rendering = [m for m in attempt if m["stage"] == "rendering"]
         if rendering:
             pages = rendering[0]["pages"]
-            assert [m["page"] for m in rendering] == list(range(1, pages + 1))
+            completed = attempt[-1]["state"] == "complete"
+            # Pages are rendered in order: all of them when the attempt completed, else a prefix.
+            expected = list(range(1, (pages if completed else len(rendering)) + 1))
+            assert [m["page"] for m in rendering] == expected
             assert all(m["pages"] == pages for m in rendering)
     for message in messages:
         if message["state"] == "failed":
@@ -105,7 +151,7 @@ def _assert_contract(messages: list[dict]) -> None:
             assert "/" not in message["error"]["message"] and "Traceback" not in message["error"]["message"]
 
 
-def _assert_failed_once(redis_conn: Redis, files: DocumentFiles, job_id: str, messages: list[dict],
+def _assert_failed_once(redis_conn: Redis, files: Files, job_id: str, messages: list[dict],
                         code: str, original: bytes) -> dict:
     final = progress.read(redis_conn, job_id)
     assert final["state"] == "failed"
@@ -119,7 +165,9 @@ def _assert_failed_once(redis_conn: Redis, files: DocumentFiles, job_id: str, me
     assert job.retries_left == 0
     assert job_id in FailedJobRegistry("livedoc", connection=redis_conn, serializer=jobs.SERIALIZER)
     assert files.original.read_bytes() == original
-    assert not files.work.exists() and not files.out.exists()
+    assert files.manifest() is None and not files.scratch_left()
+    # Pages stored before the failure stay readable; a failure before the first page leaves nothing.
+    assert files.attempts() == (["a1"] if final["ready"] else [])
     _assert_contract(messages)
     return final
 
@@ -150,6 +198,8 @@ def test_pdf_converts_and_progress_keeps_its_contract(redis_conn, storage_dir, w
     _assert_contract(messages)
     assert messages[-1] == final
     assert [m["page"] for m in messages if m["stage"] == "rendering"] == [1, 2, 3, 4, 5]
+    # Each page is announced ready, one by one, before the conversion ends.
+    assert [m["ready"] for m in messages] == [0, 0, 1, 2, 3, 4, 5, 5]
     stages = [m["stage"] for m in messages]
     assert stages[0] == "validating" and stages[-2:] == ["finalizing", "complete"]
 
@@ -162,7 +212,14 @@ def test_pdf_converts_and_progress_keeps_its_contract(redis_conn, storage_dir, w
     assert [p["n"] for p in manifest["page_list"]] == [1, 2, 3, 4, 5]
     for name in manifest["files"]:
         assert (files.out / name).is_file(), name
-    assert len(manifest["files"]) == 15
+    assert len(manifest["files"]) == 20
+    layer = json.loads((files.out / "layer-0003.json").read_text())
+    words = " ".join(run[4] for run in layer["runs"])
+    assert "This is page three of the test document." in words
+    for x, y, w, h, _text in layer["runs"]:
+        assert 0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 and 0 < h <= 1
+    layout = json.loads((files.out / "layout.json").read_text())
+    assert layout["pages"] == 5 and layout["sizes"] == [[935, 1210]] * 5
     assert "page three" in (files.out / "text-0003.txt").read_text(encoding="utf-8")
     assert "page three" not in (files.out / "text-0002.txt").read_text(encoding="utf-8")
     first = manifest["page_list"][0]
@@ -173,7 +230,7 @@ def test_pdf_converts_and_progress_keeps_its_contract(redis_conn, storage_dir, w
     with Image.open(files.out / first["thumb"]) as thumb:
         assert thumb.width == Settings().THUMB_WIDTH
     assert files.original.read_bytes() == data
-    assert not files.work.exists()
+    assert not files.scratch_left()
 
 
 def test_corrupt_pdf_fails_once_for_good(redis_conn, storage_dir, worker_env):
@@ -319,9 +376,10 @@ def test_unknown_kind_is_unsupported(redis_conn, storage_dir, worker_env):
 def test_transient_storage_fault_is_retried_then_succeeds(redis_conn, storage_dir, worker_env):
     data = pdfgen.make_pdf(PAGE_TEXTS[:3])
     files, job_id = _submit(redis_conn, storage_dir, data, "pdf")
-    # A real filesystem fault: a stray regular file where the attempt's work directory must go,
-    # so fresh_work() raises FileExistsError (an OSError). The failed attempt's clean-up removes it.
-    files.work.write_bytes(b"left behind by something else")
+    # A real filesystem fault: a directory where attempt 1 must store its first page image, so the
+    # store (a rename) fails with IsADirectoryError (an OSError). Attempt 2 writes under its own
+    # number and removes attempt 1's leftovers.
+    (files.out_of(1) / "page-0001.jpg").mkdir(parents=True)
     published = Published(redis_conn)
     run_jobs(redis_conn)
     messages = published.drain()
@@ -333,8 +391,9 @@ def test_transient_storage_fault_is_retried_then_succeeds(redis_conn, storage_di
     second = [m for m in messages if m["attempt"] == 2]
     assert first[-1]["state"] == "queued" and first[-1]["stage"] == "retrying"
     assert first[-1]["message"] == "Temporary problem; trying again shortly."
-    assert second[0]["percent"] == 0 and second[0]["stage"] == "validating"
-    assert second[-1]["state"] == "complete" and second[-1]["pages"] == 3
+    assert first[-1]["ready"] == 0
+    assert second[0]["percent"] == 0 and second[0]["stage"] == "validating" and second[0]["ready"] == 0
+    assert second[-1]["state"] == "complete" and second[-1]["pages"] == second[-1]["ready"] == 3
     assert [m["page"] for m in second if m["stage"] == "rendering"] == [1, 2, 3]
 
     final = progress.read(redis_conn, job_id)
@@ -343,25 +402,17 @@ def test_transient_storage_fault_is_retried_then_succeeds(redis_conn, storage_di
     assert job.get_status() == JobStatus.FINISHED
     assert job.retries_left == Settings().JOB_RETRIES - 1
     assert files.original.read_bytes() == data
-    assert files.manifest()["pages"] == 3
-    assert not files.work.exists()
+    assert files.manifest()["pages"] == 3 and files.out == files.out_of(2)
+    assert files.attempts() == ["a2"], "attempt 1's leftovers were removed"
+    assert not files.scratch_left()
 
 
-def test_persistent_storage_fault_exhausts_retries_and_keeps_previous_output(
-        redis_conn, storage_dir, worker_env):
-    old = pdfgen.make_pdf(["the old version"])
-    files, _ = _submit(redis_conn, storage_dir, old, "pdf")
-    run_jobs(redis_conn)
-    assert files.manifest()["pages"] == 1
-
-    # Re-convert a new upload, but the name that publish_work() parks the old output under is
-    # taken by a regular file: renaming the output directory onto it fails with an OSError after
-    # every page has been rendered, in every attempt.
-    new = pdfgen.make_pdf(PAGE_TEXTS)
-    files.save_original(new)
-    (files.root / "out.old").write_bytes(b"in the way")
-    job_id = jobs.enqueue_conversion(redis_conn, _settings(), files.root.name, "pdf",
-                                     seq=FIRST_SEQ, attempt=2)
+def test_persistent_storage_fault_exhausts_retries_keeps_the_original(redis_conn, storage_dir, worker_env):
+    data = pdfgen.make_pdf(PAGE_TEXTS)
+    files, job_id = _submit(redis_conn, storage_dir, data, "pdf")
+    # The workers' scratch space is taken by a regular file: every attempt fails to make its
+    # scratch directory (FileExistsError) before it renders a page.
+    files.scratch.write_bytes(b"in the way")
     published = Published(redis_conn)
     run_jobs(redis_conn)
     messages = published.drain()
@@ -371,19 +422,14 @@ def test_persistent_storage_fault_exhausts_retries_and_keeps_previous_output(
     assert final["state"] == "failed"
     assert final["error"] == {"code": "storage", "retryable": True,
                               "message": "A temporary storage problem interrupted the conversion."}
-    assert final["attempt"] == 2 + retries
+    assert final["attempt"] == 1 + retries
     _assert_contract(messages)
     retrying = [m for m in messages if m["stage"] == "retrying"]
     assert len(retrying) == retries
-    for attempt in range(2, 2 + retries + 1):
-        rendered = [m["page"] for m in messages if m["attempt"] == attempt and m["stage"] == "rendering"]
-        assert rendered == [1, 2, 3, 4, 5], "every attempt rendered the whole document"
+    assert [m["stage"] for m in messages].count("validating") == 1 + retries
     assert _job(redis_conn, job_id).get_status() == JobStatus.FAILED
-    # The partial output is gone, the new original is intact, the previous output still serves.
-    assert not files.work.exists()
-    assert files.original.read_bytes() == new
-    assert files.manifest()["pages"] == 1
-    assert "old version" in (files.out / "text-0001.txt").read_text()
+    assert files.original.read_bytes() == data
+    assert files.manifest() is None and files.attempts() == []
 
 
 def _dead_redis() -> Redis:
@@ -402,19 +448,14 @@ def _saved_job(redis_conn: Redis, seq: int = 7, attempt: int = 1) -> Job:
     return job
 
 
-def test_failure_is_not_masked_when_redis_is_down(redis_conn, storage_dir, caplog):
+def test_failure_is_not_masked_when_redis_is_down(redis_conn, caplog):
     job = _saved_job(redis_conn)
-    files = DocumentFiles(storage_dir, new_doc_id())
-    files.save_original(b"%PDF-1.4 original")
-    files.fresh_work()
-    (files.work / "page-0001.jpg").write_bytes(b"partial")
-    writer = ProgressWriter(job, _dead_redis())
+    dead = _dead_redis()
+    writer = ProgressWriter(job, dead)
     # Must return quietly: the exception RQ has to see is the one being handled, not Redis's.
     with caplog.at_level(logging.WARNING, logger="livedoc.worker"):
-        _fail(job, writer, files, CorruptDocument())
+        _fail(job, writer, CorruptDocument())
     assert "could not record the failure (ConnectionError)" in caplog.text
-    assert not files.work.exists()
-    assert files.original.read_bytes() == b"%PDF-1.4 original"
     assert job.retries_left == 0
 
 

@@ -58,8 +58,8 @@ def convert_document(doc_id: str, kind: str) -> dict:
         settings = Settings.from_env()
         files = DocumentFiles(open_storage(settings), doc_id)
         writer.update("validating", 0, page=0, pages=0, ready=0, message="Checking the document")
-        # Earlier attempts' pages would be served under their own attempt number only; drop them.
-        files.clear_attempts(writer.attempt)
+        # Earlier attempts' pages are never served again (page URLs name their attempt): drop them.
+        files.clear_attempts(writer.attempt - 1)
         sink = PageSink(files, writer.attempt, writer, settings, kind)
         converter(_original(files, sink.scratch), settings, sink)
         pages = sink.finish()
