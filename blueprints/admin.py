@@ -13,8 +13,7 @@ from rq.exceptions import NoSuchJobError
 from rq_dashboard import web as rq_web
 from werkzeug.exceptions import MethodNotAllowed
 
-from livedoc import flags, jobs
-from livedoc import hub as hubmod
+from livedoc import flags, hub, jobs
 from livedoc.audit import audit
 from livedoc.errors import Forbidden, LivedocError, NotFound, error_response
 from livedoc.extensions import login_manager
@@ -42,7 +41,7 @@ def admin_required(view):
 def index():
     """Flags, stats, and a link to the RQ dashboard."""
     return render_template("admin/index.html", flags=realtime_flags(),
-                           stats=hubmod.collect_stats(redis_conn()), choices=flags.CHOICES)
+                           stats=hub.collect_stats(redis_conn()), choices=flags.CHOICES)
 
 
 @bp.route("/realtime", methods=["POST"])

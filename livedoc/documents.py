@@ -226,7 +226,12 @@ def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
 
 def status_body(doc: Document, prog: progress.Progress) -> dict:
     """JSON of the status endpoint: the progress contract plus the document id."""
-    return {**prog, "document_id": doc.id}
+    return status_body_of(doc.id, prog)
+
+
+def status_body_of(doc_id: str, prog: progress.Progress) -> dict:
+    """The status JSON of a document known by its id only (a parked long-poll holds no row)."""
+    return {**prog, "document_id": doc_id}
 
 
 def summary(doc: Document, prog: progress.Progress) -> dict:

@@ -74,6 +74,11 @@ class Connection:
         """Make wait() return."""
         self._event.set()
 
+    def end(self, reason: str) -> None:
+        """Ask the connection's delivery loop to finish (its peer is gone, say)."""
+        self.closed = self.closed or reason
+        self._event.set()
+
 
 class Subscription:
     """One connection's interest in one job."""

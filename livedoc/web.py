@@ -13,7 +13,7 @@ def redis_conn() -> Redis:
     return current_app.extensions["livedoc.redis"]
 
 
-def hub() -> StreamHub:
+def stream_hub() -> StreamHub:
     """This process's stream hub."""
     return current_app.extensions["livedoc.hub"]
 

@@ -1,0 +1,129 @@
+"""SSE: one document's progress (`/api/documents/<id>/events`), or many documents' (`/api/events`)."""
+from __future__ import annotations
+
+import time
+
+from flask import Response, current_app, request
+from flask_login import current_user, login_required
+
+from blueprints.realtime import admit, bp, fall_back, limited
+from livedoc import documents, sse
+from livedoc.audit import audit
+from livedoc.delivery import PING, Closed, Delivery, Event
+from livedoc.errors import LivedocError, NotFound
+from livedoc.extensions import db
+from livedoc.flags import Transport
+from livedoc.hub import StreamHub
+from livedoc.progress import is_terminal
+from livedoc.web import realtime_flags, redis_conn, stream_hub
+
+SINGLE, MULTI = "sse", "sse-multi"  # their names in the stats
+
+
+@bp.route("/api/documents/<doc_id>/events")
+@login_required
+@limited
+def events(doc_id: str):
+    """SSE stream of a document's progress; 204 when SSE is off, so clients fall back."""
+    doc = documents.get_owned(doc_id, current_user)
+    flags = realtime_flags()
+    if not flags.allows(Transport.SSE):
+        return fall_back(flags)
+    current = documents.current_progress(redis_conn(), doc)
+    last = sse.parse_last_event_id(request.headers.get("Last-Event-ID"))
+    return _open([(doc.id, doc.job_id, current, last)], multi=False)
+
+
+@bp.route("/api/events")
+@login_required
+@limited
+def events_multi():
+    """One SSE stream for many documents (`?docs=id,id,...`, or every unfinished one of the user)."""
+    flags = realtime_flags()
+    if not flags.allows(Transport.SSE):
+        return fall_back(flags)
+    cap = current_app.config["MAX_DOCS_PER_STREAM"]
+    raw = request.args.get("docs")
+    if raw is None:
+        docs = documents.unfinished(current_user, limit=cap)
+    else:
+        ids = list(dict.fromkeys(x for x in raw.split(",") if x))
+        if not ids or len(ids) > cap:
+            raise LivedocError(f"Name 1 to {cap} documents in 'docs'.", code="bad_parameter")
+        owned = documents.owned_among(ids, current_user.id)
+        if len(owned) != len(ids):
+            raise NotFound()  # one absent or foreign id refuses the stream, as get_owned would
+        docs = [owned[x] for x in ids]
+    if not docs:
+        return fall_back(flags)
+    states = documents.progress_of_many(redis_conn(), docs)
+    cursor = request.headers.get("Last-Event-ID") or request.args.get("cursor")
+    lasts = sse.parse_cursor(cursor, [d.id for d in docs])
+    return _open([(d.id, d.job_id, states[d.id], lasts[d.id]) for d in docs], multi=True)
+
+
+def _open(items: list[tuple], multi: bool) -> Response:
+    """Admit and start an SSE response over (document id, job id, current progress, last seen seq)."""
+    user_id, username = current_user.id, current_user.username
+    db.session.close()  # the stream outlives the request: give the database connection back now
+    name = MULTI if multi else SINGLE
+    if any(not is_terminal(current) and job_id for _, job_id, current, _ in items):
+        admit(name)
+    cfg = current_app.config
+    stream = _stream(stream_hub(), items, multi, user_id, username, cfg["SSE_PING_INTERVAL"] / 1000,
+                     cfg["SSE_RETRY"], request.remote_addr)
+    return Response(stream, mimetype="text/event-stream", headers={
+        "Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Livedoc-Mode": Transport.SSE.value})
+
+
+def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, username: str, ping: float,
+            retry_ms: int, ip: str | None):
+    name = MULTI if multi else SINGLE
+    started = time.monotonic()
+    reason = "client_gone"
+    conn = None
+    names = ",".join(doc_id for doc_id, _, _, _ in items)
+    audit("stream_open", user=username, document=names, transport=name, ip=ip)
+    try:
+        yield sse.retry(retry_ms)
+        conn = h.connect(user_id, name)
+        delivery = Delivery(h, conn, name)
+        first = [delivery.start(*item) for item in items]
+        items.clear()  # the hub holds what is current from here on: keep no copy per stream
+        news = [e for e in first if e is not None]
+        if news:
+            yield _frame(news, delivery, multi)
+        for item in delivery.loop(ping):
+            if item is PING:
+                yield sse.comment("ping")
+            elif isinstance(item, Closed):
+                if item.mode:
+                    yield sse.message({"mode": item.mode}, event="mode")
+                # On shutdown the stream just ends: EventSource reconnects by itself, with its
+                # Last-Event-ID, to a live worker.
+                reason = item.reason
+                return
+            else:
+                yield _frame(item, delivery, multi)
+        reason = "terminal"
+    finally:
+        # Runs when the stream ends, when a write to a vanished client fails, and on shutdown.
+        if conn is not None:
+            h.disconnect(conn)
+        audit("stream_close", user=username, document=names, transport=name, ip=ip,
+              duration=round(time.monotonic() - started, 3), reason=reason)
+
+
+def _frame(batch: list[Event], delivery: Delivery, multi: bool) -> str:
+    """One write for everything a batch holds."""
+    if not multi:
+        return "".join(sse.message(e.encoded, event=e.kind, id=e.progress["seq"]) for e in batch)
+    # Each event names its document; its id is the cursor over all of them as of that event, so a
+    # stream cut inside a batch resumes with the events after the cut.
+    state = {**delivery.seen, **{e.doc_id: e.before for e in batch}}
+    out = []
+    for e in batch:
+        state[e.doc_id] = e.progress["seq"]
+        out.append(sse.message(f'{{"document_id":"{e.doc_id}",{e.encoded[1:]}', event=e.kind,
+                               id=sse.encode_cursor(state)))
+    return "".join(out)

@@ -1,0 +1,27 @@
+"""Connection stats over every web host, and this host's Prometheus metrics (operators only)."""
+from __future__ import annotations
+
+from flask import Response, jsonify
+
+from blueprints.admin import admin_required
+from blueprints.realtime import bp
+from livedoc import hub, metrics
+from livedoc.web import realtime_flags, redis_conn, stream_hub
+
+
+@bp.route("/api/realtime/stats")
+@admin_required
+def stats():
+    """Connection stats summed over every web host (admins only)."""
+    body = hub.collect_stats(redis_conn())
+    body["local"] = stream_hub().snapshot()
+    body["flags"] = realtime_flags().as_dict()
+    return jsonify(body)
+
+
+@bp.route("/metrics")
+@admin_required
+def prometheus_metrics():
+    """Prometheus metrics of this host's web processes (admins; scrape with a bearer token)."""
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
