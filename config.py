@@ -57,6 +57,9 @@ class Settings:
     MAX_PAGES: int = 2000
     MAX_PAGE_PIXELS: int = 40_000_000
     RENDER_DPI: int = 110
+    # Sharper renditions for zoomed-in readers, rendered on demand; how long a request waits for one.
+    HD_DPI: int = 300
+    HD_WAIT: int = 8
     THUMB_WIDTH: int = 180
     TEXT_LINES_PER_PAGE: int = 60
     JOB_TIMEOUT: int = 600

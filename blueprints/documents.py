@@ -116,8 +116,11 @@ def page_file(doc_id: str, attempt: str, name: str):
     number = int(attempt) if attempt.isascii() and attempt.isdigit() and attempt[0] != "0" \
         and len(attempt) < 10 else None
     prog = documents.current_progress(redis_conn(), doc)
-    if number is None or documents.servable(doc, prog, number, name) is None:
+    parsed = documents.servable(doc, prog, number, name) if number is not None else None
+    if parsed is None:
         raise NotFound("No such page, or it is not ready yet.")
+    if parsed[0] == "hd":
+        documents.sharper_page(redis_conn(), current_app.config, doc, number, parsed[1])
     return _send(documents.files_of(doc).key(number, name), name)
 
 

@@ -6,6 +6,7 @@ import time
 import unicodedata
 from collections.abc import Mapping
 
+import gevent
 from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
@@ -353,6 +354,29 @@ def _hit_rects(layer: dict, needle: str) -> list[list[float]]:
             rects.append([round(x + at * per, 5), y, round(len(needle) * per, 5), h])
             at = folded.find(needle, at + len(needle))
     return rects
+
+
+def sharper_page(connection: Redis, config: Mapping, doc: Document, attempt: int, n: int) -> None:
+    """Make sure page n's sharper rendition is stored, rendering it on a worker first if need be.
+
+    Rendered on demand because a reader zooms into few pages: storing every page at HD_DPI would
+    take about 7 times the storage of the page images for pages nobody zooms into.
+    """
+    if doc.kind != "pdf":
+        raise NotFound("No sharper rendition of this page.")
+    files = files_of(doc)
+    key = files.key(attempt, storage_names(n)["hd"])
+    if files.storage.exists(key):
+        return
+    db.session.close()  # the wait below may be seconds long: hold no database connection
+    jobs.enqueue_hd(connection, config, doc.id, doc.kind, attempt, n)
+    deadline = time.monotonic() + config["HD_WAIT"]
+    while time.monotonic() < deadline:
+        # gevent's sleep (the app runs under gunicorn -k gevent): other requests go on meanwhile.
+        gevent.sleep(0.1)
+        if files.storage.exists(key):
+            return
+    raise Unavailable("The sharper page is not rendered yet; try again in a moment.")
 
 
 def set_position(doc: Document, page: int) -> None:

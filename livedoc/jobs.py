@@ -10,6 +10,7 @@ from rq.serializers import JSONSerializer
 from livedoc import progress
 
 CONVERT = "workers.convert.convert_document"
+RENDER_HD = "workers.render.render_hd"
 SERIALIZER = JSONSerializer
 
 
@@ -40,3 +41,18 @@ def enqueue_conversion(connection: Redis, config: Mapping, doc_id: str, kind: st
         description=f"convert {kind} {doc_id} (attempt {attempt})",
     )
     return job.id
+
+
+def hd_job_id(doc_id: str, attempt: int, n: int) -> str:
+    """The RQ job id of one page's sharper rendition (one job however many readers ask)."""
+    return f"hd-{doc_id}-{attempt}-{n}"
+
+
+def enqueue_hd(connection: Redis, config: Mapping, doc_id: str, kind: str, attempt: int, n: int) -> None:
+    """Queue the rendering of one page's sharper rendition ahead of conversions, once."""
+    job_id = hd_job_id(doc_id, attempt, n)
+    q = queue(connection, config["QUEUE_NAME"])
+    if q.fetch_job(job_id) is not None:
+        return  # asked for already (queued, running, or just done)
+    q.enqueue(RENDER_HD, doc_id, kind, attempt, n, job_id=job_id, at_front=True, job_timeout=60,
+              result_ttl=60, failure_ttl=600, description=f"sharper page {n} of {doc_id}")

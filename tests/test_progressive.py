@@ -201,6 +201,30 @@ def _stopped(conn, doc_id: str) -> bool:
     return status in (b"stopped", b"failed", b"canceled", b"finished")
 
 
+def test_a_sharper_page_is_rendered_on_demand_once(slow_stack):
+    s = api(slow_stack.user("zoomer"))
+    base = slow_stack.base_url
+    body = upload(s, base, make_pdf(["zoom into me", "and me"]))
+    wait_for(s, base, body, lambda st: st["state"] == "complete")
+    doc = s.get(f"{base}/api/documents/{body['id']}", timeout=10).json()
+    hd = s.get(base + doc["pages"][0]["hd"], timeout=30)
+    assert hd.status_code == 200 and hd.headers["Content-Type"] == "image/jpeg"
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(hd.content)) as image:
+        # US Letter at HD_DPI=300 (pdfium rounds the height up), past the 935 x 1210 base image.
+        assert image.width == 2550 and image.height in (3300, 3301)
+    stored = slow_stack.dir / "storage" / body["id"] / "a1" / "hd-0001.jpg"
+    assert stored.is_file() and not (stored.parent / "hd-0002.jpg").exists()
+    assert s.get(base + doc["pages"][0]["hd"], timeout=30).content == hd.content
+    text = upload(s, base, b"plain text has no sharper rendition\n", name="t.txt")
+    wait_for(s, base, text, lambda st: st["state"] == "complete")
+    tdoc = s.get(f"{base}/api/documents/{text['id']}", timeout=10).json()
+    assert s.get(base + tdoc["pages"][0]["hd"], timeout=30).status_code == 404
+
+
 def test_download_and_reading_position(slow_stack):
     s = api(slow_stack.user("keeper"))
     base = slow_stack.base_url
