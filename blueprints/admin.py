@@ -4,11 +4,11 @@ from __future__ import annotations
 from functools import wraps
 
 import rq_dashboard
-from flask import Blueprint, Flask, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from rq_dashboard import web as rq_web
 
-from livedoc import flags, jobs
+from livedoc import flags, fleet, jobs
 from livedoc import hub as hubmod
 from livedoc.audit import audit
 from livedoc.errors import Forbidden, LivedocError
@@ -35,9 +35,12 @@ def admin_required(view):
 @bp.route("/")
 @admin_required
 def index():
-    """Flags, stats, and a link to the RQ dashboard."""
+    """Flags, stats, conversion workers, and a link to the RQ dashboard."""
+    queue_name = current_app.config["QUEUE_NAME"]
+    workers = {"alive": fleet.workers_alive(redis_conn(), queue_name),
+               "queued": fleet.queue_length(redis_conn(), queue_name), "queue": queue_name}
     return render_template("admin/index.html", flags=realtime_flags(),
-                           stats=hubmod.collect_stats(redis_conn()), choices=flags.CHOICES)
+                           stats=hubmod.collect_stats(redis_conn()), choices=flags.CHOICES, workers=workers)
 
 
 @bp.route("/realtime", methods=["POST"])
@@ -64,7 +67,7 @@ def set_realtime():
 
 def mount_rq_dashboard(app: Flask) -> None:
     """Serve rq-dashboard at /rq behind our admin check (it has no auth of its own)."""
-    rq_web.config.serializer = jobs.SERIALIZER
+    rq_web.config.serializer = jobs.SERIALIZER  # RQ's default, as the dashboard expects
     rq_web.setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
 

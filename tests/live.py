@@ -114,6 +114,15 @@ class Stack:
         self.workers.append(proc)
         return proc
 
+    def start_stock_worker(self, *options: str, name: str = "stock") -> Proc:
+        """Start a worker exactly as RQ's docs say (`rq worker --with-scheduler -u URL livedoc`)."""
+        n = len(self.workers)
+        cmd = [str(BIN / "rq"), "worker", "--with-scheduler", "-u", self.redis_url, "-n",
+               f"{name}-{os.getpid()}-{n}-{time.monotonic_ns()}", *options, "livedoc"]
+        proc = Proc(f"{name}-worker-{n}", cmd, self.env, self.dir).start()
+        self.workers.append(proc)
+        return proc
+
     def flask(self, *args: str) -> str:
         """Run the Flask CLI against this deployment and return its output."""
         out = subprocess.run([str(BIN / "flask"), "--app", "app", *args], cwd=ROOT, env=self.env,
