@@ -93,8 +93,9 @@ def viewer(doc_id: str):
     doc = documents.get_owned(doc_id, current_user)
     prog = documents.current_progress(redis_conn(), doc)
     manifest = documents.files_of(doc).manifest() if prog["state"] == "complete" else None
+    queue = documents.queue_status(redis_conn(), current_app.config, doc, prog)
     return render_template("documents/viewer.html", doc=doc, progress=prog, manifest=manifest,
-                           flags=realtime_flags(), config=current_app.config)
+                           flags=realtime_flags(), config=current_app.config, queue=queue)
 
 
 @bp.route("/documents/<doc_id>/pages")
@@ -162,6 +163,9 @@ def api_get(doc_id: str):
     doc = documents.get_owned(doc_id, current_user)
     prog = documents.current_progress(redis_conn(), doc)
     body = documents.summary(doc, prog)
+    queue = documents.queue_status(redis_conn(), current_app.config, doc, prog)
+    if queue is not None:
+        body["queue"] = queue.as_dict()
     manifest = documents.files_of(doc).manifest() if prog["state"] == progress.State.COMPLETE.value else None
     if manifest:
         body["pages"] = [
