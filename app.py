@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 from flask import Flask, Request, current_app, redirect, request, url_for
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from config import Settings
-from livedoc import flags
+from livedoc import flags, schema
 from livedoc.errors import Unauthorized, error_response, register_error_handlers, wants_json
-from livedoc.extensions import csrf, db, limiter, login_manager
+from livedoc.extensions import csrf, db, limiter, login_manager, migrate
 from livedoc.hub import StreamHub
 from livedoc.models import User
 from livedoc.redis_client import connect
@@ -66,6 +66,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     logging.basicConfig(level=cfg["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     db.init_app(app)
+    migrate.init_app(app, db, directory=str(schema.MIGRATIONS))
     csrf.init_app(app)
     limiter.init_app(app)
     login_manager.init_app(app)
@@ -78,6 +79,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         stats_ttl=cfg["STATS_TTL"], vanish_grace=cfg["JOB_VANISH_GRACE"])
 
     register_error_handlers(app)
+    # Before the auth hooks: loading a user needs the tables.
+    schema.install(app, lambda: db.engine)
     _register_auth(app)
     _register_security(app)
 
@@ -88,9 +91,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(realtime.bp)
     app.register_blueprint(admin.bp)
     admin.mount_rq_dashboard(app)
-
-    with app.app_context():
-        db.create_all()
 
     app.cli.add_command(users_cli)
     app.cli.add_command(realtime_cli)
@@ -169,8 +169,13 @@ def _register_security(app: Flask) -> None:
 
 
 @click.group("users", cls=AppGroup)
+@with_appcontext
 def users_cli() -> None:
     """Manage user accounts."""
+    try:
+        current_app.extensions["livedoc.schema"].check()
+    except schema.SchemaOutdated as exc:
+        raise click.ClickException(exc.message) from None
 
 
 @users_cli.command("create")

@@ -1,5 +1,6 @@
 # Shared set-up for scripts/run and scripts/test (sourced, not run).
-# Creates .venv, installs requirements.txt when it changed, and knows how to start Redis.
+# Creates .venv, installs a lock (requirements.txt: runtime; requirements-dev.txt: + tests, bench,
+# lint) when it changed, and knows how to start Redis (and PostgreSQL, for the tests).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,17 +16,19 @@ pick_python() {
   echo "livedoc needs Python 3.11 or newer" >&2; return 1
 }
 
+# setup_venv [LOCK]: LOCK is requirements.txt (the default, runtime only) or requirements-dev.txt.
 setup_venv() {
+  local lock="${1:-requirements.txt}"
   if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "$(pick_python)" -m venv .venv
   fi
-  local stamp=.venv/.requirements.sha256 want
-  want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+  local stamp=".venv/.$lock.sha256" want
+  want="$(sha256sum "$lock" | cut -d' ' -f1)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "==> installing requirements (first run takes a minute)"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    echo "==> installing $lock (first run takes a minute)"
+    # The lock carries hashes, so pip checks every file it installs against them.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r "$lock"
     echo "$want" > "$stamp"
   fi
   export PATH="$ROOT/.venv/bin:$PATH"

@@ -11,6 +11,8 @@ from pathlib import Path
 import devredis
 import requests
 
+from tests import dbs
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -71,7 +73,6 @@ class Stack:
         self.env = {
             **os.environ,
             "REDIS_URL": redis_url,
-            "DATABASE_URL": f"sqlite:///{work_dir / 'livedoc.db'}",
             "STORAGE_DIR": str(work_dir / "storage"),
             "SECRET_KEY": "live-test-secret",
             "SSE_POLL_INTERVAL": "500",
@@ -82,6 +83,8 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             **settings,
         }
+        # Migrated, as production's is (`flask db upgrade`), unless the test brings its own.
+        self.env.setdefault("DATABASE_URL", dbs.fresh(work_dir))
         self.webs: list[Proc] = []
         self.workers: list[Proc] = []
         self.ports: list[int] = []
