@@ -45,6 +45,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         cfg["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
     cfg.setdefault("SQLALCHEMY_DATABASE_URI",
                    cfg["DATABASE_URL"] or f"sqlite:///{Path(app.instance_path) / 'livedoc.db'}")
+    cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(cfg))
     # Room for the multipart envelope around a file of exactly MAX_UPLOAD_MB. (Flask's defaults hold
     # the key with None, so setdefault would never set it.)
     if cfg.get("MAX_CONTENT_LENGTH") is None:
@@ -95,6 +96,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.cli.add_command(users_cli)
     app.cli.add_command(realtime_cli)
     return app
+
+
+def _engine_options(cfg) -> dict:
+    """The database pool from the DB_POOL_* settings (PostgreSQL: postgresql+psycopg://...)."""
+    return {"pool_size": cfg["DB_POOL_SIZE"], "max_overflow": cfg["DB_MAX_OVERFLOW"],
+            "pool_timeout": cfg["DB_POOL_TIMEOUT"], "pool_recycle": cfg["DB_POOL_RECYCLE"],
+            "pool_pre_ping": cfg["DB_POOL_PRE_PING"]}
 
 
 class LivedocRequest(Request):

@@ -63,3 +63,31 @@ except OSError:
     sys.exit(1)
 PY
 }
+
+# pg_bin: the newest PostgreSQL server binaries on the machine (Debian's postgresql package), or "".
+pg_bin() {
+  local dir
+  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+  if [ -n "$dir" ] && [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then echo "$dir"; fi
+}
+
+# start_postgres PORT DIR: a throwaway cluster on 127.0.0.1:PORT (trust auth, no fsync) in DIR;
+# sets PG_CTL_STOP to the command that stops it. As root, the cluster runs as the postgres user.
+start_postgres() {
+  local port="$1" dir="$2" bin as=()
+  bin="$(pg_bin)"
+  [ -n "$bin" ] || return 1
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || return 1
+    chown postgres "$dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
+    { cat "$dir/initdb.log" >&2; return 1; }
+  "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+        -c full_page_writes=off -c max_connections=300" start >/dev/null ||
+    { cat "$dir/server.log" >&2; return 1; }
+  PG_CTL_STOP="${as[*]} $bin/pg_ctl -D $dir/data -m immediate stop"
+}

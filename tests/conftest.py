@@ -20,6 +20,17 @@ from tests import dbs  # noqa: E402
 pytest_plugins = ["tests.browser_support"]
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """On scripts/test's PostgreSQL pass, keep only the tests that touch the database."""
+    if os.environ.get("LIVEDOC_DB_PASS") != "postgres":
+        return
+    keep = [i for i in items if "database_url" in i.fixturenames or i.get_closest_marker("db")]
+    dropped = [i for i in items if i not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> str:
     """TEST_REDIS_URL (scripts/test starts a throwaway server), else a server started here."""

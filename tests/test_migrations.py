@@ -8,6 +8,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -15,6 +16,8 @@ from alembic.migration import MigrationContext
 from livedoc import schema
 from tests import dbs
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.db
 
 TOKEN = "pre-migration-token-of-alice"
 
