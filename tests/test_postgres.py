@@ -31,7 +31,8 @@ def backends(database: str) -> list[tuple[str, str]]:
 def test_open_streams_hold_no_database_connection(make_stack):
     # A pool of 2 and no overflow: were every stream to keep its connection, the third would wait
     # DB_POOL_TIMEOUT and fail, and pg_stat_activity would show them.
-    stack = make_stack(DB_POOL_SIZE="2", DB_MAX_OVERFLOW="0", DB_POOL_TIMEOUT="3")
+    stack = make_stack(DB_POOL_SIZE="2", DB_MAX_OVERFLOW="0", DB_POOL_TIMEOUT="3",
+                       MAX_STREAMS_PER_USER="100")
     database = stack.env["DATABASE_URL"].rpartition("/")[2]
     s = api(stack.user("pg-streams"))
     doc = s.post(f"{stack.base_url}/api/documents",
@@ -42,9 +43,10 @@ def test_open_streams_hold_no_database_connection(make_stack):
             resp = s.get(stack.base_url + doc["events_url"], headers={"Accept": "text/event-stream"},
                          stream=True, timeout=30)
             assert resp.status_code == 200
-            first = [m for m in sse_events(resp, until_terminal=False, limit=2) if "event" in m]
-            assert first[0]["event"] == "progress"
-            streams.append(resp)
+            events = sse_events(resp, until_terminal=False)
+            assert next(events) == {"retry": "500"}
+            assert next(events)["event"] == "progress"
+            streams.append((resp, events))
         time.sleep(1.0)  # every stream is parked now, past its first event
         held = [b for b in backends(database) if b[1] == "client backend" and b[0] != "idle"]
         assert held == []
@@ -52,9 +54,11 @@ def test_open_streams_hold_no_database_connection(make_stack):
         # The pool is free for everyone else while the streams stay open.
         listing = s.get(f"{stack.base_url}/api/documents", timeout=10)
         assert listing.status_code == 200 and [d["id"] for d in listing.json()["documents"]] == [doc["id"]]
-        assert all(not r.raw.closed for r in streams)
+        # ...and the streams are still open: each still gets its pings.
+        for _, events in (streams[0], streams[-1]):
+            assert next(events) == {"comment": "ping"}
     finally:
-        for resp in streams:
+        for resp, _ in streams:
             resp.close()
 
 
