@@ -133,25 +133,37 @@ def _load_meta(meta_raw: bytes | None) -> dict | None:
         return None
 
 
-def fail_unrunnable(connection: Redis, job_id: str, code: str, message: str) -> Progress:
-    """Record that no attempt could start (the worker could not load the job) and announce it.
+def _rewrite(connection: Redis, job_id: str, changes: dict[str, Any]) -> Progress:
+    """Apply changes to a job's stored progress outside a ProgressWriter, and announce it.
 
-    Written with livedoc's own serializer whatever the worker's, because the worker that calls it
-    may be the misconfigured one.
+    Written with livedoc's own serializer whatever the caller's worker uses, because the worker
+    that calls it may be a misconfigured one.
     """
     key = job_key(job_id)
     meta = _load_meta(connection.hget(key, "meta"))
     meta = meta if isinstance(meta, dict) else {}
     previous = meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict) else initial(0, 1)
-    failed = {**previous, "seq": previous.get("seq", 0) + 1, "state": State.FAILED.value,
-              "stage": "failed", "message": message, "updated_at": round(time.time(), 4),
-              "error": {"code": code, "message": message, "retryable": True}}
-    meta[META_KEY] = failed
+    updated = {**previous, **changes, "seq": previous.get("seq", 0) + 1, "updated_at": round(time.time(), 4)}
+    meta[META_KEY] = updated
     with connection.pipeline(transaction=True) as pipe:
         pipe.hset(key, "meta", SERIALIZER.dumps(meta))
-        pipe.publish(channel(job_id), json.dumps(failed))
+        pipe.publish(channel(job_id), json.dumps(updated))
         pipe.execute()
-    return failed
+    return updated
+
+
+def fail_unrunnable(connection: Redis, job_id: str, code: str, message: str) -> Progress:
+    """Record that no attempt could start (the worker could not load the job) and announce it."""
+    return _rewrite(connection, job_id, {
+        "state": State.FAILED.value, "stage": "failed", "message": message,
+        "error": {"code": code, "message": message, "retryable": True}})
+
+
+def handed_back(connection: Redis, job_id: str) -> Progress:
+    """Record that a stopping worker put its running job back at the front of the queue."""
+    return _rewrite(connection, job_id, {
+        "state": State.QUEUED.value, "stage": "requeued", "error": None,
+        "message": "The worker stopped; the conversion starts again on the next worker."})
 
 
 def read(connection: Redis, job_id: str) -> Progress | None:
