@@ -6,6 +6,7 @@ import json
 import signal
 import time
 
+import devredis
 import pytest
 
 from livedoc import fleet, progress
@@ -69,3 +70,55 @@ def test_stopped_worker_hands_its_job_to_another_which_finishes_it(make_stack, s
     assert job_id in second.log()
     second.stop()
     conn.connection_pool.disconnect()
+
+
+def test_ctrl_c_in_scripts_run_mid_conversion_stops_everything_within_10_s(tmp_path):
+    import os
+    import subprocess
+
+    import psutil
+
+    from tests.conftest import ROOT
+    from tests.dbs import FLASK, fresh
+    from tests.live import wait_http
+
+    port = devredis.free_port()
+    env = {**os.environ, "BIND": f"127.0.0.1:{port}", "RENDER_DPI": "300", "DATABASE_URL": fresh(tmp_path),
+           "STORAGE_DIR": str(tmp_path / "storage"), "PATH": f"{FLASK.parent}:{os.environ['PATH']}"}
+    env.pop("REDIS_URL", None)
+    log = open(tmp_path / "run.log", "wb")
+    # Its own process group, as a shell gives a foreground job: Ctrl-C is SIGINT to that group.
+    run = subprocess.Popen(["bash", str(ROOT / "scripts" / "run")], cwd=ROOT, env=env, stdout=log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while b"livedoc is running" not in (tmp_path / "run.log").read_bytes():
+            assert run.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+            time.sleep(0.2)
+        wait_http(f"{base}/login")
+        token = subprocess.run([str(FLASK), "--app", "app", "users", "token", "demo"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        s = api(token)
+        doc = s.post(f"{base}/api/documents", files={"file": ("slow.pdf", SLOW_PDF, "application/pdf")},
+                     timeout=10).json()
+        deadline = time.monotonic() + 60
+        while not (st := s.get(base + doc["status_url"], timeout=5).json())["stage"] == "rendering":
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+        started = psutil.Process(run.pid).children(recursive=True)
+        assert len(started) >= 4  # Redis, the worker (and its horse), gunicorn and its worker
+
+        t0 = time.monotonic()
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(30)
+        script_done = time.monotonic() - t0
+        gone, alive = psutil.wait_procs(started, timeout=max(0.1, 10 - script_done))
+        took = time.monotonic() - t0
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert alive == [], f"still running {took:.1f} s after Ctrl-C: {[p.pid for p in alive]}"
+    assert script_done < 10, f"scripts/run took {script_done:.1f} s"
+    print(f"Ctrl-C mid-conversion: scripts/run exited after {script_done:.2f} s, every process gone after "
+          f"{took:.2f} s")
