@@ -41,7 +41,8 @@ class LivedocWorker(Worker):
             job.meta = job.get_meta(refresh=True)
         except Exception:  # noqa: BLE001 - Redis may be the failure; RQ's own handling goes on
             self.log.warning("could not refresh the meta of job %s", job.id)
-        if job.id == self._handing_back:
+        # A horse killed after it recorded the ending has nothing left to hand back.
+        if job.id == self._handing_back and not progress.is_terminal(job.meta.get(progress.META_KEY)):
             self._handing_back = None
             self._hand_back(job, queue)
             return None
