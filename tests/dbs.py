@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +23,8 @@ FLASK = Path(sys.executable).parent / "flask"
 _template: str | None = None
 _tmp: Path | None = None
 _counter = itertools.count(1)
+# Fixtures may start stacks from background threads (tests/test_faults.py): one template only.
+_lock = threading.Lock()
 
 
 def server_url() -> str | None:
@@ -69,17 +72,18 @@ def _tmp_dir() -> Path:
 def template() -> str:
     """The URL of this session's migrated template database (made on first use)."""
     global _template
-    if _template is None:
-        if is_postgres():
-            name = f"livedoc_tmpl_{os.getpid()}"
-            admin_execute(f"DROP DATABASE IF EXISTS {name}")
-            admin_execute(f"CREATE DATABASE {name}")
-            url = _with_database(server_url(), name)
-        else:
-            url = f"sqlite:///{_tmp_dir() / 'template.db'}"
-        upgrade(url)
-        _template = url
-    return _template
+    with _lock:
+        if _template is None:
+            if is_postgres():
+                name = f"livedoc_tmpl_{os.getpid()}"
+                admin_execute(f"DROP DATABASE IF EXISTS {name}")
+                admin_execute(f"CREATE DATABASE {name}")
+                url = _with_database(server_url(), name)
+            else:
+                url = f"sqlite:///{_tmp_dir() / 'template.db'}"
+            upgrade(url)
+            _template = url
+        return _template
 
 
 def fresh(directory: Path | None = None) -> str:
