@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 from flask import Flask, Request, current_app, redirect, request, url_for
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from config import Settings
-from livedoc import flags
+from livedoc import flags, schema
 from livedoc.errors import Unauthorized, error_response, register_error_handlers, wants_json
-from livedoc.extensions import csrf, db, limiter, login_manager
+from livedoc.extensions import csrf, db, limiter, login_manager, migrate
 from livedoc.hub import StreamHub
 from livedoc.models import User
 from livedoc.redis_client import connect
@@ -42,6 +42,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         cfg["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
     cfg.setdefault("SQLALCHEMY_DATABASE_URI",
                    cfg["DATABASE_URL"] or f"sqlite:///{Path(app.instance_path) / 'livedoc.db'}")
+    cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(cfg))
     # Room for the multipart envelope around a file of exactly MAX_UPLOAD_MB. (Flask's defaults hold
     # the key with None, so setdefault would never set it.)
     if cfg.get("MAX_CONTENT_LENGTH") is None:
@@ -63,6 +64,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     logging.basicConfig(level=cfg["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     db.init_app(app)
+    migrate.init_app(app, db, directory=str(schema.MIGRATIONS))
     csrf.init_app(app)
     limiter.init_app(app)
     login_manager.init_app(app)
@@ -77,6 +79,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     # Pages hand their script the real-time settings: {{ realtime_client(flags)|tojson }}.
     app.jinja_env.globals["realtime_client"] = lambda f: flags.client_settings(f, app.config)
     register_error_handlers(app)
+    # Before the auth hooks: loading a user needs the tables.
+    schema.install(app, lambda: db.engine)
     _register_auth(app)
     _register_security(app)
 
@@ -88,12 +92,16 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     admin.mount_rq_dashboard(app)
 
-    with app.app_context():
-        db.create_all()
-
     app.cli.add_command(users_cli)
     app.cli.add_command(realtime_cli)
     return app
+
+
+def _engine_options(cfg) -> dict:
+    """The database pool from the DB_POOL_* settings (PostgreSQL: postgresql+psycopg://...)."""
+    return {"pool_size": cfg["DB_POOL_SIZE"], "max_overflow": cfg["DB_MAX_OVERFLOW"],
+            "pool_timeout": cfg["DB_POOL_TIMEOUT"], "pool_recycle": cfg["DB_POOL_RECYCLE"],
+            "pool_pre_ping": cfg["DB_POOL_PRE_PING"]}
 
 
 class LivedocRequest(Request):
@@ -167,8 +175,13 @@ def _register_security(app: Flask) -> None:
 
 
 @click.group("users", cls=AppGroup)
+@with_appcontext
 def users_cli() -> None:
     """Manage user accounts."""
+    try:
+        current_app.extensions["livedoc.schema"].check()
+    except schema.SchemaOutdated as exc:
+        raise click.ClickException(exc.message) from None
 
 
 @users_cli.command("create")

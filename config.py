@@ -38,6 +38,15 @@ class Settings:
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     REDIS_MAX_CONNECTIONS: int = 50
     DATABASE_URL: str = ""
+    # SQLAlchemy's pool, per process. Under gevent every request is a greenlet that holds a
+    # connection only while it runs queries (streams close their session before parking), so a
+    # few connections serve hundreds of open streams; a greenlet finding none free waits
+    # DB_POOL_TIMEOUT seconds, then the request fails with a 503.
+    DB_POOL_SIZE: int = 5
+    DB_MAX_OVERFLOW: int = 10
+    DB_POOL_TIMEOUT: int = 10
+    DB_POOL_RECYCLE: int = 1800
+    DB_POOL_PRE_PING: bool = True
     STORAGE_DIR: str = str(ROOT / "var" / "storage")
     QUEUE_NAME: str = "livedoc"
 

@@ -304,6 +304,7 @@ class Bench:
                 raise RuntimeError(f"flask {args} failed: {out.stderr}")
             return out.stdout.strip()
 
+        flask("db", "upgrade")
         flask("users", "create", "bench", "--password", "bench-pw")
         self.token = flask("users", "token", "bench").splitlines()[-1].strip()
         server = self.start_server(Scenario("setup", "livedoc", 0))

@@ -7,13 +7,13 @@ import re
 from functools import wraps
 
 import rq_dashboard
-from flask import Blueprint, Flask, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from rq.exceptions import NoSuchJobError
 from rq_dashboard import web as rq_web
 from werkzeug.exceptions import MethodNotAllowed
 
-from livedoc import flags, hub, jobs
+from livedoc import flags, fleet, hub, jobs
 from livedoc.audit import audit
 from livedoc.errors import Forbidden, LivedocError, NotFound, error_response
 from livedoc.extensions import login_manager
@@ -39,9 +39,12 @@ def admin_required(view):
 @bp.route("/")
 @admin_required
 def index():
-    """Flags, stats, and a link to the RQ dashboard."""
+    """Flags, stats, conversion workers, and a link to the RQ dashboard."""
+    queue_name = current_app.config["QUEUE_NAME"]
+    workers = {"alive": fleet.workers_alive(redis_conn(), queue_name),
+               "queued": fleet.queue_length(redis_conn(), queue_name), "queue": queue_name}
     return render_template("admin/index.html", flags=realtime_flags(),
-                           stats=hub.collect_stats(redis_conn()), choices=flags.CHOICES)
+                           stats=hub.collect_stats(redis_conn()), choices=flags.CHOICES, workers=workers)
 
 
 @bp.route("/realtime", methods=["POST"])
@@ -101,7 +104,7 @@ def same_origin() -> bool:
 
 def mount_rq_dashboard(app: Flask) -> None:
     """Serve rq-dashboard at /rq behind our admin check (it has no auth of its own)."""
-    rq_web.config.serializer = jobs.SERIALIZER
+    rq_web.config.serializer = jobs.SERIALIZER  # RQ's default, as the dashboard expects
     rq_web.setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
 

@@ -102,9 +102,10 @@ def viewer(doc_id: str):
     """The viewer: live progress, and every page the moment it is ready."""
     doc = documents.get_owned(doc_id, current_user)
     prog = documents.current_progress(redis_conn(), doc)
+    queue = documents.queue_status(redis_conn(), current_app.config, doc, prog)
     return render_template("documents/viewer.html", doc=doc, progress=prog,
                            layout=documents.pages_of(doc, prog), flags=realtime_flags(),
-                           config=current_app.config)
+                           config=current_app.config, queue=queue)
 
 
 @bp.route("/documents/<doc_id>/files/<attempt>/<name>")
@@ -209,8 +210,11 @@ def api_get(doc_id: str):
     """One document with its progress, its ready pages, every page's size, and its outline."""
     doc = documents.get_owned(doc_id, current_user)
     prog = documents.current_progress(redis_conn(), doc)
-    return jsonify({**documents.summary(doc, prog), **documents.pages_of(doc, prog),
-                    "last_page": doc.last_page})
+    body = {**documents.summary(doc, prog), **documents.pages_of(doc, prog), "last_page": doc.last_page}
+    queue = documents.queue_status(redis_conn(), current_app.config, doc, prog)
+    if queue is not None:
+        body["queue"] = queue.as_dict()
+    return jsonify(body)
 
 
 @bp.route("/api/documents/<doc_id>", methods=["DELETE"])

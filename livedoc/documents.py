@@ -11,7 +11,7 @@ from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from livedoc import jobs, keys, progress
+from livedoc import fleet, jobs, keys, progress
 from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
@@ -223,6 +223,14 @@ def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
     db.session.refresh(doc)
     _enqueue(connection, config, doc, seq=seq, attempt=attempt)
     return doc
+
+
+def queue_status(connection: Redis, config: Mapping, doc: Document,
+                 prog: progress.Progress) -> fleet.QueueInfo | None:
+    """While the document waits for a worker: its place in the queue and how many workers are alive."""
+    if prog["state"] != progress.State.QUEUED.value or not doc.job_id:
+        return None
+    return fleet.queue_info(connection, config["QUEUE_NAME"], doc.job_id)
 
 
 def status_body(doc: Document, prog: progress.Progress) -> dict:

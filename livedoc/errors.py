@@ -10,6 +10,8 @@ import time
 
 from flask import Flask, Response, jsonify, render_template, request
 from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError as DatabaseDown
+from sqlalchemy.exc import TimeoutError as DatabasePoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from livedoc.extensions import limiter
@@ -152,6 +154,14 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RedisError)
     def _redis(exc: RedisError):
         log.warning("redis unavailable: %s", exc.__class__.__name__)
+        err = Unavailable()
+        return error_response(err.status, err.code, err.message, err.headers)
+
+    @app.errorhandler(DatabaseDown)
+    @app.errorhandler(DatabasePoolTimeout)
+    def _database(exc: Exception):
+        # Down, restarting, or every pooled connection busy for DB_POOL_TIMEOUT: a moment's wait helps.
+        log.warning("database unavailable: %s", exc.__class__.__name__)
         err = Unavailable()
         return error_response(err.status, err.code, err.message, err.headers)
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from redis import Redis
-from rq import Queue, Retry
-from rq.serializers import JSONSerializer
+from rq import Callback, Queue, Retry
 
 from livedoc import progress
 
 CONVERT = "workers.convert.convert_document"
 RENDER_HD = "workers.render.render_hd"
-SERIALIZER = JSONSerializer
+# Run by the worker when the job raises; it reports a worker that cannot run livedoc's jobs at all.
+ON_FAILURE = "workers.unrunnable.report"
+SERIALIZER = progress.SERIALIZER
 
 
 def queue(connection: Redis, name: str) -> Queue:
-    """The conversion queue (JSON-serialised, so job meta is readable by any host)."""
+    """The conversion queue (RQ's default serializer, so a stock `rq worker` runs its jobs)."""
     return Queue(name, connection=connection, serializer=SERIALIZER)
 
 
@@ -38,6 +39,7 @@ def enqueue_conversion(connection: Redis, config: Mapping, doc_id: str, kind: st
         job_timeout=config["JOB_TIMEOUT"],
         result_ttl=config["RESULT_TTL"],
         failure_ttl=config["RESULT_TTL"],
+        on_failure=Callback(ON_FAILURE),
         description=f"convert {kind} {doc_id} (attempt {attempt})",
     )
     return job.id

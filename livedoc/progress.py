@@ -6,7 +6,9 @@ Progress lives in the RQ job's meta under ``META_KEY`` (so the RQ dashboard show
 equals ``pages`` at complete), ``message``, ``error`` ({code, message, retryable}) when failed,
 ``attempt``, ``updated_at`` (epoch seconds). After each save the worker PUBLISHes the saved dict as
 JSON on ``channel(job_id)`` so streams wake at once; readers still poll, because a missed message
-is normal for pub/sub. Jobs use RQ's JSONSerializer, so meta is plain JSON that any host can read.
+is normal for pub/sub. Jobs use RQ's default serializer (``SERIALIZER``), so a stock ``rq worker``
+runs them and the RQ dashboard reads their meta; meta written as JSON by earlier versions is still
+read.
 
 A deleted document's job is marked (``keys.DELETED_JOB``); from then on a save refuses to write
 and raises ``Deleted``, so a conversion that is still running can never resurrect it.
@@ -20,10 +22,13 @@ from typing import Any
 
 from redis import Redis
 from rq.job import Job
+from rq.serializers import DefaultSerializer
 
 from livedoc import keys
 
 META_KEY = "progress"
+# The serializer of livedoc's jobs, their meta included: RQ's default, what `rq worker` expects.
+SERIALIZER = DefaultSerializer
 CHANNEL_PATTERN = keys.PROGRESS_PATTERN
 DELETED_CODE = "deleted"
 DELETED_MESSAGE = "This document was deleted."
@@ -142,12 +147,7 @@ def parse_published(data: bytes | str) -> Progress | None:
 
 def decode(meta_raw: bytes | None, status_raw: bytes | None) -> Progress | None:
     """The progress held in a job's raw meta and status fields (what read_many fetches)."""
-    if meta_raw is None:
-        return None
-    try:
-        meta = json.loads(meta_raw)
-    except ValueError:
-        return None
+    meta = _load_meta(meta_raw)
     progress = meta.get(META_KEY) if isinstance(meta, dict) else None
     if not isinstance(progress, dict):
         return None
@@ -156,6 +156,49 @@ def decode(meta_raw: bytes | None, status_raw: bytes | None) -> Progress | None:
         # instead of leaving viewers on "running" forever. Derived the same way on every host.
         return lost(progress)
     return progress
+
+
+def _load_meta(meta_raw: bytes | None) -> dict | None:
+    if not meta_raw:
+        return None
+    try:
+        # Jobs queued before livedoc used RQ's default serializer kept their meta as JSON.
+        return json.loads(meta_raw) if meta_raw[:1] == b"{" else SERIALIZER.loads(meta_raw)
+    except Exception:  # noqa: BLE001 - pickle raises anything on bytes that are not its own
+        return None
+
+
+def _rewrite(connection: Redis, job_id: str, changes: dict[str, Any]) -> Progress:
+    """Apply changes to a job's stored progress outside a ProgressWriter, and announce it.
+
+    Written with livedoc's own serializer whatever the caller's worker uses, because the worker
+    that calls it may be a misconfigured one.
+    """
+    key = job_key(job_id)
+    meta = _load_meta(connection.hget(key, "meta"))
+    meta = meta if isinstance(meta, dict) else {}
+    previous = meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict) else initial(0, 1)
+    updated = {**previous, **changes, "seq": previous.get("seq", 0) + 1, "updated_at": round(time.time(), 4)}
+    meta[META_KEY] = updated
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.hset(key, "meta", SERIALIZER.dumps(meta))
+        pipe.publish(channel(job_id), json.dumps(updated))
+        pipe.execute()
+    return updated
+
+
+def fail_unrunnable(connection: Redis, job_id: str, code: str, message: str) -> Progress:
+    """Record that no attempt could start (the worker could not load the job) and announce it."""
+    return _rewrite(connection, job_id, {
+        "state": State.FAILED.value, "stage": "failed", "message": message,
+        "error": {"code": code, "message": message, "retryable": True}})
+
+
+def handed_back(connection: Redis, job_id: str) -> Progress:
+    """Record that a stopping worker put its running job back at the front of the queue."""
+    return _rewrite(connection, job_id, {
+        "state": State.QUEUED.value, "stage": "requeued", "error": None,
+        "message": "The worker stopped; the conversion starts again on the next worker."})
 
 
 def read(connection: Redis, job_id: str) -> Progress | None:

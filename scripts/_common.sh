@@ -1,5 +1,6 @@
 # Shared set-up for scripts/run and scripts/test (sourced, not run).
-# Creates .venv, installs requirements.txt when it changed, and knows how to start Redis.
+# Creates .venv, installs a lock (requirements.txt: runtime; requirements-dev.txt: + tests, bench,
+# lint) when it changed, and knows how to start Redis (and PostgreSQL, for the tests).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,17 +16,19 @@ pick_python() {
   echo "livedoc needs Python 3.11 or newer" >&2; return 1
 }
 
+# setup_venv [LOCK]: LOCK is requirements.txt (the default, runtime only) or requirements-dev.txt.
 setup_venv() {
+  local lock="${1:-requirements.txt}"
   if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "$(pick_python)" -m venv .venv
   fi
-  local stamp=.venv/.requirements.sha256 want
-  want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+  local stamp=".venv/.$lock.sha256" want
+  want="$(sha256sum "$lock" | cut -d' ' -f1)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "==> installing requirements (first run takes a minute)"
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    echo "==> installing $lock (first run takes a minute)"
+    # The lock carries hashes, so pip checks every file it installs against them.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r "$lock"
     echo "$want" > "$stamp"
   fi
   export PATH="$ROOT/.venv/bin:$PATH"
@@ -59,4 +62,32 @@ try:
 except OSError:
     sys.exit(1)
 PY
+}
+
+# pg_bin: the newest PostgreSQL server binaries on the machine (Debian's postgresql package), or "".
+pg_bin() {
+  local dir
+  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+  if [ -n "$dir" ] && [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then echo "$dir"; fi
+}
+
+# start_postgres PORT DIR: a throwaway cluster on 127.0.0.1:PORT (trust auth, no fsync) in DIR;
+# sets PG_CTL_STOP to the command that stops it. As root, the cluster runs as the postgres user.
+start_postgres() {
+  local port="$1" dir="$2" bin as=()
+  bin="$(pg_bin)"
+  [ -n "$bin" ] || return 1
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || return 1
+    chown postgres "$dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
+    { cat "$dir/initdb.log" >&2; return 1; }
+  "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+        -c full_page_writes=off -c max_connections=300" start >/dev/null ||
+    { cat "$dir/server.log" >&2; return 1; }
+  PG_CTL_STOP="${as[*]} $bin/pg_ctl -D $dir/data -m immediate stop"
 }

@@ -74,15 +74,16 @@ def main() -> None:
 
     def stop(signum, frame):
         # Whoever stops this wrapper means the server too: never leave an orphaned redis-server.
+        # Only terminate here: the main line's proc.wait() returns once it has exited. (Waiting in
+        # the handler too would spin on the lock that wait holds, for the whole 10 s timeout.)
         proc.terminate()
-        proc.wait(10)
-        sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # scripts/run ignores it on purpose
         signal.signal(signal.SIGINT, stop)
     print(f"redis://127.0.0.1:{port}/0", flush=True)
     proc.wait()
+    sys.exit(0)
 
 
 if __name__ == "__main__":

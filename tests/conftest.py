@@ -15,8 +15,20 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import devredis  # noqa: E402
 
 from livedoc.redis_client import connect  # noqa: E402
+from tests import dbs  # noqa: E402
 
 pytest_plugins = ["tests.browser_support"]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """On scripts/test's PostgreSQL pass, keep only the tests that touch the database."""
+    if os.environ.get("LIVEDOC_DB_PASS") != "postgres":
+        return
+    keep = [i for i in items if "database_url" in i.fixturenames or i.get_closest_marker("db")]
+    dropped = [i for i in items if i not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +73,14 @@ def worker_env(redis_url, storage_dir, monkeypatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def app(redis_conn, redis_url, storage_dir, worker_env, tmp_path):
-    """The app on the test Redis database, a fresh SQLite file and an empty STORAGE_DIR."""
+def database_url(tmp_path) -> str:
+    """A fresh migrated database (SQLite file, or PostgreSQL with TEST_DATABASE_URL)."""
+    return dbs.fresh(tmp_path / "db")
+
+
+@pytest.fixture
+def app(redis_conn, redis_url, storage_dir, worker_env, database_url):
+    """The app on the test Redis database, a fresh migrated database and an empty STORAGE_DIR."""
     from app import create_app
 
     app = create_app({
@@ -70,12 +88,21 @@ def app(redis_conn, redis_url, storage_dir, worker_env, tmp_path):
         "SECRET_KEY": "test",
         "REDIS_URL": redis_url,
         "STORAGE_DIR": str(storage_dir),
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'test.db'}",
+        "SQLALCHEMY_DATABASE_URI": database_url,
         "JOB_RETRY_INTERVALS": "0,0,0",
         "RATELIMIT_ENABLED": False,
     })
     yield app
     app.extensions["livedoc.redis"].connection_pool.disconnect()
+    with app.app_context():
+        db_dispose()
+
+
+def db_dispose() -> None:
+    """Close the app's pooled database connections (PostgreSQL counts them)."""
+    from livedoc.extensions import db
+
+    db.engine.dispose()
 
 
 @pytest.fixture

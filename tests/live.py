@@ -11,6 +11,8 @@ from pathlib import Path
 import devredis
 import requests
 
+from tests import dbs
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -71,7 +73,6 @@ class Stack:
         self.env = {
             **os.environ,
             "REDIS_URL": redis_url,
-            "DATABASE_URL": f"sqlite:///{work_dir / 'livedoc.db'}",
             "STORAGE_DIR": str(work_dir / "storage"),
             "SECRET_KEY": "live-test-secret",
             "SSE_POLL_INTERVAL": "500",
@@ -82,6 +83,8 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             **settings,
         }
+        # Migrated, as production's is (`flask db upgrade`), unless the test brings its own.
+        self.env.setdefault("DATABASE_URL", dbs.fresh(work_dir))
         self.webs: list[Proc] = []
         self.workers: list[Proc] = []
         self.ports: list[int] = []
@@ -111,6 +114,15 @@ class Stack:
         cmd = ["bash", str(ROOT / "scripts" / "worker"), "-n", name, *options]
         env = {**self.env, "PATH": f"{BIN}:{self.env.get('PATH', '')}"}
         proc = Proc(f"worker-{n}", cmd, env, self.dir).start()
+        self.workers.append(proc)
+        return proc
+
+    def start_stock_worker(self, *options: str, name: str = "stock") -> Proc:
+        """Start a worker exactly as RQ's docs say (`rq worker --with-scheduler -u URL livedoc`)."""
+        n = len(self.workers)
+        cmd = [str(BIN / "rq"), "worker", "--with-scheduler", "-u", self.redis_url, "-n",
+               f"{name}-{os.getpid()}-{n}-{time.monotonic_ns()}", *options, "livedoc"]
+        proc = Proc(f"{name}-worker-{n}", cmd, self.env, self.dir).start()
         self.workers.append(proc)
         return proc
 

@@ -105,3 +105,13 @@ class InternalError(TransientError):
 
     code = "internal"
     message = "Something went wrong on our side while converting the document."
+
+
+class WorkerMisconfigured(TransientError):
+    """A worker could not load the job at all (another serializer, missing code or packages).
+
+    Retryable: once the operator fixes or replaces the worker, the same document converts.
+    """
+
+    code = "worker_misconfigured"
+    message = "A conversion worker could not run this job; the operator must fix the worker."

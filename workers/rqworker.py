@@ -5,12 +5,33 @@ from rq import Worker
 from rq.job import Job
 from rq.queue import Queue
 
+from livedoc import progress
+
 
 class LivedocWorker(Worker):
-    """An RQ worker that never rolls a job's progress back when it handles a failure itself."""
+    """An RQ worker that never rolls progress back, and that hands its job back when told to stop.
+
+    RQ's warm shutdown waits for the running job, up to JOB_TIMEOUT: Ctrl-C seemed to hang and a
+    deploy waited for the longest conversion. This worker stops at once instead: it kills its work
+    horse, puts the job back at the front of the queue (no retry used up) and exits; the next
+    worker converts the document from the start. A second signal is never needed.
+    """
+
+    _handing_back: str | None = None
+
+    def request_stop(self, signum, frame):
+        """SIGTERM / SIGINT: hand the running job back, then stop (RQ's stop, minus the wait)."""
+        job_id = self.get_current_job_id() if self.horse_pid else None
+        self._handing_back = job_id
+        try:
+            super().request_stop(signum, frame)  # raises StopRequested at once when idle
+        finally:
+            if job_id is not None:
+                self.log.info("Worker %s: stopping; handing job %s back to the queue", self.name, job_id)
+                self.kill_horse()
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string: str = ""):
-        """Refresh the job's meta before RQ saves the job for a retry.
+        """Refresh the job's meta before RQ saves the job for a retry; requeue a handed-back job.
 
         When the work horse dies (SIGKILL, OOM) the parent handles the failure with the job as it
         was dequeued; RQ's retry path saves the whole job, meta included, which would put the
@@ -20,5 +41,18 @@ class LivedocWorker(Worker):
             job.meta = job.get_meta(refresh=True)
         except Exception:  # noqa: BLE001 - Redis may be the failure; RQ's own handling goes on
             self.log.warning("could not refresh the meta of job %s", job.id)
+        # A horse killed after it recorded the ending has nothing left to hand back.
+        if job.id == self._handing_back and not progress.is_terminal(job.meta.get(progress.META_KEY)):
+            self._handing_back = None
+            self._hand_back(job, queue)
+            return None
         return super().handle_job_failure(job, queue, started_job_registry=started_job_registry,
                                           exc_string=exc_string)
+
+    def _hand_back(self, job: Job, queue: Queue) -> None:
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe)
+            pipe.execute()
+        # enqueue_job saves the job, meta included: it must carry the handed-back progress.
+        job.meta[progress.META_KEY] = progress.handed_back(self.connection, job.id)
+        queue.enqueue_job(job, at_front=True)
