@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,8 +57,45 @@ def real_book() -> Path:
     return target
 
 
+class PeakRss:
+    """The largest RSS any process of the worker's tree (the work horse included) reached."""
+
+    def __init__(self, pids: list[int]):
+        import psutil
+
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self.stop.wait(0.05):
+            for proc in self.procs:
+                try:
+                    tree = [proc, *proc.children(recursive=True)]
+                    self.peak = max(self.peak, max(p.memory_info().rss for p in tree))
+                except psutil.Error:
+                    pass
+
+    def __enter__(self) -> PeakRss:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def measure(stack: Stack, token: str, name: str, data: bytes) -> dict:
-    """One upload, timed to page 1 served and to complete."""
+    """One upload, timed to page 1 served and to complete, with the worker's peak RSS."""
+    with PeakRss([w.popen.pid for w in stack.workers]) as rss:
+        row = _measure(stack, token, name, data)
+    return {**row, "worker_peak_rss_mb": round(rss.peak / 2**20, 1)}
+
+
+def _measure(stack: Stack, token: str, name: str, data: bytes) -> dict:
     s = api(token)
     base = stack.base_url
     started = time.perf_counter()
@@ -126,11 +164,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print("| document | pages | upload → first page served | upload → complete | first / complete | "
-          "storage per page |")
-    print("|---|---|---|---|---|---|")
+          "storage per page | worker peak RSS |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['document']} | {r['pages']} | {r['first_page_s']:.2f} s | {r['complete_s']:.1f} s | "
-              f"{100 * r['first_share']:.1f}% | {r['bytes_per_page'] / 1024:.0f} kB |")
+              f"{100 * r['first_share']:.1f}% | {r['bytes_per_page'] / 1024:.0f} kB | "
+              f"{max(x['worker_peak_rss_mb'] for x in r['runs']):.0f} MB |")
 
 
 if __name__ == "__main__":
