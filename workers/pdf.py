@@ -16,7 +16,7 @@ from workers.errors import (
     StorageError,
     TooManyPages,
 )
-from workers.images import PageCallback, write_page
+from workers.images import MAX_SIDE, PageCallback, write_page
 
 POINTS_PER_INCH = 72
 
@@ -55,7 +55,8 @@ def check_document(doc: pdfium.PdfDocument, settings: Settings) -> int:
             width, height = doc.get_page_size(index)
         except pdfium.PdfiumError:
             raise CorruptDocument(f"Page {index + 1} of this PDF is damaged.") from None
-        if width * scale * height * scale > settings.MAX_PAGE_PIXELS:
+        if (width * scale * height * scale > settings.MAX_PAGE_PIXELS
+                or max(width, height) * scale > MAX_SIDE):
             raise PageTooLarge(f"Page {index + 1} is too large to display at {settings.RENDER_DPI} dpi.")
     return pages
 
