@@ -420,10 +420,13 @@ def stats():
 
 
 @bp.route("/metrics")
-@login_required
 def prometheus_metrics():
-    """Prometheus metrics of this host's web processes (admins; scrape with a bearer token)."""
-    if not current_user.is_admin:
-        raise Forbidden()
+    """Prometheus metrics of this host's web processes (admins, or the read-only METRICS_TOKEN)."""
+    sent = request.headers.get("Authorization")
+    if not metrics.scraper_token_ok(sent, current_app.config["METRICS_TOKEN"]):
+        if not current_user.is_authenticated:
+            return current_app.login_manager.unauthorized()
+        if not current_user.is_admin:
+            raise Forbidden()
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)

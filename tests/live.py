@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def password_for(name: str) -> str:
+    """The password Stack.user gives a user (the CLI refuses passwords under 12 characters)."""
+    return f"pw-{name}-long-enough"
+
+
 def wait_http(url: str, timeout: float = 20.0) -> None:
     """Wait until the URL answers at all."""
     deadline = time.monotonic() + timeout
@@ -124,7 +129,7 @@ class Stack:
 
     def user(self, name: str, admin: bool = False) -> str:
         """Create a user through the CLI and return a fresh API token."""
-        self.flask("users", "create", name, "--password", f"pw-{name}", *(["--admin"] if admin else []))
+        self.flask("users", "create", name, "--password", password_for(name), *(["--admin"] if admin else []))
         return self.flask("users", "token", name)
 
     def stop(self) -> None:
