@@ -77,9 +77,9 @@ class Settings:
     MAX_DOCS_PER_STREAM: int = 50
 
     # Quotas per user: documents kept, megabytes stored (originals + output), conversions in flight.
-    QUOTA_DOCUMENTS: int = 500
+    QUOTA_DOCUMENTS: int = 1000
     QUOTA_MB: int = 2000
-    MAX_CONVERSIONS_PER_USER: int = 5
+    MAX_CONVERSIONS_PER_USER: int = 10
 
     # Abuse: proxies, sessions, origins, tokens.
     TRUSTED_PROXIES: int = 0  # reverse proxies in front of gunicorn; 0: X-Forwarded-* are ignored

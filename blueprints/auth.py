@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, logout_user
 
-from livedoc import sessions
+from livedoc import documents, quotas, sessions
 from livedoc.audit import audit
 from livedoc.extensions import db, limiter
+from livedoc.web import redis_conn
 
 bp = Blueprint("auth", __name__)
 
@@ -57,3 +58,13 @@ def logout():
     logout_user()
     flash("You are logged out.")
     return redirect(url_for("auth.login"))
+
+
+@bp.route("/api/me")
+@login_required
+def me():
+    """The caller: name, admin flag, and usage against each quota."""
+    cfg = current_app.config
+    documents.settle_unfinished(redis_conn(), current_user, cfg["MAX_CONVERSIONS_PER_USER"])
+    return jsonify({"username": current_user.username, "is_admin": bool(current_user.is_admin),
+                    "usage": quotas.report(quotas.usage(current_user), cfg)})

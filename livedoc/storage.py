@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 from livedoc.ids import valid_doc_id
 
@@ -48,6 +49,22 @@ class DocumentFiles:
         tmp = self.root / "original.part"
         tmp.write_bytes(data)
         os.replace(tmp, self.original)
+
+    def save_original_stream(self, stream: BinaryIO, chunk_size: int = 1024 * 1024) -> int:
+        """Copy an upload to the original in chunks, atomically; returns the bytes written."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / "original.part"
+        written = 0
+        try:
+            with open(tmp, "wb") as out:
+                while chunk := stream.read(chunk_size):
+                    out.write(chunk)
+                    written += len(chunk)
+            os.replace(tmp, self.original)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return written
 
     def fresh_work(self) -> Path:
         """An empty work directory: the partial output of an earlier attempt is removed first."""

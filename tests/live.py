@@ -85,6 +85,8 @@ class Stack:
             "JOB_RETRY_INTERVALS": "1,1,1",
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            "MAX_CONVERSIONS_PER_USER": "10000",  # live suites queue many documents per user at once
+            "QUOTA_DOCUMENTS": "100000",
             **settings,
         }
         self.webs: list[Proc] = []
