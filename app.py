@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from flask import Flask, Request, current_app, redirect, request, url_for
 from flask.cli import AppGroup
+from flask_login import current_user
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from config import Settings
@@ -84,12 +85,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     _register_auth(app)
     _register_security(app)
 
-    from blueprints import admin, auth, documents, realtime
+    from blueprints import admin, apidoc, auth, documents, realtime
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(documents.bp)
     app.register_blueprint(realtime.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(apidoc.bp)
     admin.mount_rq_dashboard(app)
 
     with app.app_context():
@@ -156,6 +158,8 @@ def _register_security(app: Flask) -> None:
             return None
         if request.blueprint == "rq_dashboard":
             return None  # admin-only, SameSite=Lax cookie; its own JS cannot send our token
+        if request.path.startswith("/api/") and not current_user.is_authenticated:
+            return None  # nobody's session to ride on: the view's login check answers 401
         csrf.protect()
         return None
 
