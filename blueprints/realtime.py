@@ -41,7 +41,7 @@ def _wait_arg(limit: int) -> float:
     if raw is None or raw == "":
         return 0.0
     try:
-        value = float(raw) if len(raw) <= 40 else -1.0  # room for any float's repr (1.5e-323)
+        value = float(raw) if len(raw) <= 20 else -1.0
     except ValueError:
         value = -1.0
     if not (0 <= value < float("inf")):

@@ -48,6 +48,8 @@ WS_HEADERS = ("Upgrade", "Connection", "Sec-WebSocket-Version", "Sec-WebSocket-K
 
 
 DOC_ID = _param("doc_id")
+# Seconds, written in at most 20 characters (longer spellings are refused); longer waits are capped.
+WAIT = {"type": "number", "minimum": 0, "maximum": 3600, "multipleOf": 0.5}
 # Up to MAX_DOCS_PER_STREAM (50) document ids, comma-separated.
 DOC_LIST = {"type": "string", "pattern": "^[0-9a-f]{32}(,[0-9a-f]{32}){0,49}$"}
 
@@ -108,7 +110,7 @@ ROUTES: list[tuple[str, str, dict]] = [
     _op("GET", "/api/documents/{doc_id}", "One document; its pages once complete.",
         {200: {"description": "The document", "content": _json("Document")}}, (404,), params=(DOC_ID,)),
     _op("POST", "/api/documents/{doc_id}/retry", "Queue a new attempt of a failed, retryable conversion.",
-        {202: {"description": "Queued again", "content": _json("Document")}}, (404, 409, 429),
+        {202: {"description": "Queued again", "content": _json("Document")}}, (400, 404, 409, 429),
         params=(DOC_ID,)),
     _op("GET", "/api/documents/{doc_id}/events", "SSE stream of the document's progress.",
         {200: {"description": "text/event-stream, ends after the terminal event", "content": SSE},
@@ -119,7 +121,7 @@ ROUTES: list[tuple[str, str, dict]] = [
                "headers": {"X-Livedoc-Mode": {"schema": {"type": "string"}}}}},
         (400, 404, 429), params=(DOC_ID, _param("after", "query", {"type": "integer", "minimum": 0,
                                                                    "maximum": 2**53}),
-                                 _param("wait", "query", {"type": "number", "minimum": 0, "maximum": 3600}))),
+                                 _param("wait", "query", WAIT))),
     _op("GET", "/api/events", "One SSE stream for many documents (or every unfinished one).",
         {200: {"description": "text/event-stream", "content": SSE},
          204: {"description": "Nothing to watch, or SSE is off"}},

@@ -191,3 +191,21 @@ def test_metrics_accept_the_read_only_metrics_token(app, client, users):
     assert client.get("/metrics").status_code == 401
     app.config["METRICS_TOKEN"] = ""
     assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 401
+
+
+def test_a_remember_cookie_dies_with_the_session_version(app, users):
+    from flask_login.utils import encode_cookie
+
+    from livedoc.models import User
+
+    users.create("alice")
+    with app.app_context():
+        cookie = encode_cookie(User.by_name("alice").get_id())
+    browser = app.test_client()
+    browser.set_cookie("remember_token", cookie)
+    assert browser.get("/api/documents").status_code == 200
+    out = app.test_cli_runner().invoke(args=["users", "passwd", "alice", "--password", LONG])
+    assert out.exit_code == 0, out.output
+    stale = app.test_client()
+    stale.set_cookie("remember_token", cookie)
+    assert stale.get("/api/documents").status_code == 401
