@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -12,7 +13,8 @@ from flask.cli import AppGroup, with_appcontext
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from config import Settings
-from livedoc import flags, schema
+from livedoc import flags, proxies, schema, sessions
+from livedoc.audit import audit
 from livedoc.errors import Unauthorized, error_response, register_error_handlers, wants_json
 from livedoc.extensions import csrf, db, limiter, login_manager, migrate
 from livedoc.hub import StreamHub
@@ -81,15 +83,17 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_error_handlers(app)
     # Before the auth hooks: loading a user needs the tables.
     schema.install(app, lambda: db.engine)
+    proxies.init_app(app)
     _register_auth(app)
     _register_security(app)
 
-    from blueprints import admin, auth, documents, realtime
+    from blueprints import admin, apidoc, auth, documents, realtime
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(documents.bp)
     app.register_blueprint(realtime.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(apidoc.bp)
     admin.mount_rq_dashboard(app)
 
     app.cli.add_command(users_cli)
@@ -131,7 +135,7 @@ def _instance_secret(instance: Path) -> str:
 def _register_auth(app: Flask) -> None:
     @login_manager.user_loader
     def load_user(user_id: str) -> User | None:
-        return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+        return sessions.load(user_id)
 
     @login_manager.request_loader
     def load_user_from_token(req) -> User | None:
@@ -184,6 +188,19 @@ def users_cli() -> None:
         raise click.ClickException(exc.message) from None
 
 
+def _check_password(password: str) -> None:
+    minimum = current_app.config["MIN_PASSWORD_LENGTH"]
+    if len(password) < minimum:
+        raise click.BadParameter(f"the password must have at least {minimum} characters")
+
+
+def _user_named(name: str) -> User:
+    user = User.by_name(name)
+    if user is None:
+        raise click.ClickException(f"no user {name!r}")
+    return user
+
+
 @users_cli.command("create")
 @click.argument("name")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
@@ -193,30 +210,77 @@ def users_create(name: str, password: str, admin: bool, update: bool) -> None:
     """Create a user."""
     if not name or len(name) > 64 or not name.isprintable():
         raise click.BadParameter("the name must be 1-64 printable characters")
-    if len(password) < 4:
-        raise click.BadParameter("the password must have at least 4 characters")
+    _check_password(password)
     user = User.by_name(name)
     if user is not None and not update:
         raise click.ClickException(f"user {name!r} exists (use --update to reset it)")
     if user is None:
         user = User(username=name)
         db.session.add(user)
+    elif not user.check_password(password):
+        sessions.end_all(user)  # a reset password logs the old holder out everywhere
     user.set_password(password)
     user.is_admin = admin
     db.session.commit()
     click.echo(f"user {name!r} {'updated' if update else 'created'}{' (admin)' if admin else ''}")
 
 
+@users_cli.command("passwd")
+@click.argument("name")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+def users_passwd(name: str, password: str) -> None:
+    """Change a user's password; every existing session of the user ends."""
+    _check_password(password)
+    user = _user_named(name)
+    user.set_password(password)
+    sessions.end_all(user)
+    db.session.commit()
+    audit("password_changed", user=name, via="cli")
+    click.echo(f"password of {name!r} changed; its sessions are logged out")
+
+
 @users_cli.command("token")
 @click.argument("name")
-def users_token(name: str) -> None:
-    """Issue a new API token for a user (the old one stops working) and print it."""
-    user = User.by_name(name)
-    if user is None:
-        raise click.ClickException(f"no user {name!r}")
-    token = user.new_token()
+@click.option("--name", "token_name", default="default", show_default=True, help="A label for the token.")
+@click.option("--expires-days", type=click.IntRange(min=1), default=None, help="Days until it expires.")
+def users_token(name: str, token_name: str, expires_days: int | None) -> None:
+    """Issue a new API token for a user and print it (it is shown only this once)."""
+    user = _user_named(name)
+    expires_at = (datetime.now(UTC).replace(tzinfo=None) + timedelta(days=expires_days)
+                  if expires_days else None)
+    token = user.new_token(token_name, expires_at)
     db.session.commit()
+    audit("token_issued", user=name, token_name=token_name, expires_at=expires_at)
     click.echo(token)
+
+
+@users_cli.command("tokens")
+@click.argument("name")
+def users_tokens(name: str) -> None:
+    """List a user's API tokens: id, name, created, expires, revoked (never the token itself)."""
+    user = _user_named(name)
+    click.echo("id\tname\tcreated_at\texpires_at\trevoked_at")
+    for row in sorted(user.tokens, key=lambda t: t.id):
+        click.echo("\t".join(str(v) if v is not None else "-" for v in
+                             (row.id, row.name, row.created_at.replace(microsecond=0),
+                              row.expires_at and row.expires_at.replace(microsecond=0),
+                              row.revoked_at and row.revoked_at.replace(microsecond=0))))
+
+
+@users_cli.command("revoke-token")
+@click.argument("name")
+@click.argument("token_id", type=int)
+def users_revoke_token(name: str, token_id: int) -> None:
+    """Revoke one API token of a user (by the id `users tokens` shows); it answers 401 from now on."""
+    user = _user_named(name)
+    row = next((t for t in user.tokens if t.id == token_id), None)
+    if row is None:
+        raise click.ClickException(f"user {name!r} has no token {token_id}")
+    if row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC).replace(tzinfo=None)
+        db.session.commit()
+    audit("token_revoked", user=name, token_id=token_id)
+    click.echo(f"token {token_id} of {name!r} revoked")
 
 
 @click.group("realtime", cls=AppGroup)

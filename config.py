@@ -88,6 +88,21 @@ class Settings:
     MAX_STREAMS_PER_USER: int = 20
     MAX_DOCS_PER_STREAM: int = 50
 
+    # Quotas per user: documents kept, megabytes stored (originals + output), conversions in flight.
+    QUOTA_DOCUMENTS: int = 1000
+    QUOTA_MB: int = 2000
+    MAX_CONVERSIONS_PER_USER: int = 10
+
+    # Abuse: proxies, sessions, origins, tokens.
+    TRUSTED_PROXIES: int = 0  # reverse proxies in front of gunicorn; 0: X-Forwarded-* are ignored
+    RATELIMIT_LOGIN_USER: str = "10 per minute"
+    PERMANENT_SESSION_LIFETIME: int = 14 * 24 * 3600  # seconds
+    HSTS_MAX_AGE: int = 365 * 24 * 3600  # sent over HTTPS only
+    ALLOWED_ORIGINS: str = ""  # comma-separated extra origins for the WebSocket handshake
+    WS_MESSAGE_RATE: int = 20  # messages one WebSocket may send per 10 seconds
+    METRICS_TOKEN: str = ""  # a read-only bearer token for /metrics (empty: admins only)
+    MIN_PASSWORD_LENGTH: int = 12
+
     SESSION_COOKIE_SECURE: bool = False
     LOG_LEVEL: str = "INFO"
 

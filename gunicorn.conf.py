@@ -17,6 +17,10 @@ timeout = 30
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
 # Short: an idle kept-alive connection holds a stopping worker until it times out.
 keepalive = 5
+# The app applies X-Forwarded-For/-Proto itself, for exactly TRUSTED_PROXIES hops (livedoc.proxies);
+# gunicorn would otherwise take X-Forwarded-Proto from any local peer and make a spoofed https real.
+secure_scheme_headers = {}
+forwarded_allow_ips = ""
 accesslog = os.environ.get("ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required, login_user, logout_user
+from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask_login import current_user, login_required, logout_user
 
+from livedoc import documents, quotas, sessions
 from livedoc.audit import audit
-from livedoc.extensions import limiter
-from livedoc.models import User
+from livedoc.extensions import db, limiter
+from livedoc.web import redis_conn
 
 bp = Blueprint("auth", __name__)
 
@@ -20,8 +21,15 @@ def _safe_next(target: str | None) -> str:
     return url_for("documents.index")
 
 
+def _login_name_key() -> str:
+    # Per account, whichever addresses the guesses come from.
+    return "login-user:" + request.form.get("username", "")[:64].lower()
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(lambda: current_app.config["RATELIMIT_LOGIN"], methods=["POST"])
+@limiter.limit(lambda: current_app.config["RATELIMIT_LOGIN_USER"], methods=["POST"],
+               key_func=_login_name_key)
 def login():
     """The login page."""
     if current_user.is_authenticated:
@@ -30,9 +38,9 @@ def login():
     if request.method == "POST":
         username = request.form.get("username", "")[:64]
         password = request.form.get("password", "")[:256]
-        user = User.by_name(username) if username else None
-        if user is not None and user.check_password(password):
-            login_user(user)
+        user = sessions.authenticate(username, password)
+        if user is not None:
+            sessions.start(user)
             audit("login", user=user.username, result="ok")
             return redirect(_safe_next(request.args.get("next")))
         audit("login", user=username, result="failed")
@@ -43,8 +51,20 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
-    """End the session."""
+    """End the session, and every other session of this user on every host."""
     audit("logout")
+    sessions.end_all(current_user)
+    db.session.commit()
     logout_user()
     flash("You are logged out.")
     return redirect(url_for("auth.login"))
+
+
+@bp.route("/api/me")
+@login_required
+def me():
+    """The caller: name, admin flag, and usage against each quota."""
+    cfg = current_app.config
+    documents.settle_unfinished(redis_conn(), current_user, cfg["MAX_CONVERSIONS_PER_USER"])
+    return jsonify({"username": current_user.username, "is_admin": bool(current_user.is_admin),
+                    "usage": quotas.report(quotas.usage(current_user), cfg)})

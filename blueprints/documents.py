@@ -13,6 +13,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, login_required
+from werkzeug.datastructures import FileStorage
 
 from livedoc import documents
 from livedoc.audit import audit
@@ -28,21 +29,21 @@ def _upload_limit() -> str:
     return current_app.config["RATELIMIT_UPLOAD"]
 
 
-def _read_upload() -> tuple[str | None, bytes]:
-    """The uploaded file's name and bytes from the multipart field `file`."""
+def _read_upload() -> tuple[str | None, FileStorage]:
+    """The uploaded file from the multipart field `file` (Werkzeug spools large ones to disk)."""
     if not request.mimetype.startswith("multipart/form-data"):
         raise LivedocError("Send the file as multipart/form-data in the field 'file'.",
                            code="bad_upload")
     upload = request.files.get("file")
     if upload is None:
         raise LivedocError("No file in the field 'file'.", code="bad_upload")
-    return upload.filename, upload.read()
+    return upload.filename, upload
 
 
 def _create_from_upload() -> Document:
     """Store the uploaded file as a new document of the caller and queue its conversion."""
-    filename, data = _read_upload()
-    doc = documents.create(redis_conn(), current_app.config, current_user, filename, data)
+    filename, upload = _read_upload()
+    doc = documents.create(redis_conn(), current_app.config, current_user, filename, upload.stream)
     audit("upload", document=doc.id, kind=doc.kind, size=doc.size)
     return doc
 

@@ -4,20 +4,21 @@ from __future__ import annotations
 import logging
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import BinaryIO
 
 import gevent
 from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from livedoc import fleet, jobs, keys, progress
+from livedoc import fleet, jobs, keys, progress, quotas
 from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
 from livedoc.ids import new_doc_id, valid_doc_id
 from livedoc.models import Document, User
-from livedoc.sniff import sniff
+from livedoc.sniff import HEAD, TextCheck, kind_of_head
 from livedoc.storage import DocumentFiles, Storage
 
 log = logging.getLogger("livedoc")
@@ -40,20 +41,61 @@ def files_of(doc: Document) -> DocumentFiles:
     return DocumentFiles(storage(), doc.id)
 
 
-def create(connection: Redis, config: Mapping, owner: User, filename: str | None, data: bytes) -> Document:
-    """Store an upload and queue its conversion; the original is on disk before anything else."""
-    if not data:
+class _CheckedUpload:
+    """The upload as a stream for storage: its head again, then the rest, checked on the way.
+
+    A text upload that turns out not to be UTF-8 text, or an upload that outgrows the caller's
+    storage quota, stops the copy where it is found, not after the whole file is stored.
+    """
+
+    def __init__(self, head: bytes, rest: BinaryIO, kind: str, limit: int, on_over: Callable[[], None]):
+        self.head, self.rest, self.limit, self.on_over = head, rest, limit, on_over
+        self.text = TextCheck() if kind == "text" else None
+        self.seen = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            chunk, self.head = self.head, b""
+        else:
+            chunk = self.rest.read(size)
+        self.seen += len(chunk)
+        if self.seen > self.limit:
+            self.on_over()
+        if self.text is not None and not (self.text.feed(chunk) if chunk else self.text.finish()):
+            raise UnsupportedType()
+        return chunk
+
+
+def create(connection: Redis, config: Mapping, owner: User, filename: str | None,
+           upload: BinaryIO) -> Document:
+    """Store an upload (a stream, copied in chunks) and queue its conversion; the original is on disk
+    before anything else. Quotas are checked first, and the stored size while copying."""
+    head = upload.read(HEAD)
+    if not head:
         raise LivedocError("The file is empty.", code="empty_file")
-    kind = sniff(data)
-    if kind is None:
-        raise UnsupportedType()
+    kind = kind_of_head(head)
+    settle_unfinished(connection, owner, config["MAX_CONVERSIONS_PER_USER"])
+    use = quotas.usage(owner)
+    left = quotas.check_upload(use, config)
     doc = Document(id=new_doc_id(), owner_id=owner.id, filename=display_name(filename), kind=kind,
-                   size=len(data), state=progress.State.QUEUED.value, last_seq=1, attempt=1)
-    files_of(doc).save_original(data)
+                   size=0, state=progress.State.QUEUED.value, last_seq=1, attempt=1)
+    files = files_of(doc)
+    checked = _CheckedUpload(head, upload, kind, left, lambda: quotas.raise_storage(use, config))
+    try:
+        size = files.save_original_stream(checked)
+    except BaseException:
+        files.delete()
+        raise
+    doc.size = doc.stored_bytes = size
     db.session.add(doc)
     db.session.commit()
     _enqueue(connection, config, doc, seq=1, attempt=1)
     return doc
+
+
+def settle_unfinished(connection: Redis, user: User, cap: int) -> None:
+    """Record the endings of the user's conversions that ended unwatched, so they stop counting."""
+    progress_of_many(connection, unfinished(user, limit=cap + 50))
 
 
 def _enqueue(connection: Redis, config: Mapping, doc: Document, seq: int, attempt: int) -> None:
@@ -114,8 +156,8 @@ def _store_final(doc: Document, prog: progress.Progress, manifest: dict | None =
     # A failed attempt keeps the pages it stored readable: the row remembers how many (`ready`).
     doc.pages = (manifest or {}).get("pages", prog.get("pages") or 0) if doc.state == "complete" \
         else prog.get("ready") or 0
-    if manifest is not None:
-        doc.stored_bytes = doc.size + int(manifest.get("bytes") or 0)
+    # The quota counts what the document holds now: its original, and the pages it kept.
+    doc.stored_bytes = files_of(doc).stored_bytes() or doc.size
     error = prog.get("error") or {}
     doc.error_code = error.get("code")
     doc.error_message = error.get("message")
@@ -208,6 +250,9 @@ def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
     if prog["state"] != progress.State.FAILED.value or not error.get("retryable"):
         raise Conflict("Only a failed conversion that can succeed on a new try can be retried.",
                        code="not_retryable")
+    owner = db.session.get(User, doc.owner_id)
+    settle_unfinished(connection, owner, config["MAX_CONVERSIONS_PER_USER"])
+    quotas.check_conversion(quotas.usage(owner), config)
     attempt, seq = prog.get("attempt", 1) + 1, prog["seq"] + 1
     # Claim the retry in one conditional UPDATE, so two clicks cannot queue two attempts.
     claimed = db.session.execute(

@@ -84,6 +84,16 @@ class TooManyRequests(LivedocError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
 
 
+class QuotaExceeded(LivedocError):
+    """A per-user quota is used up: 413 for stored megabytes, 429 for counts; says how much is left."""
+
+    def __init__(self, status: int, code: str, message: str, quota: dict, retry_after: int | None = None):
+        super().__init__(message, code=code,
+                         headers={"Retry-After": str(retry_after)} if retry_after else None)
+        self.status = status
+        self.extra = {"quota": quota}
+
+
 class Unavailable(LivedocError):
     """A backing service (Redis) cannot be reached."""
 
@@ -100,10 +110,11 @@ def wants_json() -> bool:
     return request.path.startswith("/api/") or request.path == "/metrics"
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None) -> Response:
-    """The response for an error: JSON on API routes, a page elsewhere."""
+def error_response(status: int, code: str, message: str, headers: dict | None = None,
+                   extra: dict | None = None) -> Response:
+    """The response for an error: JSON on API routes (with `extra` fields), a page elsewhere."""
     if wants_json():
-        resp = jsonify({"error": {"code": code, "message": message}})
+        resp = jsonify({"error": {"code": code, "message": message, **(extra or {})}})
     else:
         resp = Response(render_template("error.html", status=status, message=message), mimetype="text/html")
     resp.status_code = status
@@ -130,7 +141,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(LivedocError)
     def _livedoc(exc: LivedocError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.headers, getattr(exc, "extra", None))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

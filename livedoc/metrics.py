@@ -5,6 +5,7 @@ writes its samples there and /metrics merges them (gunicorn.conf.py marks dead w
 """
 from __future__ import annotations
 
+import hmac
 import os
 
 from prometheus_client import (
@@ -37,3 +38,11 @@ def render() -> tuple[bytes, str]:
     else:
         registry = REGISTRY
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def scraper_token_ok(authorization: str | None, token: str) -> bool:
+    """True when the request carries METRICS_TOKEN as its bearer token (a read-only scrape)."""
+    scheme, _, sent = (authorization or "").partition(" ")
+    if not token or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(sent.strip().encode(), token.encode())

@@ -35,6 +35,10 @@ class User(UserMixin, db.Model):
     tokens = db.relationship("ApiToken", back_populates="user", cascade="all, delete-orphan",
                              lazy="select")
 
+    def get_id(self) -> str:
+        """What flask-login stores in session and remember cookies (see livedoc.sessions)."""
+        return f"{self.id}:{self.session_version or 0}"
+
     def set_password(self, password: str) -> None:
         """Store a salted hash of the password."""
         self.password_hash = generate_password_hash(password)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from tests.live import password_for
+
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -121,6 +123,6 @@ def login(page: Page, name: str) -> None:
     """Log in through the real form."""
     page.goto("/login")
     page.fill("#username", name)
-    page.fill("#password", f"pw-{name}")
+    page.fill("#password", password_for(name))
     page.click("form.stack button[type=submit]")
     page.wait_for_url("**/documents")

@@ -91,6 +91,9 @@ def app(redis_conn, redis_url, storage_dir, worker_env, database_url):
         "SQLALCHEMY_DATABASE_URI": database_url,
         "JOB_RETRY_INTERVALS": "0,0,0",
         "RATELIMIT_ENABLED": False,
+        # Suites that upload dozens of documents without running them; tests/test_quotas.py sets its own.
+        "MAX_CONVERSIONS_PER_USER": 10_000,
+        "QUOTA_DOCUMENTS": 10_000,
     })
     yield app
     app.extensions["livedoc.redis"].connection_pool.disconnect()

@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def password_for(name: str) -> str:
+    """The password Stack.user gives a user (the CLI refuses passwords under 12 characters)."""
+    return f"pw-{name}-long-enough"
+
+
 def wait_http(url: str, timeout: float = 20.0) -> None:
     """Wait until the URL answers at all."""
     deadline = time.monotonic() + timeout
@@ -81,6 +86,8 @@ class Stack:
             "JOB_RETRY_INTERVALS": "1,1,1",
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            "MAX_CONVERSIONS_PER_USER": "10000",  # live suites queue many documents per user at once
+            "QUOTA_DOCUMENTS": "100000",
             **settings,
         }
         # Migrated, as production's is (`flask db upgrade`), unless the test brings its own.
@@ -136,7 +143,7 @@ class Stack:
 
     def user(self, name: str, admin: bool = False) -> str:
         """Create a user through the CLI and return a fresh API token."""
-        self.flask("users", "create", name, "--password", f"pw-{name}", *(["--admin"] if admin else []))
+        self.flask("users", "create", name, "--password", password_for(name), *(["--admin"] if admin else []))
         return self.flask("users", "token", name)
 
     def stop(self) -> None:

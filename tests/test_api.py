@@ -180,8 +180,8 @@ def test_realtime_cli_overrides_and_clears(app, redis_conn):
 
 def test_users_cli_creates_and_issues_tokens(app, client):
     runner = app.test_cli_runner()
-    assert runner.invoke(args=["users", "create", "carol", "--password", "secret1"]).exit_code == 0
-    assert runner.invoke(args=["users", "create", "carol", "--password", "secret1"]).exit_code != 0
+    assert runner.invoke(args=["users", "create", "carol", "--password", "secret1-12345"]).exit_code == 0
+    assert runner.invoke(args=["users", "create", "carol", "--password", "secret1-12345"]).exit_code != 0
     token = runner.invoke(args=["users", "token", "carol"]).output.strip()
     assert client.get("/api/documents", headers=_auth(token)).status_code == 200
     assert client.get("/api/documents", headers=_auth(token + "x")).status_code == 401

@@ -146,7 +146,8 @@ def check(status: int | None, headers, body: bytes, *, url: str, method: str, se
             and method != "HEAD":
         payload = json.loads(body)
         assert list(payload) == ["error"], where
-        assert sorted(payload["error"]) == ["code", "message"], where
+        quota = ["quota"] if str(payload["error"].get("code")).startswith("quota_") else []
+        assert sorted(payload["error"]) == ["code", "message", *quota], where
         assert isinstance(payload["error"]["code"], str) and isinstance(payload["error"]["message"], str)
 
 

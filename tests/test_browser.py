@@ -25,6 +25,7 @@ from rq.job import Job  # noqa: E402
 from livedoc import flags, jobs, progress  # noqa: E402
 from livedoc.redis_client import connect  # noqa: E402
 from tests.browser_support import login  # noqa: E402
+from tests.live import password_for  # noqa: E402
 from tests.pdfgen import make_pdf  # noqa: E402
 
 pytestmark = pytest.mark.browser
@@ -434,7 +435,7 @@ def test_keyboard_only_login_upload_view_and_retry(make_stack, open_context, con
     page.keyboard.press("Tab")
     assert focus_style(page)["id"] == "password"
     assert_focus_visible(page)
-    page.keyboard.type("pw-hal")
+    page.keyboard.type(password_for("hal"))
     page.keyboard.press("Enter")
     page.wait_for_url("**/documents")
 

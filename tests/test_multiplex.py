@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+import requests
 import simple_websocket
 
 from livedoc import flags, sse
@@ -196,3 +197,45 @@ def test_closed_websocket_frees_its_slot_at_once(make_stack):
     # Released on the close itself, not at the next ping 30 s later.
     wait_for(lambda: admin.get(stats_url, timeout=5).json()["local"]["totalConnections"] == 0, timeout=5)
     assert time.monotonic() - closed_at < 5
+
+
+@pytest.mark.live
+def test_websocket_handshake_checks_origin(make_stack):
+    stack = make_stack(WEBSOCKET_ENABLED="true", ALLOWED_ORIGINS="https://docs.example.org")
+    token = stack.user("origin-user")
+    url = stack.base_url.replace("http://", "ws://") + "/api/ws"
+    handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Authorization": f"Bearer {token}"}
+    for evil in ("https://evil.example", "null", "http://127.0.0.1.evil.example", "http://127.0.0.1:1"):
+        refused = requests.get(stack.base_url + "/api/ws", headers={**handshake, "Origin": evil}, timeout=5)
+        assert refused.status_code == 403, evil
+        assert refused.json()["error"]["code"] == "bad_origin"
+    own = stack.base_url  # http://127.0.0.1:<port>, the Host header requests sends
+    for good in (own, own + "/", own.replace("http://", "HTTP://"), "https://docs.example.org"):
+        accepted = requests.get(stack.base_url + "/api/ws", headers={**handshake, "Origin": good}, timeout=5,
+                                stream=True)
+        assert accepted.status_code == 101, good
+        accepted.close()
+    # No Origin (a script with a token): allowed, and the socket works.
+    ws = simple_websocket.Client.connect(url, headers={"Authorization": f"Bearer {token}"})
+    ws.send(json.dumps({"type": "ping"}))
+    assert _recv(ws, {"pong"}, timeout=5) == {"type": "pong"}
+    ws.close()
+    assert '"event":"origin_refused"' in stack.logs()
+
+
+@pytest.mark.live
+def test_websocket_message_rate_limit_sends_an_error_then_closes(make_stack):
+    stack = make_stack(WEBSOCKET_ENABLED="true", WS_MESSAGE_RATE="5", SSE_PING_INTERVAL="30000")
+    ws = _ws(stack, stack.user("chatty"))
+    for _ in range(5):
+        ws.send(json.dumps({"type": "ping"}))
+        assert _recv(ws, {"pong"}, timeout=5) == {"type": "pong"}
+    ws.send(json.dumps({"type": "ping"}))
+    error = _recv(ws, {"error", "pong"}, timeout=5)
+    assert error == {"type": "error", "code": "rate_limited", "message": "More than 5 messages in 10 s."}
+    with pytest.raises(simple_websocket.ConnectionClosed):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ws.receive(timeout=0.5)
+    assert '"reason":"rate_limited"' in stack.logs()

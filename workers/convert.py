@@ -118,6 +118,9 @@ def _fail(job: Job, writer: ProgressWriter, error: ConversionError) -> None:
     if not error.retryable:
         # RQ's worker consults this same job object's should_retry after the job raises.
         job.retries_left = 0
+    elif isinstance(error, ConversionTimeout):
+        # A job that ran out of time once will likely do so again: one more try, not JOB_RETRIES.
+        job.retries_left = min(job.retries_left or 0, 1)
     will_retry = error.retryable and (job.retries_left or 0) > 0
     try:
         if will_retry:

@@ -12,6 +12,9 @@ from workers.errors import CorruptDocument, PageTooLarge, UnsupportedDocument
 from workers.pages import PageSink
 
 FORMATS = ("PNG", "JPEG")
+# libjpeg cannot write a side longer than this; a taller or wider page fails at write time, after
+# all the work, with an error that looks like a storage fault (and would be retried).
+MAX_SIDE = 65500
 
 
 def _decode(data: bytes, settings: Settings) -> Image.Image:
@@ -28,7 +31,7 @@ def _decode(data: bytes, settings: Settings) -> Image.Image:
         if image.format not in FORMATS:
             image.close()
             raise UnsupportedDocument("Only PNG and JPEG images can be converted.")
-        if image.width * image.height > settings.MAX_PAGE_PIXELS:
+        if image.width * image.height > settings.MAX_PAGE_PIXELS or max(image.size) > MAX_SIDE:
             image.close()
             raise PageTooLarge(_too_large_message(image.width, image.height, settings))
         image.load()
@@ -52,7 +55,8 @@ def _megapixels(settings: Settings) -> str:
 
 
 def _too_large_message(width: int, height: int, settings: Settings) -> str:
-    return f"The image is {width} x {height} pixels; the limit is {_megapixels(settings)} million pixels."
+    return (f"The image is {width} x {height} pixels; the limit is {_megapixels(settings)} million pixels "
+            f"and {MAX_SIDE} pixels a side.")
 
 
 def convert(source: Path, settings: Settings, sink: PageSink) -> None:

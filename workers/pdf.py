@@ -16,6 +16,7 @@ from workers.errors import (
     StorageError,
     TooManyPages,
 )
+from workers.images import MAX_SIDE
 from workers.pages import PageSink, Run
 
 POINTS_PER_INCH = 72
@@ -60,7 +61,8 @@ def check_document(doc: pdfium.PdfDocument, settings: Settings) -> list[tuple[in
             width, height = doc.get_page_size(index)
         except pdfium.PdfiumError:
             raise CorruptDocument(f"Page {index + 1} of this PDF is damaged.") from None
-        if width * scale * height * scale > settings.MAX_PAGE_PIXELS:
+        if (width * scale * height * scale > settings.MAX_PAGE_PIXELS
+                or max(width, height) * scale > MAX_SIDE):
             raise PageTooLarge(f"Page {index + 1} is too large to display at {settings.RENDER_DPI} dpi.")
         sizes.append((max(1, round(width * scale)), max(1, round(height * scale))))
     return sizes

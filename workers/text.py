@@ -1,6 +1,7 @@
 """Plain UTF-8 text uploads: paginated by lines, each page drawn as an image with its text alongside."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -40,36 +41,61 @@ def decode(data: bytes) -> str:
         raise CorruptDocument("This text file is not valid UTF-8.") from None
 
 
-def wrap(lines: Iterable[str], width: int = WRAP_AT) -> Iterator[str]:
-    """Display lines: tabs expanded, control characters blanked, long lines wrapped at `width`."""
+# Line breaks as str.splitlines() knows them, found one at a time so a file is never split whole.
+_LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+# Every control character (all below " ") is drawn as a space.
+_BLANK_CONTROLS = {code: " " for code in range(32)}
+
+
+def iter_lines(text: str) -> Iterator[str]:
+    """The lines of `text` as str.splitlines() gives them, lazily."""
+    start = 0
+    for match in _LINE_BREAK.finditer(text):
+        yield text[start:match.start()]
+        start = match.end()
+    if start < len(text):
+        yield text[start:]
+
+
+def wrap(lines: Iterable[str], width: int = WRAP_AT, limit: int | None = None) -> Iterator[str]:
+    """Display lines: tabs expanded, control characters blanked, long lines wrapped at `width`.
+
+    With `limit`, a line is cut before it is expanded to what can still fill `limit` + 1 display
+    lines, so a huge line costs time in proportion to what is shown, not to its length.
+    """
+    produced = 0
     for line in lines:
-        # max() maps every control character (all below " ") to a space and keeps the rest.
-        line = "".join(max(ch, " ") for ch in line.expandtabs(TAB_SIZE))
-        while len(line) > width:
+        if limit is not None:
+            # Each display line takes at most `width` characters of the (expanded) line.
+            line = line[:(limit - produced + 1) * width]
+        line = line.expandtabs(TAB_SIZE).translate(_BLANK_CONTROLS)
+        start, end = 0, len(line)
+        while end - start > width:
             # Prefer breaking after a space so words stay whole; cut hard when there is none nearby.
-            cut = line.rfind(" ", width // 2, width)
-            cut = width if cut < 0 else cut + 1
-            yield line[:cut]
-            line = line[cut:]
-        yield line
+            cut = line.rfind(" ", start + width // 2, start + width)
+            cut = start + width if cut < 0 else cut + 1
+            yield line[start:cut]
+            produced += 1
+            start = cut
+        yield line[start:] if start else line
+        produced += 1
 
 
 def paginate(text: str, lines_per_page: int, max_pages: int) -> list[list[str]]:
-    """Split text into pages of display lines; stops counting once the page limit is passed."""
+    """Split text into pages of display lines; stops as soon as the page limit is passed."""
     pages: list[list[str]] = []
     page: list[str] = []
-    for line in wrap(text.splitlines()):
+    limit = lines_per_page * max_pages
+    for line in wrap(iter_lines(text), limit=limit):
         page.append(line)
         if len(page) == lines_per_page:
             pages.append(page)
             page = []
-            if len(pages) > max_pages:
-                # No need to wrap the rest of a huge file only to say it is too long.
-                raise TooManyPages(f"The text is longer than {max_pages} pages of {lines_per_page} lines.")
+        if len(pages) * lines_per_page + len(page) > limit:
+            # No need to wrap the rest of a huge file only to say it is too long.
+            raise TooManyPages(f"The text is longer than {max_pages} pages of {lines_per_page} lines.")
     if page:
         pages.append(page)
-    if len(pages) > max_pages:
-        raise TooManyPages(f"The text is longer than {max_pages} pages of {lines_per_page} lines.")
     return pages
 
 

@@ -1,7 +1,7 @@
 """Connection stats over every web host, and this host's Prometheus metrics (operators only)."""
 from __future__ import annotations
 
-from flask import Response, jsonify
+from flask import Response, current_app, jsonify, request
 
 from blueprints.admin import admin_required
 from blueprints.realtime import bp
@@ -20,8 +20,13 @@ def stats():
 
 
 @bp.route("/metrics")
-@admin_required
 def prometheus_metrics():
-    """Prometheus metrics of this host's web processes (admins; scrape with a bearer token)."""
+    """Prometheus metrics of this host's web processes (admins, or the read-only METRICS_TOKEN)."""
+    if metrics.scraper_token_ok(request.headers.get("Authorization"), current_app.config["METRICS_TOKEN"]):
+        return _metrics()
+    return admin_required(_metrics)()
+
+
+def _metrics() -> Response:
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)

@@ -11,7 +11,7 @@ from flask import Response, copy_current_request_context, current_app, request
 from flask_login import current_user, login_required
 
 from blueprints.realtime import admit, bp, limited
-from livedoc import documents, sse
+from livedoc import documents, msgrate, origins, sse
 from livedoc.audit import audit
 from livedoc.delivery import PING, Closed, Delivery, Event
 from livedoc.errors import Forbidden, LivedocError
@@ -44,6 +44,9 @@ def websocket():
         raise Forbidden("The WebSocket transport is switched off; use /api/events.", code="transport_off")
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise LivedocError("Expected a WebSocket upgrade.", code="not_websocket")
+    if not origins.origin_ok(request, current_app.config):
+        audit("origin_refused", transport="ws", origin=request.headers.get("Origin", "")[:200])
+        raise Forbidden("WebSockets may be opened only from this site's own pages.", code="bad_origin")
     admit(Transport.WS)
     cfg = current_app.config
     user_id, username, ip = current_user.id, current_user.username, request.remote_addr
@@ -53,7 +56,7 @@ def websocket():
     except (ValueError, RuntimeError, OSError):
         raise LivedocError("Bad WebSocket handshake.", code="bad_handshake") from None
     session = _WsSession(stream_hub(), ws, user_id, username, ip, cfg["SSE_PING_INTERVAL"] / 1000,
-                         cfg["MAX_DOCS_PER_STREAM"])
+                         cfg["MAX_DOCS_PER_STREAM"], msgrate.MessageRate(cfg["WS_MESSAGE_RATE"]))
     try:
         session.run()
     finally:
@@ -68,8 +71,8 @@ class _WsSession:
     """One WebSocket: a reader greenlet takes (un)subscribe and pong messages; run() sends progress."""
 
     def __init__(self, h: StreamHub, ws, user_id: int, username: str, ip: str | None,
-                 ping: float, cap: int):
-        self.h, self.ws, self.ping, self.cap = h, ws, ping, cap
+                 ping: float, cap: int, rate: msgrate.MessageRate):
+        self.h, self.ws, self.ping, self.cap, self.rate = h, ws, ping, cap, rate
         self.user_id, self.username, self.ip = user_id, username, ip
         self.conn = h.connect(user_id, Transport.WS)
         self.delivery = Delivery(h, self.conn, Transport.WS)
@@ -138,6 +141,11 @@ class _WsSession:
             raw = self.ws.receive()
             if raw is None:
                 continue
+            if not self.rate.hit():
+                self.send({"type": "error", "code": "rate_limited",
+                           "message": f"More than {self.rate.limit} messages in {self.rate.per:g} s."})
+                self.reason = "rate_limited"
+                return  # the reader's end ends the send loop, which closes the socket
             try:
                 msg = json.loads(raw)
                 kind = msg["type"]

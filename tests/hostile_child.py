@@ -1,0 +1,50 @@
+"""Child process of tests/test_hostile.py: one conversion through a real RQ worker, measured.
+
+Run as `python tests/hostile_child.py REDIS_URL STORAGE_DIR KIND SOURCE`; the conversion reads its
+settings from the environment like every worker. Prints one JSON line: the job's final progress,
+the seconds the worker took and this process's peak RSS in MB.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from redis import Redis  # noqa: E402
+from rq import SimpleWorker  # noqa: E402
+
+from config import Settings  # noqa: E402
+from livedoc import jobs, progress  # noqa: E402
+from livedoc.ids import new_doc_id  # noqa: E402
+from livedoc.storage import DocumentFiles  # noqa: E402
+
+
+def main(redis_url: str, storage: str, kind: str, source: str) -> None:
+    """Convert `source` as `kind` and print the outcome with its cost."""
+    conn = Redis.from_url(redis_url)
+    settings = Settings.from_env().as_flask_config()
+    doc_id = new_doc_id()
+    files = DocumentFiles(storage, doc_id)
+    files.root.mkdir(parents=True)
+    shutil.copyfile(source, files.original)
+    job_id = jobs.enqueue_conversion(conn, settings, doc_id, kind, seq=1, attempt=1)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    worker = SimpleWorker([jobs.queue(conn, settings["QUEUE_NAME"])], connection=conn,
+                          serializer=jobs.SERIALIZER)
+    worker.work(burst=True, with_scheduler=False)
+    seconds = time.monotonic() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    final = progress.read(conn, job_id)
+    print(json.dumps({"progress": final, "seconds": round(seconds, 2), "peak_mb": round(peak / 1024, 1),
+                      "base_mb": round(base_rss / 1024, 1), "pid": os.getpid()}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
