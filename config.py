@@ -30,6 +30,19 @@ def _mode(raw: str) -> str:
     return value
 
 
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return value
+
+
+def _storage_url(raw: str) -> str:
+    if raw and not (raw.startswith("s3://") and len(raw) > 5 and raw[5] != "/"):
+        raise ValueError(f"STORAGE_URL must look like s3://bucket/prefix, not {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed settings; field names are the environment variable names."""
@@ -39,6 +52,14 @@ class Settings:
     REDIS_MAX_CONNECTIONS: int = 50
     DATABASE_URL: str = ""
     STORAGE_DIR: str = str(ROOT / "var" / "storage")
+    # Object storage: s3://bucket/prefix replaces STORAGE_DIR (credentials: the standard AWS chain).
+    STORAGE_URL: str = ""
+    S3_ENDPOINT_URL: str = ""  # MinIO, Ceph, R2, ...; empty: AWS
+    S3_REGION: str = ""  # empty: the AWS chain's (AWS_DEFAULT_REGION, config files)
+    S3_ADDRESSING_STYLE: str = "auto"  # auto: path-style with S3_ENDPOINT_URL, virtual-hosted on AWS
+    S3_URL_EXPIRY: int = 300  # seconds a presigned page or download URL stays valid
+    S3_MAX_CONNECTIONS: int = 20  # per process, shared by all greenlets
+    SCRATCH_DIR: str = ""  # workers' local scratch with object storage; empty: the system temp dir
     QUEUE_NAME: str = "livedoc"
 
     # Real-time: intervals in milliseconds, as the product card fixes them.
@@ -92,6 +113,10 @@ class Settings:
             try:
                 if f.name == "REALTIME_MODE":
                     values[f.name] = _mode(raw)
+                elif f.name == "S3_ADDRESSING_STYLE":
+                    values[f.name] = _choice(f.name, raw, ("auto", "path", "virtual"))
+                elif f.name == "STORAGE_URL":
+                    values[f.name] = _storage_url(raw.strip())
                 elif kind is bool:
                     values[f.name] = _bool(raw)
                 elif kind is int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal as signals
 import subprocess
 import sys
@@ -165,3 +166,43 @@ def sse_events(resp: requests.Response, until_terminal: bool = True, limit: int 
             buf["data"] += "\n" + value
         else:
             buf[name] = value
+
+
+class MotoServer:
+    """moto's standalone S3 server as its own process: the real S3 HTTP API on a free port."""
+
+    ACCESS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+              "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def __init__(self, log_dir: Path):
+        self.port = devredis.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = Proc(f"moto-{self.port}", cmd, {**os.environ, **self.ACCESS}, log_dir)
+
+    def start(self) -> MotoServer:
+        self.proc.start()
+        wait_http(self.url + "/moto-api/", timeout=30)
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def client(self):
+        """A boto3 client of this server (for the tests' own checks)."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def settings(self, bucket: str, prefix: str = "docs") -> dict[str, str]:
+        """The environment that points livedoc at a bucket of this server."""
+        return {"STORAGE_URL": f"s3://{bucket}/{prefix}", "S3_ENDPOINT_URL": self.url, **self.ACCESS}
+
+    def requests(self) -> list[str]:
+        """Every S3 request the server has answered so far ("GET /bucket/key"), from its log."""
+        return re.findall(r'"((?:GET|PUT|POST|HEAD|DELETE) [^ ]+) HTTP/1\.[01]" \d{3}', self.proc.log())
