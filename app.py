@@ -26,6 +26,13 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'")
 
 
+def content_security_policy(storage_origin: str | None) -> str:
+    """The CSP; page images (and files scripts fetch) may come from the object store's origin."""
+    if storage_origin is None:
+        return CSP
+    return (CSP.replace("img-src 'self' data:", f"img-src 'self' data: {storage_origin}")
+            .replace("connect-src 'self'", f"connect-src 'self' {storage_origin}"))
+
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then the environment, then `test_config`."""
@@ -60,6 +67,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         RQ_DASHBOARD_REDIS_URL=cfg["REDIS_URL"],
     )
     app.extensions["livedoc.storage"] = open_storage(Settings.from_mapping(cfg))
+    app.extensions["livedoc.csp"] = content_security_policy(app.extensions["livedoc.storage"].origin())
     logging.basicConfig(level=cfg["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     db.init_app(app)
@@ -157,7 +165,7 @@ def _register_security(app: Flask) -> None:
 
     @app.after_request
     def security_headers(resp):
-        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("Content-Security-Policy", app.extensions["livedoc.csp"])
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Referrer-Policy", "same-origin")

@@ -71,6 +71,9 @@ class Storage(Protocol):
     def scratch_root(self) -> Path:
         """A local directory where workers write files before storing them."""
 
+    def origin(self) -> str | None:
+        """The origin browsers fetch url()s from (object storage), or None (local storage)."""
+
 
 class LocalStorage:
     """Storage in a directory (STORAGE_DIR); writes are atomic renames."""
@@ -150,6 +153,9 @@ class LocalStorage:
         return path if path.is_file() else None
 
     def url(self, key: str, filename: str | None = None) -> str | None:
+        return None
+
+    def origin(self) -> str | None:
         return None
 
 
