@@ -17,7 +17,7 @@ from livedoc.errors import Unauthorized, error_response, register_error_handlers
 from livedoc.extensions import csrf, db, limiter, login_manager
 from livedoc.hub import StreamHub
 from livedoc.models import User
-from livedoc.redis_client import connect
+from livedoc.redis_client import SentinelURL, connect, is_sentinel
 from livedoc.storage import open_storage
 from livedoc.web import redis_conn
 
@@ -60,11 +60,13 @@ def create_app(test_config: dict | None = None) -> Flask:
         REMEMBER_COOKIE_SAMESITE="Lax",
         WTF_CSRF_CHECK_DEFAULT=False,
         WTF_CSRF_TIME_LIMIT=None,
-        RATELIMIT_STORAGE_URI=cfg["REDIS_URL"],
+        **_limiter_storage(cfg["REDIS_URL"]),
         RATELIMIT_HEADERS_ENABLED=False,  # Retry-After is set by our error handler (livedoc.errors)
         RATELIMIT_SWALLOW_ERRORS=True,  # Redis down: let requests through rather than fail them
         RATELIMIT_STRATEGY="fixed-window",  # one INCR per hit; moving windows cost a Lua script
-        RQ_DASHBOARD_REDIS_URL=cfg["REDIS_URL"],
+        RQ_DASHBOARD_REDIS_URL=cfg["REDIS_URL"],  # it understands redis+sentinel:// URLs too
+        # Else rq-dashboard copies our REDIS_SENTINELS into its own (unused) option, with a warning.
+        RQ_DASHBOARD_REDIS_SENTINELS=None,
     )
     app.extensions["livedoc.storage"] = open_storage(Settings.from_mapping(cfg))
     app.extensions["livedoc.csp"] = content_security_policy(app.extensions["livedoc.storage"].origin())
@@ -117,6 +119,14 @@ class LivedocRequest(Request):
             # OSError, and InvalidChunkSize, a plain Exception); Werkzeug only expects ValueError.
             # A body that cannot be read is the client's malformed request.
             raise BadRequest("The request body is incomplete or malformed.") from None
+
+
+def _limiter_storage(redis_url: str) -> dict:
+    """Flask-Limiter's storage settings for REDIS_URL (plain or Sentinel)."""
+    if not is_sentinel(redis_url):
+        return {"RATELIMIT_STORAGE_URI": redis_url}
+    spec = SentinelURL.parse(redis_url)
+    return {"RATELIMIT_STORAGE_URI": spec.limiter_uri(), "RATELIMIT_STORAGE_OPTIONS": {"db": spec.db}}
 
 
 def _instance_secret(instance: Path) -> str:

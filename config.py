@@ -43,6 +43,30 @@ def _storage_url(raw: str) -> str:
     return raw
 
 
+def _sentinel_redis_url(redis_url: str, sentinels: str, master: str) -> str:
+    from livedoc.redis_client import SentinelURL, is_sentinel, sentinel_url
+
+    if is_sentinel(redis_url):
+        db = SentinelURL.parse(redis_url).db
+    else:
+        path = redis_url.rsplit("/", 1)[-1] if redis_url.count("/") >= 3 else "0"
+        db = int(path) if path.isdigit() else 0
+    url = sentinel_url(sentinels, master, db)
+    try:
+        SentinelURL.parse(url)
+    except ValueError as exc:
+        raise ValueError(f"bad value for REDIS_SENTINELS: {exc}") from None
+    return url
+
+
+def _redis_url(raw: str) -> str:
+    from livedoc.redis_client import SentinelURL, is_sentinel
+
+    if is_sentinel(raw):
+        SentinelURL.parse(raw)
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed settings; field names are the environment variable names."""
@@ -50,6 +74,10 @@ class Settings:
     SECRET_KEY: str = ""  # empty: a key is made once and kept in instance/secret_key
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     REDIS_MAX_CONNECTIONS: int = 50
+    # Redis Sentinel, as an alternative to REDIS_URL=redis+sentinel://host:port,host:port/master/db:
+    # "host:port,host:port" of the sentinels (REDIS_URL's db number is kept).
+    REDIS_SENTINELS: str = ""
+    REDIS_SENTINEL_MASTER: str = "mymaster"
     DATABASE_URL: str = ""
     STORAGE_DIR: str = str(ROOT / "var" / "storage")
     # Object storage: s3://bucket/prefix replaces STORAGE_DIR (credentials: the standard AWS chain).
@@ -115,6 +143,8 @@ class Settings:
                     values[f.name] = _mode(raw)
                 elif f.name == "S3_ADDRESSING_STYLE":
                     values[f.name] = _choice(f.name, raw, ("auto", "path", "virtual"))
+                elif f.name == "REDIS_URL":
+                    values[f.name] = _redis_url(raw)
                 elif f.name == "STORAGE_URL":
                     values[f.name] = _storage_url(raw.strip())
                 elif kind is bool:
@@ -125,6 +155,10 @@ class Settings:
                     values[f.name] = raw
             except ValueError as exc:
                 raise ValueError(f"bad value for {f.name}: {exc}") from None
+        if values.get("REDIS_SENTINELS"):
+            master = values.get("REDIS_SENTINEL_MASTER", cls.REDIS_SENTINEL_MASTER)
+            values["REDIS_URL"] = _sentinel_redis_url(values.get("REDIS_URL", cls.REDIS_URL),
+                                                      values["REDIS_SENTINELS"], master)
         return cls(**values)
 
     @classmethod
