@@ -36,7 +36,9 @@ def content_security_policy(storage_origin: str | None) -> str:
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then the environment, then `test_config`."""
-    app = Flask(__name__, instance_relative_config=True)
+    # INSTANCE_DIR is read first: Flask fixes the instance path when the app object is made.
+    instance_dir = (test_config or {}).get("INSTANCE_DIR") or Settings.from_env().INSTANCE_DIR
+    app = Flask(__name__, instance_relative_config=True, instance_path=instance_dir or None)
     app.request_class = LivedocRequest
     # "/api/documents//status" is a bad id, not a URL to redirect: answer it with our JSON 404.
     app.url_map.merge_slashes = False

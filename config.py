@@ -72,6 +72,7 @@ class Settings:
     """Typed settings; field names are the environment variable names."""
 
     SECRET_KEY: str = ""  # empty: a key is made once and kept in instance/secret_key
+    INSTANCE_DIR: str = ""  # absolute; empty: instance/ beside app.py (secret_key, default SQLite file)
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     REDIS_MAX_CONNECTIONS: int = 50
     # Redis Sentinel, as an alternative to REDIS_URL=redis+sentinel://host:port,host:port/master/db:

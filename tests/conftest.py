@@ -227,3 +227,9 @@ def s3_settings(moto_server, request) -> dict[str, str]:
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40] + f"-{os.getpid()}"
     name = name + "-" + str(len(moto_server.client().list_buckets()["Buckets"]))
     return moto_server.settings(moto_server.bucket(name))
+
+
+@pytest.fixture(params=["sqlite"])
+def shared_database_url(request, tmp_path) -> str:
+    """DATABASE_URL that several hosts share: one SQLite file (PostgreSQL joins these params later)."""
+    return f"sqlite:///{tmp_path / 'shared.db'}"
