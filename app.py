@@ -10,6 +10,7 @@ import click
 from flask import Flask, Request, current_app, redirect, request, url_for
 from flask.cli import AppGroup
 from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Settings
 from livedoc import flags
@@ -73,6 +74,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["livedoc.storage"] = open_storage(Settings.from_mapping(cfg))
     app.extensions["livedoc.csp"] = content_security_policy(app.extensions["livedoc.storage"].origin())
     logging.basicConfig(level=cfg["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    if cfg["TRUSTED_PROXIES"]:
+        # Behind that many proxies the client's address and scheme are in X-Forwarded-For/-Proto;
+        # without proxies those headers are the client's own words and are ignored.
+        n = cfg["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)
 
     db.init_app(app)
     csrf.init_app(app)

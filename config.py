@@ -127,6 +127,7 @@ class Settings:
     MAX_DOCS_PER_STREAM: int = 50
 
     SESSION_COOKIE_SECURE: bool = False
+    TRUSTED_PROXIES: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto are believed
     LOG_LEVEL: str = "INFO"
 
     @classmethod
