@@ -98,9 +98,23 @@ def test_complete_document_on_s3_lists_every_file_and_serves_them(make_stack, mo
     stack = make_stack(**s3_settings)
     stack.start_worker()
     s = api(stack.user("s3done"))
+    start = len(moto_server.requests())
     body = upload(s, stack.base_url, make_pdf(["one", "two"]))
     assert poll_until_terminal(s, stack.base_url, body)["state"] == "complete"
     doc = body["id"]
+    # What a 2-page conversion costs in S3 requests: the web PUTs the upload; the worker lists the
+    # attempt (clearing it), fetches the original (HEAD + GET), PUTs the layout, 4 files per page and
+    # the manifest; the web reads the manifest once when it records the final state.
+    root = f"/{s3_settings['STORAGE_URL'][5:]}/{doc}"
+    bucket = root.split("/")[1]
+    per_page = [f"PUT {root}/a1/{role}-{n:04d}.{ext}" for n in (1, 2)
+                for role, ext in (("page", "jpg"), ("thumb", "jpg"), ("text", "txt"), ("layer", "json"))]
+    assert moto_server.requests()[start:] == [
+        f"PUT {root}/original",
+        f"GET /{bucket}?list-type=2&prefix={root[len(bucket) + 2:]}/a1/&encoding-type=url",
+        f"HEAD {root}/original", f"GET {root}/original",
+        f"PUT {root}/a1/layout.json", *per_page, f"PUT {root}/a1/manifest.json",
+        f"GET {root}/a1/manifest.json"]
     pages = [f"{doc}/a1/{role}-{n:04d}.{ext}" for n in (1, 2)
              for role, ext in (("page", "jpg"), ("thumb", "jpg"), ("text", "txt"), ("layer", "json"))]
     expected = sorted([f"{doc}/original", f"{doc}/a1/layout.json", f"{doc}/a1/manifest.json", *pages])
