@@ -38,8 +38,10 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
 
 
 def _storage_url(raw: str) -> str:
-    if raw and not (raw.startswith("s3://") and len(raw) > 5 and raw[5] != "/"):
-        raise ValueError(f"STORAGE_URL must look like s3://bucket/prefix, not {raw!r}")
+    from livedoc.storage import parse_s3_url
+
+    if raw:
+        parse_s3_url(raw)
     return raw
 
 
