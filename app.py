@@ -19,7 +19,7 @@ from livedoc.errors import Unauthorized, error_response, register_error_handlers
 from livedoc.extensions import csrf, db, limiter, login_manager, migrate
 from livedoc.hub import StreamHub
 from livedoc.models import User
-from livedoc.redis_client import connect
+from livedoc.redis_client import SentinelURL, connect, is_sentinel
 from livedoc.storage import open_storage
 from livedoc.web import redis_conn
 
@@ -28,10 +28,19 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'")
 
 
+def content_security_policy(storage_origin: str | None) -> str:
+    """The CSP; page images (and files scripts fetch) may come from the object store's origin."""
+    if storage_origin is None:
+        return CSP
+    return (CSP.replace("img-src 'self' data:", f"img-src 'self' data: {storage_origin}")
+            .replace("connect-src 'self'", f"connect-src 'self' {storage_origin}"))
+
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then the environment, then `test_config`."""
-    app = Flask(__name__, instance_relative_config=True)
+    # INSTANCE_DIR is read first: Flask fixes the instance path when the app object is made.
+    instance_dir = (test_config or {}).get("INSTANCE_DIR") or Settings.from_env().INSTANCE_DIR
+    app = Flask(__name__, instance_relative_config=True, instance_path=instance_dir or None)
     app.request_class = LivedocRequest
     # "/api/documents//status" is a bad id, not a URL to redirect: answer it with our JSON 404.
     app.url_map.merge_slashes = False
@@ -56,13 +65,16 @@ def create_app(test_config: dict | None = None) -> Flask:
         REMEMBER_COOKIE_SAMESITE="Lax",
         WTF_CSRF_CHECK_DEFAULT=False,
         WTF_CSRF_TIME_LIMIT=None,
-        RATELIMIT_STORAGE_URI=cfg["REDIS_URL"],
+        **_limiter_storage(cfg["REDIS_URL"]),
         RATELIMIT_HEADERS_ENABLED=False,  # Retry-After is set by our error handler (livedoc.errors)
         RATELIMIT_SWALLOW_ERRORS=True,  # Redis down: let requests through rather than fail them
         RATELIMIT_STRATEGY="fixed-window",  # one INCR per hit; moving windows cost a Lua script
-        RQ_DASHBOARD_REDIS_URL=cfg["REDIS_URL"],
+        RQ_DASHBOARD_REDIS_URL=cfg["REDIS_URL"],  # it understands redis+sentinel:// URLs too
+        # Else rq-dashboard copies our REDIS_SENTINELS into its own (unused) option, with a warning.
+        RQ_DASHBOARD_REDIS_SENTINELS=None,
     )
     app.extensions["livedoc.storage"] = open_storage(Settings.from_mapping(cfg))
+    app.extensions["livedoc.csp"] = content_security_policy(app.extensions["livedoc.storage"].origin())
     logging.basicConfig(level=cfg["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     db.init_app(app)
@@ -123,6 +135,14 @@ class LivedocRequest(Request):
             raise BadRequest("The request body is incomplete or malformed.") from None
 
 
+def _limiter_storage(redis_url: str) -> dict:
+    """Flask-Limiter's storage settings for REDIS_URL (plain or Sentinel)."""
+    if not is_sentinel(redis_url):
+        return {"RATELIMIT_STORAGE_URI": redis_url}
+    spec = SentinelURL.parse(redis_url)
+    return {"RATELIMIT_STORAGE_URI": spec.limiter_uri(), "RATELIMIT_STORAGE_OPTIONS": {"db": spec.db}}
+
+
 def _instance_secret(instance: Path) -> str:
     """A random key kept in instance/secret_key; several hosts must share SECRET_KEY instead."""
     path = instance / "secret_key"
@@ -169,7 +189,7 @@ def _register_security(app: Flask) -> None:
 
     @app.after_request
     def security_headers(resp):
-        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("Content-Security-Policy", app.extensions["livedoc.csp"])
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Referrer-Policy", "same-origin")

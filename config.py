@@ -30,13 +30,57 @@ def _mode(raw: str) -> str:
     return value
 
 
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return value
+
+
+def _storage_url(raw: str) -> str:
+    from livedoc.storage import parse_s3_url
+
+    if raw:
+        parse_s3_url(raw)
+    return raw
+
+
+def _sentinel_redis_url(redis_url: str, sentinels: str, master: str) -> str:
+    from livedoc.redis_client import SentinelURL, is_sentinel, sentinel_url
+
+    if is_sentinel(redis_url):
+        db = SentinelURL.parse(redis_url).db
+    else:
+        path = redis_url.rsplit("/", 1)[-1] if redis_url.count("/") >= 3 else "0"
+        db = int(path) if path.isdigit() else 0
+    url = sentinel_url(sentinels, master, db)
+    try:
+        SentinelURL.parse(url)
+    except ValueError as exc:
+        raise ValueError(f"bad value for REDIS_SENTINELS: {exc}") from None
+    return url
+
+
+def _redis_url(raw: str) -> str:
+    from livedoc.redis_client import SentinelURL, is_sentinel
+
+    if is_sentinel(raw):
+        SentinelURL.parse(raw)
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed settings; field names are the environment variable names."""
 
     SECRET_KEY: str = ""  # empty: a key is made once and kept in instance/secret_key
+    INSTANCE_DIR: str = ""  # absolute; empty: instance/ beside app.py (secret_key, default SQLite file)
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     REDIS_MAX_CONNECTIONS: int = 50
+    # Redis Sentinel, as an alternative to REDIS_URL=redis+sentinel://host:port,host:port/master/db:
+    # "host:port,host:port" of the sentinels (REDIS_URL's db number is kept).
+    REDIS_SENTINELS: str = ""
+    REDIS_SENTINEL_MASTER: str = "mymaster"
     DATABASE_URL: str = ""
     # SQLAlchemy's pool, per process. Under gevent every request is a greenlet that holds a
     # connection only while it runs queries (streams close their session before parking), so a
@@ -48,6 +92,14 @@ class Settings:
     DB_POOL_RECYCLE: int = 1800
     DB_POOL_PRE_PING: bool = True
     STORAGE_DIR: str = str(ROOT / "var" / "storage")
+    # Object storage: s3://bucket/prefix replaces STORAGE_DIR (credentials: the standard AWS chain).
+    STORAGE_URL: str = ""
+    S3_ENDPOINT_URL: str = ""  # MinIO, Ceph, R2, ...; empty: AWS
+    S3_REGION: str = ""  # empty: the AWS chain's (AWS_DEFAULT_REGION, config files)
+    S3_ADDRESSING_STYLE: str = "auto"  # auto: path-style with S3_ENDPOINT_URL, virtual-hosted on AWS
+    S3_URL_EXPIRY: int = 300  # seconds a presigned page or download URL stays valid
+    S3_MAX_CONNECTIONS: int = 20  # per process, shared by all greenlets
+    SCRATCH_DIR: str = ""  # workers' local scratch with object storage; empty: the system temp dir
     QUEUE_NAME: str = "livedoc"
 
     # Real-time: intervals in milliseconds, as the product card fixes them.
@@ -119,6 +171,12 @@ class Settings:
             try:
                 if f.name == "REALTIME_MODE":
                     values[f.name] = _mode(raw)
+                elif f.name == "S3_ADDRESSING_STYLE":
+                    values[f.name] = _choice(f.name, raw, ("auto", "path", "virtual"))
+                elif f.name == "REDIS_URL":
+                    values[f.name] = _redis_url(raw)
+                elif f.name == "STORAGE_URL":
+                    values[f.name] = _storage_url(raw.strip())
                 elif kind is bool:
                     values[f.name] = _bool(raw)
                 elif kind is int:
@@ -127,6 +185,10 @@ class Settings:
                     values[f.name] = raw
             except ValueError as exc:
                 raise ValueError(f"bad value for {f.name}: {exc}") from None
+        if values.get("REDIS_SENTINELS"):
+            master = values.get("REDIS_SENTINEL_MASTER", cls.REDIS_SENTINEL_MASTER)
+            values["REDIS_URL"] = _sentinel_redis_url(values.get("REDIS_URL", cls.REDIS_URL),
+                                                      values["REDIS_SENTINELS"], master)
         return cls(**values)
 
     @classmethod

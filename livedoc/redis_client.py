@@ -1,10 +1,80 @@
-"""Redis clients for livedoc: one pool per process, handed to everything that needs Redis."""
+"""Redis clients for livedoc: one pool per process, handed to everything that needs Redis.
+
+REDIS_URL is a plain `redis://` URL, or `redis+sentinel://[:password@]host:port[,host:port]/master/db`
+for Redis Sentinel: clients then ask the sentinels where the master is, and ask again after a
+failover (a connection to a demoted master fails with a ConnectionError and is replaced).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """The parts of a redis+sentinel:// URL."""
+
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        """Parse redis+sentinel://[[user]:password@]host:port[,host:port]/master[/db]."""
+        parts = urlsplit(url)
+        if parts.scheme != SENTINEL_SCHEME:
+            raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user, _, password = auth.partition(":")
+        sentinels = []
+        for item in hosts.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"sentinel addresses are host:port, not {item!r}")
+            sentinels.append((host, int(port)))
+        path = [p for p in parts.path.split("/") if p]
+        if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise ValueError("a sentinel URL names the master and optionally the db: .../master/0")
+        return cls(sentinels, unquote(path[0]), int(path[1]) if len(path) == 2 else 0,
+                   unquote(user) or None, unquote(password) or None)
+
+    def limiter_uri(self) -> str:
+        """The URL for Flask-Limiter (limits takes the db as an option, not in the path)."""
+        auth = f"{self.username or ''}:{self.password}@" if self.password else ""
+        return f"{SENTINEL_SCHEME}://{auth}{','.join(f'{h}:{p}' for h, p in self.sentinels)}/{self.master}"
+
+
+def is_sentinel(url: str) -> bool:
+    """True for a redis+sentinel:// URL."""
+    return url.startswith(SENTINEL_SCHEME + "://")
+
+
+def sentinel_url(sentinels: str, master: str, db: int = 0) -> str:
+    """The redis+sentinel:// URL of REDIS_SENTINELS ("host:port,host:port") and a master name."""
+    return f"{SENTINEL_SCHEME}://{sentinels.replace(' ', '')}/{master}/{db}"
+
+
+class SentinelBlockingConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A pool of connections to the master the sentinels name that, like BlockingConnectionPool,
+    makes callers past the cap wait for a free connection instead of failing."""
+
+
+def _sentinel_pool(url: str, pool_class: type, **kwargs) -> SentinelConnectionPool:
+    spec = SentinelURL.parse(url)
+    # Sentinels answer fast or not at all: a dead one must not stall a lookup for long.
+    sentinel = Sentinel(spec.sentinels, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2})
+    return pool_class(spec.master, sentinel, db=spec.db, username=spec.username, password=spec.password,
+                      **kwargs)
 
 
 def connect(url: str, max_connections: int = 50, timeout: float = 5.0) -> Redis:
@@ -13,15 +83,12 @@ def connect(url: str, max_connections: int = 50, timeout: float = 5.0) -> Redis:
     redis-py's default pool raises once its cap is reached; with hundreds of greenlets a blocking
     pool makes the extra ones wait `timeout` seconds for a free connection instead of failing.
     """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        health_check_interval=30,
-        decode_responses=False,
-    )
+    options = {"max_connections": max_connections, "timeout": timeout, "socket_connect_timeout": 5,
+               "socket_keepalive": True, "health_check_interval": 30, "decode_responses": False}
+    if is_sentinel(url):
+        pool = _sentinel_pool(url, SentinelBlockingConnectionPool, **options)
+    else:
+        pool = BlockingConnectionPool.from_url(url, **options)
     return Redis(connection_pool=pool)
 
 
@@ -38,4 +105,11 @@ class ResilientRedis(Redis):
         """Like Redis.from_url, with retries on connection errors (exponential backoff, ~30 s)."""
         kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20))
         kwargs.setdefault("retry_on_error", [ConnectionError, TimeoutError])
+        if is_sentinel(url):
+            # `rq worker -u redis+sentinel://...` reaches here through --connection-class.
+            retry = kwargs.pop("retry")
+            retry_on_error = kwargs.pop("retry_on_error")
+            pool = _sentinel_pool(url, SentinelConnectionPool, retry=retry, retry_on_error=retry_on_error,
+                                  **kwargs)
+            return cls(connection_pool=pool, retry=retry, retry_on_error=retry_on_error)
         return super().from_url(url, **kwargs)

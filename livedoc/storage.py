@@ -16,9 +16,11 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
+from urllib.parse import urlsplit
 
 from livedoc.ids import valid_doc_id
 
@@ -26,6 +28,7 @@ MANIFEST = "manifest.json"
 LAYOUT = "layout.json"
 ORIGINAL = "original"
 CHUNK = 1024 * 1024
+DELETE_BATCH = 1000  # the most keys one S3 DeleteObjects request takes
 # Page files by role: the viewer asks for them by these names, and only these.
 PAGE_FILE = re.compile(r"^(page|thumb|text|layer|hd)-(\d{4,6})\.(jpg|txt|json)$")
 MIMETYPES = {"jpg": "image/jpeg", "txt": "text/plain; charset=utf-8", "json": "application/json"}
@@ -67,6 +70,9 @@ class Storage(Protocol):
 
     def scratch_root(self) -> Path:
         """A local directory where workers write files before storing them."""
+
+    def origin(self) -> str | None:
+        """The origin browsers fetch url()s from (object storage), or None (local storage)."""
 
 
 class LocalStorage:
@@ -149,10 +155,188 @@ class LocalStorage:
     def url(self, key: str, filename: str | None = None) -> str | None:
         return None
 
+    def origin(self) -> str | None:
+        return None
+
+
+class S3Storage:
+    """Storage in an S3 bucket under a prefix (STORAGE_URL=s3://bucket/prefix), through boto3.
+
+    One client per process, shared by every greenlet: boto3 clients are thread-safe, and under
+    gunicorn's gevent worker botocore's urllib3 sockets are gevent's. Browsers get page files
+    from presigned GET URLs, so page bytes never pass through a web worker.
+    """
+
+    def __init__(self, client, bucket: str, prefix: str, scratch_dir: str | os.PathLike, url_expiry: int):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.scratch = Path(scratch_dir)
+        self.url_expiry = url_expiry
+        from botocore.exceptions import ClientError
+
+        self._client_error = ClientError
+
+    @classmethod
+    def from_settings(cls, settings) -> S3Storage:
+        """The bucket STORAGE_URL names, through a client for S3_ENDPOINT_URL (or AWS)."""
+        import boto3
+        from botocore.config import Config
+
+        bucket, prefix = parse_s3_url(settings.STORAGE_URL)
+        endpoint = settings.S3_ENDPOINT_URL or None
+        style = settings.S3_ADDRESSING_STYLE
+        if style == "auto":
+            # MinIO, Ceph and most other self-hosted endpoints know only path-style bucket URLs.
+            style = "path" if endpoint else "virtual"
+        config = Config(signature_version="s3v4", s3={"addressing_style": style},
+                        max_pool_connections=settings.S3_MAX_CONNECTIONS,
+                        retries={"mode": "standard", "max_attempts": 4},
+                        connect_timeout=5, read_timeout=30)
+        # Credentials and region come from the standard AWS chain (environment, config files, roles).
+        client = boto3.session.Session().client("s3", endpoint_url=endpoint,
+                                                region_name=settings.S3_REGION or None, config=config)
+        return cls(client, bucket, prefix, settings.SCRATCH_DIR or tempfile.gettempdir(),
+                   settings.S3_URL_EXPIRY)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    @staticmethod
+    def _missing(exc) -> bool:
+        return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+    def put_file(self, key: str, path: Path) -> int:
+        size = path.stat().st_size
+        # upload_file switches to a multipart upload for large files; the object appears whole or not.
+        self.client.upload_file(str(path), self.bucket, self._key(key))
+        path.unlink(missing_ok=True)  # a local storage would have moved it: keep scratch as small
+        return size
+
+    def put_stream(self, key: str, stream: BinaryIO) -> int:
+        counted = _CountingReader(stream)
+        self.client.upload_fileobj(counted, self.bucket, self._key(key))
+        return counted.count
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self._client_error as exc:
+            if self._missing(exc):
+                return None
+            raise
+        with obj["Body"] as body:
+            return body.read()
+
+    def fetch(self, key: str, path: Path) -> None:
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(path))
+        except self._client_error as exc:
+            if self._missing(exc):
+                raise FileNotFoundError(key) from None
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except self._client_error as exc:
+            if self._missing(exc):
+                return False
+            raise
+        return True
+
+    def _objects(self, prefix: str) -> Iterator[dict]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                      Prefix=self._key(prefix))
+        for page in pages:
+            yield from page.get("Contents", [])
+
+    def delete_prefix(self, prefix: str) -> None:
+        batch: list[dict] = []
+        for obj in self._objects(prefix):
+            batch.append({"Key": obj["Key"]})
+            if len(batch) == DELETE_BATCH:
+                self._delete(batch)
+                batch = []
+        if batch:
+            self._delete(batch)
+
+    def _delete(self, batch: list[dict]) -> None:
+        resp = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        if resp.get("Errors"):
+            err = resp["Errors"][0]
+            raise OSError(f"S3 refused to delete {len(resp['Errors'])} objects: {err.get('Code')}")
+
+    def size_of_prefix(self, prefix: str) -> int:
+        return sum(obj["Size"] for obj in self._objects(prefix))
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def url(self, key: str, filename: str | None = None) -> str | None:
+        if filename is not None:
+            params = {"ResponseContentType": "application/octet-stream",
+                      "ResponseContentDisposition": content_disposition(filename)}
+        else:
+            params = {"ResponseContentType": mimetype_of(key)}
+        # Signing is local: handing out a URL costs no request to S3.
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key), **params},
+            ExpiresIn=self.url_expiry)
+
+    def origin(self) -> str:
+        """scheme://host[:port] that browsers fetch presigned URLs from (for the CSP)."""
+        parts = urlsplit(self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key("x")}, ExpiresIn=60))
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def scratch_root(self) -> Path:
+        """A local temporary directory (SCRATCH_DIR): page files live there only until uploaded."""
+        return self.scratch / "livedoc-scratch"
+
+
+class _CountingReader:
+    """A read-only file object that counts the bytes read through it (boto3 streams it in parts)."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        self.count += len(chunk)
+        return chunk
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of s3://bucket/prefix; ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"STORAGE_URL must look like s3://bucket/prefix, not {url!r}")
+    return parts.netloc, parts.path.strip("/")
+
 
 def open_storage(settings) -> Storage:
-    """The storage the settings name (STORAGE_DIR today; object storage when STORAGE_URL says so)."""
+    """The storage the settings name: S3 when STORAGE_URL is s3://bucket/prefix, else STORAGE_DIR."""
+    if settings.STORAGE_URL:
+        return S3Storage.from_settings(settings)
     return LocalStorage(settings.STORAGE_DIR)
+
+
+def content_disposition(filename: str) -> str:
+    """An attachment header value for any file name: an ASCII fallback plus RFC 5987 UTF-8."""
+    from urllib.parse import quote
+
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback or 'download'}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def mimetype_of(name: str) -> str:
+    """The Content-Type a page file is served with."""
+    return MIMETYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream")
 
 
 def page_names(n: int) -> dict[str, str]:

@@ -237,3 +237,29 @@ def make_stack(redis_url, tmp_path):
 def paused_stack(make_stack):
     """A deployment with a web server but no worker yet: jobs wait in the queue until the test starts one."""
     return make_stack()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """moto's standalone S3 server, one process for the session (tests/live.py MotoServer)."""
+    from tests.live import MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(moto_server, request) -> dict[str, str]:
+    """A fresh bucket on the moto server: the STORAGE_URL / S3_* / AWS_* settings that point at it."""
+    import re
+
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40] + f"-{os.getpid()}"
+    name = name + "-" + str(len(moto_server.client().list_buckets()["Buckets"]))
+    return moto_server.settings(moto_server.bucket(name))
+
+
+@pytest.fixture(params=["sqlite"])
+def shared_database_url(request, tmp_path) -> str:
+    """DATABASE_URL that several hosts share: one SQLite file (PostgreSQL joins these params later)."""
+    return f"sqlite:///{tmp_path / 'shared.db'}"

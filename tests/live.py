@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal as signals
 import subprocess
 import sys
@@ -37,17 +38,18 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 class Proc:
     """A child process whose output goes to a log file, stopped (and reaped) on demand."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict, log_dir: Path):
+    def __init__(self, name: str, cmd: list[str], env: dict, log_dir: Path, cwd: Path = ROOT):
         self.name = name
         self.cmd = cmd
         self.env = env
+        self.cwd = cwd
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen | None = None
 
     def start(self) -> Proc:
         log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def send(self, sig: int) -> None:
@@ -103,24 +105,25 @@ class Stack:
     def url(self, i: int = 0) -> str:
         return f"http://127.0.0.1:{self.ports[i]}"
 
-    def start_web(self, port: int | None = None, workers: int = 1) -> Proc:
+    def start_web(self, port: int | None = None, workers: int = 1, cwd: Path = ROOT, **env: str) -> Proc:
+        """Start gunicorn (in cwd, with env on top of the stack's: a host of its own)."""
         port = port or devredis.free_port()
-        cmd = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-               "--workers", str(workers), "--no-control-socket", "wsgi:app"]
-        proc = Proc(f"web-{port}", cmd, self.env, self.dir).start()
+        cmd = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "--pythonpath", str(ROOT),
+               "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--no-control-socket", "wsgi:app"]
+        proc = Proc(f"web-{port}", cmd, {**self.env, **env}, self.dir, cwd).start()
         self.webs.append(proc)
         if port not in self.ports:
             self.ports.append(port)
         wait_http(f"http://127.0.0.1:{port}/login")
         return proc
 
-    def start_worker(self, *options: str) -> Proc:
+    def start_worker(self, *options: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Proc:
         """Start a worker the way production does (scripts/worker), with extra rq options."""
         n = len(self.workers)
         name = f"test-worker-{os.getpid()}-{n}-{time.monotonic_ns()}"
         cmd = ["bash", str(ROOT / "scripts" / "worker"), "-n", name, *options]
-        env = {**self.env, "PATH": f"{BIN}:{self.env.get('PATH', '')}"}
-        proc = Proc(f"worker-{n}", cmd, env, self.dir).start()
+        env = {**self.env, **(env or {}), "PATH": f"{BIN}:{self.env.get('PATH', '')}"}
+        proc = Proc(f"worker-{n}", cmd, env, self.dir, cwd).start()
         self.workers.append(proc)
         return proc
 
@@ -184,3 +187,43 @@ def sse_events(resp: requests.Response, until_terminal: bool = True, limit: int 
             buf["data"] += "\n" + value
         else:
             buf[name] = value
+
+
+class MotoServer:
+    """moto's standalone S3 server as its own process: the real S3 HTTP API on a free port."""
+
+    ACCESS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+              "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def __init__(self, log_dir: Path):
+        self.port = devredis.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = Proc(f"moto-{self.port}", cmd, {**os.environ, **self.ACCESS}, log_dir)
+
+    def start(self) -> MotoServer:
+        self.proc.start()
+        wait_http(self.url + "/moto-api/", timeout=30)
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def client(self):
+        """A boto3 client of this server (for the tests' own checks)."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def settings(self, bucket: str, prefix: str = "docs") -> dict[str, str]:
+        """The environment that points livedoc at a bucket of this server."""
+        return {"STORAGE_URL": f"s3://{bucket}/{prefix}", "S3_ENDPOINT_URL": self.url, **self.ACCESS}
+
+    def requests(self) -> list[str]:
+        """Every S3 request the server has answered so far ("GET /bucket/key"), from its log."""
+        return re.findall(r'"((?:GET|PUT|POST|HEAD|DELETE) [^ ]+) HTTP/1\.[01]" \d{3}', self.proc.log())
