@@ -78,9 +78,13 @@ class _Security:
                 + str(_PERMISSIONS).encode() + b" >>")
 
 
+Bookmark = tuple  # (title, 0-based page index, [children...]): one entry of a PDF outline
+
+
 def make_pdf(pages: list[str], sizes: list[tuple[float, float]] | None = None,
-             user_password: str | None = None) -> bytes:
-    """A valid PDF with one page per string (lines split on newlines), US Letter unless sized."""
+             user_password: str | None = None, outline: list[Bookmark] | None = None) -> bytes:
+    """A valid PDF with one page per string (lines split on newlines), US Letter unless sized,
+    with bookmarks when `outline` is given (not with encryption: titles would need encrypting)."""
     sizes = sizes or [LETTER] * len(pages)
     security = _Security(user_password, "owner-" + user_password) if user_password else None
     objects: dict[int, bytes] = {}
@@ -100,12 +104,45 @@ def make_pdf(pages: list[str], sizes: list[tuple[float, float]] | None = None,
             stream = security.encrypt(content_num, stream)
         objects[content_num] = (f"<< /Length {len(stream)} >>\nstream\n".encode() + stream
                                 + b"\nendstream")
+    if outline:
+        objects[1] = b"<< /Type /Catalog /Pages 2 0 R /Outlines " + str(_outline(objects, outline, sizes)).encode() \
+            + b" 0 R /PageMode /UseOutlines >>"
     trailer_extra = b""
     if security:
         encrypt_num = max(objects) + 1
         objects[encrypt_num] = security.dictionary()
         trailer_extra = f" /Encrypt {encrypt_num} 0 R".encode()
     return _assemble(objects, trailer_extra)
+
+
+def _outline(objects: dict[int, bytes], items: list[Bookmark], sizes: list[tuple[float, float]]) -> int:
+    """Add the outline's objects (PDF 1.7, 12.3.3); returns the number of its root."""
+    root = max(objects) + 1
+    objects[root] = b""  # reserved; filled in once the items are numbered
+    first, last, count = _outline_items(objects, items, root, sizes)
+    objects[root] = f"<< /Type /Outlines /First {first} 0 R /Last {last} 0 R /Count {count} >>".encode()
+    return root
+
+
+def _outline_items(objects: dict[int, bytes], items: list[Bookmark], parent: int,
+                   sizes: list[tuple[float, float]]) -> tuple[int, int, int]:
+    nums = []
+    for _ in items:
+        nums.append(max(objects) + 1)
+        objects[nums[-1]] = b""
+    total = len(items)
+    for i, (title, page, children) in enumerate(items):
+        fields = [f"/Title ({_escape(title).decode('latin-1')})", f"/Parent {parent} 0 R",
+                  f"/Dest [{4 + 2 * page} 0 R /XYZ 0 {sizes[page][1]:g} 0]"]
+        if i:
+            fields.append(f"/Prev {nums[i - 1]} 0 R")
+        if i + 1 < len(items):
+            fields.append(f"/Next {nums[i + 1]} 0 R")
+        if children:
+            first, last, count = _outline_items(objects, children, nums[i], sizes)
+            fields.append(f"/First {first} 0 R /Last {last} 0 R /Count {-count}")  # closed
+        objects[nums[i]] = ("<< " + " ".join(fields) + " >>").encode("latin-1")
+    return nums[0], nums[-1], total
 
 
 def _assemble(objects: dict[int, bytes], trailer_extra: bytes = b"") -> bytes:
