@@ -105,8 +105,8 @@ def make_pdf(pages: list[str], sizes: list[tuple[float, float]] | None = None,
         objects[content_num] = (f"<< /Length {len(stream)} >>\nstream\n".encode() + stream
                                 + b"\nendstream")
     if outline:
-        objects[1] = b"<< /Type /Catalog /Pages 2 0 R /Outlines " + str(_outline(objects, outline, sizes)).encode() \
-            + b" 0 R /PageMode /UseOutlines >>"
+        root = _outline(objects, outline, sizes)
+        objects[1] = f"<< /Type /Catalog /Pages 2 0 R /Outlines {root} 0 R /PageMode /UseOutlines >>".encode()
     trailer_extra = b""
     if security:
         encrypt_num = max(objects) + 1

@@ -277,7 +277,8 @@ export class Feed {
     const gen = this.gen;
     const long = this.mode === 'longpoll';
     const single = Array.from(this.open)[0];
-    const url = long ? withQuery(this.o.statusUrl, 'after=' + this.seqs.get(single) + '&wait=' + this.settings.longpollWait)
+    const wait = 'after=' + this.seqs.get(single) + '&wait=' + this.settings.longpollWait;
+    const url = long ? withQuery(this.o.statusUrl, wait)
                      : this.o.statusUrl || this.o.listUrl;
     const started = Date.now();
     const before = this.applied;

@@ -15,7 +15,6 @@ export const ZOOM_MAX = 4;
 const AUTO_MAX = 1;          // "Automatic" fits the width but never beyond 100%
 const NEAR = '150% 0px';      // pages within 1.5 viewports above or below hold their image and text
 const HD_NEED = 1.15;         // ask for the sharper rendition when the screen needs this many more pixels
-const GAP = 16;               // px between the column's edge and a page
 
 let measureCtx = null;
 function textWidth(text) {
@@ -211,7 +210,8 @@ export class PageColumn {
   /* ---- zoom ---- */
   fitScale(mode) {
     if (!this.count) return this.k100;
-    const availW = Math.max(100, this.section.clientWidth - 2 * GAP);
+    const cs = getComputedStyle(this.column);
+    const availW = Math.max(100, this.column.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight));
     const widest = Math.max(...this.sizes.map((s) => s[0]));
     const width = availW / widest;
     if (mode === 'page-width') return width;

@@ -24,8 +24,12 @@ export class Sidebar {
     this.setOpen(this.wide.matches);
     this.toggle.addEventListener('click', () => this.setOpen(!this.isOpen));
     this.wide.addEventListener('change', (e) => this.setOpen(e.matches));
-    aside.addEventListener('keydown', (ev) => {
-      if (ev.key === 'Escape' && this.overlay) { this.setOpen(false); this.toggle.focus(); }
+    // Over the pages, Escape closes it (and focus goes back to its button).
+    document.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape' && this.overlay && !ev.defaultPrevented && !document.querySelector('dialog[open]')) {
+        this.setOpen(false);
+        this.toggle.focus();
+      }
     });
     this.tabs.forEach((tab) => tab.addEventListener('click', () => this.show(tab.id)));
     // Arrow keys move between tabs (the tablist is one Tab stop), as the ARIA pattern has it.

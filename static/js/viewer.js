@@ -37,8 +37,9 @@ export function init(root) {
   el.toolbar.hidden = false;
   history.scrollRestoration = 'manual';  // the viewer restores the reading place itself
   // Pages scrolled to sit just below the sticky toolbar, whatever its height (it wraps on phones).
-  new ResizeObserver(() => root.style.setProperty('--toolbar-h', el.toolbar.offsetHeight + 'px'))
-    .observe(el.toolbar);
+  const toolbarHeight = () => root.style.setProperty('--toolbar-h', el.toolbar.offsetHeight + 'px');
+  toolbarHeight();
+  new ResizeObserver(toolbarHeight).observe(el.toolbar);
 
   const announce = (text) => { el.live.textContent = text; };
 
@@ -169,7 +170,7 @@ export function init(root) {
   /* ---- zoom ---- */
   function setZoom(value) {
     pages.setZoom(value);
-    const v = typeof value === 'number' ? String(pages.factor) : value;
+    const v = String(pages.zoom);
     const option = Array.from(el.zoom.options).find((o) => o.value === v && !o.disabled);
     if (option) {
       el.zoom.value = v;
@@ -183,7 +184,8 @@ export function init(root) {
 
   function zoomStep(dir) {
     const f = pages.factor;
-    const next = dir > 0 ? ZOOM_STEPS.find((z) => z > f + 0.001) : ZOOM_STEPS.slice().reverse().find((z) => z < f - 0.001);
+    const next = dir > 0 ? ZOOM_STEPS.find((z) => z > f + 0.001)
+      : ZOOM_STEPS.slice().reverse().find((z) => z < f - 0.001);
     setZoom(next || (dir > 0 ? ZOOM_STEPS[ZOOM_STEPS.length - 1] : ZOOM_STEPS[0]));
   }
 
