@@ -44,11 +44,12 @@ export function init(root) {
 
   // A row leaves the list; focus, if it was in the row, moves to a neighbour rather than to nowhere.
   function removeRow(tr) {
+    if (!tr.isConnected) return;  // the stream's "deleted" event and our own DELETE both get here
     const hadFocus = tr.contains(document.activeElement);
     const next = tr.nextElementSibling || tr.previousElementSibling;
     tr.remove();
     if (hadFocus) (next ? $('.doc-link', next) : $('#docs-heading', root)).focus();
-    if (!tbody.querySelector('tr[data-doc-id]')) {
+    if (!tbody.querySelector('tr[data-doc-id]') && !$('#no-docs', root)) {
       const empty = document.createElement('p');
       empty.id = 'no-docs'; empty.className = 'muted empty';
       empty.textContent = 'No documents yet. Upload one above.';
@@ -59,8 +60,8 @@ export function init(root) {
   function onState(id, p) {
     const tr = rowOf(id);
     if (!tr) return;
-    if (isDeleted(p)) {  // deleted elsewhere (another tab, the API)
-      announce(nameOf(tr) + ' was deleted.');
+    if (isDeleted(p)) {  // deleted here, or elsewhere (another tab, the API)
+      announce(nameOf(tr) + ' deleted.');
       removeRow(tr);
       return;
     }
@@ -122,7 +123,7 @@ export function init(root) {
       if (!yes) return;
       request(d.docApi + tr.dataset.docId, { method: 'DELETE' }).then((r) => {
         if (r.status === 204 || r.status === 404) {
-          announce(name + ' deleted.');
+          if (tr.isConnected) announce(name + ' deleted.');
           removeRow(tr);
         } else if (r.status === 401) {
           feed.o.onAuthLost();

@@ -27,7 +27,7 @@ function textWidth(text) {
 }
 
 export class PageColumn {
-  /** opts: {dpi, hd (bool), toolbar (element), onCurrent(n)} */
+  /** opts: {dpi, hd (bool), toolbar (element), onCurrent(n, jumped), onMissing(n)} */
   constructor(section, opts) {
     this.section = section;
     this.column = $('#page-column', section);
@@ -156,6 +156,8 @@ export class PageColumn {
     img.width = w; img.height = h;
     img.decoding = 'async';
     img.src = this.url('page', n, 'jpg');
+    // A ready page's file missing: the document changed under us (deleted, or retried elsewhere).
+    img.onerror = () => { if (this.opts.onMissing) this.opts.onMissing(n); };
     $('.page-box', fig).prepend(img);
     this.sharpen(n);
     const files = this.filesUrl;
@@ -247,17 +249,21 @@ export class PageColumn {
     return top + Math.min(100, (window.innerHeight - top) / 3);
   }
 
+  // Where the reader is: the current page's box against the toolbar's bottom edge.
   anchor() {
     const fig = this.figs[this.current - 1];
     if (!fig || window.scrollY === 0) return null;
-    const r = fig.getBoundingClientRect();
+    const r = fig.firstElementChild.getBoundingClientRect();
     const top = this.opts.toolbar ? this.opts.toolbar.getBoundingClientRect().bottom : 0;
-    return { fig, top, frac: r.height ? (top - r.top) / r.height : 0 };
+    return { fig, top, into: top - r.top, frac: r.height ? (top - r.top) / r.height : 0 };
   }
 
+  // The same spot of the page under the toolbar again: the same share of the page once into it,
+  // the same gap while the page starts below the toolbar.
   restore(a) {
-    const r = a.fig.getBoundingClientRect();
-    window.scrollBy(0, r.top + a.frac * r.height - a.top);
+    const r = a.fig.firstElementChild.getBoundingClientRect();
+    const want = a.into > 0 ? a.frac * r.height : a.into;
+    window.scrollBy(0, r.top + want - a.top);
   }
 
   /* ---- the current page ---- */

@@ -55,9 +55,15 @@ export class Sidebar {
   get overlay() { return this.isOpen && !this.wide.matches; }
 
   setOpen(open) {
+    if (open && !this.wide.matches) {
+      // Over the pages it hangs from the toolbar: bring the toolbar to the top (where it sticks) first.
+      const top = this.toggle.closest('.viewer-toolbar').getBoundingClientRect().top;
+      if (top > 0) window.scrollBy(0, top);
+    }
     this.toggle.setAttribute('aria-expanded', String(open));
     this.aside.classList.toggle('open', open);
     document.body.classList.toggle('sidebar-open', open);
+    if (open) this.revealCurrent();
     if (!open && this.opts.onClose) this.opts.onClose();
   }
 
@@ -70,6 +76,7 @@ export class Sidebar {
       $('#' + t.getAttribute('aria-controls')).hidden = !on;
     });
     if (open && !this.isOpen) this.setOpen(true);
+    this.revealCurrent();
   }
 
   /** After a jump from the sidebar: on a phone it gets out of the way. */
@@ -130,12 +137,17 @@ export class Sidebar {
   setCurrent(n) {
     const was = $('[aria-current]', this.thumbs);
     if (was) was.removeAttribute('aria-current');
+    this.current = n;
     const a = this.links[n - 1];
-    if (!a) return;
-    a.setAttribute('aria-current', 'page');
-    // Keep the current thumbnail in the panel's view without scrolling the window.
+    if (a) a.setAttribute('aria-current', 'page');
+    this.revealCurrent();
+  }
+
+  // Keep the current thumbnail in the panel's view, scrolling the panel only (never the window).
+  revealCurrent() {
+    const a = this.links[(this.current || 1) - 1];
     const p = this.panel;
-    if (p.hidden || !this.isOpen) return;
+    if (!a || p.hidden || !this.isOpen) return;
     const top = a.offsetTop - p.offsetTop;
     if (top < p.scrollTop || top + a.offsetHeight > p.scrollTop + p.clientHeight) {
       p.scrollTop = top - p.clientHeight / 3;

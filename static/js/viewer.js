@@ -99,7 +99,8 @@ export function init(root) {
   }
 
   /* ---- the reader ---- */
-  const pages = new PageColumn($('#pages'), { dpi: d.renderDpi, hd: d.hd === 'on', toolbar: el.toolbar, onCurrent });
+  const pages = new PageColumn($('#pages'), { dpi: d.renderDpi, hd: d.hd === 'on', toolbar: el.toolbar, onCurrent,
+                                              onMissing: recheck });
   const sidebar = new Sidebar($('#sidebar'), { toggle: $('#sidebar-toggle') });
   sidebar.setOutline(layout.outline || []);
   let layoutAttempt = null;
@@ -138,6 +139,20 @@ export function init(root) {
       if (r.data.progress.attempt !== state.attempt) { syncPages(state); return; }
       layoutAttempt = state.attempt;
       applyLayout(r.data.files_url, r.data.sizes || [], r.data.outline || []);
+    });
+  }
+
+  // A page file that should be there is not: ask the document once (a viewer of a finished document
+  // has no open stream that could have said it was deleted or retried).
+  let rechecking = false;
+  function recheck() {
+    if (rechecking || gone) return;
+    rechecking = true;
+    request(d.docUrl).then((r) => {
+      rechecking = false;
+      const p = r.status === 200 && r.data && r.data.progress;
+      if (r.status === 404) deleted();
+      else if (p && p.seq > state.seq) onState(d.docId, p);
     });
   }
 
