@@ -126,7 +126,7 @@ export class Find {
   show(i) {
     this.index = i;
     const hit = this.hits[i];
-    this.o.pages.setHits(this.rectsByPage(), hit.page);
+    this.o.pages.setHits(this.rectsByPage(), hit.page, this.query);
     const was = this.list.querySelector('[aria-current]');
     if (was) was.removeAttribute('aria-current');
     const b = this.list.querySelector('button[data-index="' + i + '"]');

@@ -40,7 +40,9 @@ export class PageColumn {
     this.ready = 0;
     this.live = new Set();        // pages holding their image and text layer now
     this.hdFailed = new Set();
-    this.hits = new Map();        // page → rects of the search hits on it
+    this.hits = new Map();        // page → rects of the search hits on it (the server's estimate)
+    this.needle = '';             // the search, folded: the text layer places its hits exactly
+    this.runs = new Map();        // live page → its text runs
     this.hitPage = 0;             // the page of the current hit
     this.zoom = 'auto';
     this.scale = this.k100;
@@ -171,6 +173,7 @@ export class PageColumn {
 
   unload(n) {
     if (!this.live.delete(n)) return;
+    this.runs.delete(n);
     const fig = this.figs[n - 1];
     if (!fig) return;
     $$('.page-image, .text-layer', fig).forEach((e) => e.remove());
@@ -207,6 +210,8 @@ export class PageColumn {
                                                               : document.createElement('br'));
     });
     $('.page-box', this.figs[n - 1]).appendChild(layer);
+    this.runs.set(n, runs);
+    if (this.hits.has(n)) this.drawHits(n);
   }
 
   /* ---- zoom ---- */
@@ -328,22 +333,51 @@ export class PageColumn {
   }
 
   /* ---- search highlights ---- */
-  setHits(byPage, currentPage) {
+  /** Highlight the hits: `byPage` maps a page to the server's rectangles, drawn until the page's text
+   *  layer is there to place them exactly; `needle` is the search; the current hit's page stands out. */
+  setHits(byPage, currentPage, needle) {
     $$('.hit-layer', this.column).forEach((e) => e.remove());
     this.hits = byPage;
     this.hitPage = currentPage;
-    byPage.forEach((rects, n) => {
-      const fig = this.figs[n - 1];
-      if (!fig || !rects.length) return;
-      const layer = make('div', 'hit-layer' + (n === currentPage ? ' current' : ''));
-      layer.setAttribute('aria-hidden', 'true');
-      rects.forEach(([x, y, w, h]) => {
-        const mark = make('div', 'hit');
-        mark.style.left = (x * 100) + '%'; mark.style.top = (y * 100) + '%';
-        mark.style.width = (w * 100) + '%'; mark.style.height = (h * 100) + '%';
-        layer.appendChild(mark);
-      });
-      fig.firstElementChild.appendChild(layer);
+    this.needle = String(needle || '').split(/\s+/).filter(Boolean).join(' ').toLowerCase();
+    byPage.forEach((_, n) => this.drawHits(n));
+  }
+
+  // Where the needle sits in the page's runs, measured like the text layer's spans.
+  exactHits(n) {
+    const runs = this.runs.get(n);
+    if (!runs || !this.needle) return null;
+    const rects = [];
+    runs.forEach((run) => {
+      if (!Array.isArray(run) || run.length !== 5) return;
+      const [x, y, w, h, text] = run;
+      const folded = String(text).toLowerCase();
+      const full = textWidth(text) || 1;
+      for (let at = folded.indexOf(this.needle); at >= 0; at = folded.indexOf(this.needle, at + this.needle.length)) {
+        const x0 = x + w * textWidth(text.slice(0, at)) / full;
+        const x1 = x + w * textWidth(text.slice(0, at + this.needle.length)) / full;
+        rects.push([x0, y, x1 - x0, h]);
+      }
     });
+    return rects;
+  }
+
+  drawHits(n) {
+    const fig = this.figs[n - 1];
+    if (!fig) return;
+    const old = $('.hit-layer', fig);
+    if (old) old.remove();
+    const exact = this.exactHits(n);
+    const rects = exact && exact.length ? exact : this.hits.get(n) || [];
+    if (!rects.length) return;
+    const layer = make('div', 'hit-layer' + (n === this.hitPage ? ' current' : ''));
+    layer.setAttribute('aria-hidden', 'true');
+    rects.forEach(([x, y, w, h]) => {
+      const mark = make('div', 'hit');
+      mark.style.left = (x * 100) + '%'; mark.style.top = (y * 100) + '%';
+      mark.style.width = (w * 100) + '%'; mark.style.height = (h * 100) + '%';
+      layer.appendChild(mark);
+    });
+    fig.firstElementChild.appendChild(layer);
   }
 }
