@@ -76,6 +76,15 @@ def book(make_stack):
     return stack, token, doc_id
 
 
+@pytest.fixture
+def reader(book, open_context):
+    """Rita logged in (any failed request fails the test), and her book: (page, stack, token, doc id)."""
+    stack, token, doc_id = book
+    page = open_context(stack, "rita", requests=True).new_page()
+    login(page, "rita")
+    return page, stack, token, doc_id
+
+
 def open_viewer(page: Page, doc_id: str, fragment: str = "") -> None:
     page.goto(f"/documents/{doc_id}{fragment}")
     page.wait_for_function("() => !!(window.livedoc && window.livedoc.page)")
@@ -163,10 +172,8 @@ def test_pages_are_readable_and_searchable_before_the_conversion_completes(make_
 
 
 # -- 2. page box, keys, #page=N, last page read ------------------------------------------------------
-def test_page_box_keys_fragment_and_last_page_read(book, open_context, console):
-    stack, token, doc_id = book
-    page = open_context(stack, "rita", requests=True).new_page()
-    login(page, "rita")
+def test_page_box_keys_fragment_and_last_page_read(reader, console):
+    page, stack, token, doc_id = reader
     open_viewer(page, doc_id, "#page=7")
     expect(page.locator("#page-of")).to_have_text(f"of {PAGES}")
     expect(page.locator("label[for=page-number]")).to_have_text("Page number")
@@ -221,10 +228,8 @@ def test_page_box_keys_fragment_and_last_page_read(book, open_context, console):
 
 
 # -- 3. zoom -----------------------------------------------------------------------------------------
-def test_zoom_steps_fits_and_keys_keep_the_reading_place(book, open_context, console):
-    stack, token, doc_id = book
-    page = open_context(stack, "rita", requests=True).new_page()
-    login(page, "rita")
+def test_zoom_steps_fits_and_keys_keep_the_reading_place(reader, console):
+    page, stack, token, doc_id = reader
     open_viewer(page, doc_id, "#page=10")
     assert_at_page(page, 10)
     assert box_width(page, 10) == WIDTH_100  # Automatic: fit the width, at most 100 %
@@ -272,10 +277,8 @@ def test_zoom_steps_fits_and_keys_keep_the_reading_place(book, open_context, con
 
 
 # -- 4. text layer and find -----------------------------------------------------------------------
-def test_text_layer_is_selectable_and_find_highlights_hits(book, open_context, console):
-    stack, token, doc_id = book
-    page = open_context(stack, "rita", requests=True).new_page()
-    login(page, "rita")
+def test_text_layer_is_selectable_and_find_highlights_hits(reader, console):
+    page, stack, token, doc_id = reader
     open_viewer(page, doc_id, "#page=5")
     layer = page.locator("#page-5 .text-layer")
     expect(layer).to_contain_text("Page 5 of the viewer test document")
@@ -326,10 +329,8 @@ def test_text_layer_is_selectable_and_find_highlights_hits(book, open_context, c
 
 
 # -- 5. outline and thumbnails -------------------------------------------------------------------------
-def test_outline_tree_and_thumbnails_jump_to_pages(book, open_context, console):
-    stack, token, doc_id = book
-    page = open_context(stack, "rita", requests=True).new_page()
-    login(page, "rita")
+def test_outline_tree_and_thumbnails_jump_to_pages(reader, console):
+    page, stack, token, doc_id = reader
     open_viewer(page, doc_id)
     expect(page.locator("#sidebar-toggle")).to_have_attribute("aria-expanded", "true")  # wide screen: open
     page.click("#tab-outline")
@@ -424,10 +425,8 @@ def tab_to(page: Page, selector: str, limit: int = 60, shift: bool = False) -> N
     raise AssertionError(f"{selector} not reachable with Tab")
 
 
-def test_every_viewer_control_works_by_keyboard_alone(book, open_context, console):
-    stack, token, doc_id = book
-    page = open_context(stack, "rita", requests=True).new_page()
-    login(page, "rita")
+def test_every_viewer_control_works_by_keyboard_alone(reader, console):
+    page, stack, token, doc_id = reader
     open_viewer(page, doc_id)
 
     tab_to(page, "#page-number")
@@ -469,11 +468,9 @@ def test_every_viewer_control_works_by_keyboard_alone(book, open_context, consol
 
 
 # -- 8. a phone --------------------------------------------------------------------------------------
-def test_phone_width_sidebar_over_the_pages_and_a_wrapping_toolbar(book, open_context, console):
-    stack, token, doc_id = book
-    page = open_context(stack, "rita", requests=True, reduced_motion="reduce").new_page()
+def test_phone_width_sidebar_over_the_pages_and_a_wrapping_toolbar(reader, console):
+    page, stack, token, doc_id = reader
     page.set_viewport_size({"width": 360, "height": 740})
-    login(page, "rita")
     open_viewer(page, doc_id)
     expect(page.locator("#sidebar-toggle")).to_have_attribute("aria-expanded", "false")
     expect(page.locator("#sidebar")).to_be_hidden()
