@@ -177,6 +177,12 @@ def test_page_box_keys_fragment_and_last_page_read(reader, console):
     open_viewer(page, doc_id, "#page=7")
     expect(page.locator("#page-of")).to_have_text(f"of {PAGES}")
     expect(page.locator("label[for=page-number]")).to_have_text("Page number")
+    download = page.locator("#download")
+    expect(download).to_have_attribute("href", f"/documents/{doc_id}/download")
+    got = page.request.get(download.get_attribute("href"))
+    assert got.status == 200 and got.body() == BOOK
+    assert got.headers["content-disposition"].startswith("attachment;") and "book.pdf" in got.headers[
+        "content-disposition"]
     assert_at_page(page, 7)
     assert abs(page_top_at_toolbar(page, 7) - 8) < 3  # just under the toolbar
 
