@@ -326,7 +326,7 @@ def pages_of(doc: Document, prog: progress.Progress) -> dict:
     attempt, ready = prog.get("attempt", doc.attempt), prog.get("ready") or 0
     layout = files_of(doc).layout(attempt)
     if layout is None:
-        return {"files_url": None, "sizes": [], "pages": [], "outline": []}
+        return {"files_url": None, "sizes": [], "pages": [], "outline": [], "hd": False}
     base = files_url(doc, attempt)
     sizes = layout.get("sizes") or []
     ready = min(ready, len(sizes))
@@ -335,7 +335,8 @@ def pages_of(doc: Document, prog: progress.Progress) -> dict:
         width, height = sizes[n - 1]
         names = storage_names(n)
         pages.append({"n": n, "width": width, "height": height, **{k: base + v for k, v in names.items()}})
-    return {"files_url": base, "sizes": sizes, "pages": pages, "outline": layout.get("outline") or []}
+    return {"files_url": base, "sizes": sizes, "pages": pages, "outline": layout.get("outline") or [],
+            "hd": doc.kind == "pdf"}
 
 
 def storage_names(n: int) -> dict[str, str]:

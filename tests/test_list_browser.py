@@ -367,7 +367,7 @@ def test_refused_websocket_falls_back_to_one_sse_stream(make_stack, flag_conn, o
             flags.set_override(conn, websocket=False)
         route.continue_()
 
-    page.route("**/static/livedoc.js", late_script)
+    page.route("**/static/js/main.js", late_script)
     login(page, "fin")
     expect(page.locator("#doc-page")).to_have_attribute("data-mode", "ws")
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
