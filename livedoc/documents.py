@@ -10,7 +10,7 @@ from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from livedoc import jobs, keys, progress
+from livedoc import capabilities, jobs, keys, progress
 from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
@@ -46,6 +46,7 @@ def create(connection: Redis, config: Mapping, owner: User, filename: str | None
     kind = sniff(data)
     if kind is None:
         raise UnsupportedType()
+    capabilities.require(connection, kind)
     doc = Document(id=new_doc_id(), owner_id=owner.id, filename=display_name(filename), kind=kind,
                    size=len(data), state=progress.State.QUEUED.value, last_seq=1, attempt=1)
     files_of(doc).save_original(data)

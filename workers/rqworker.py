@@ -1,13 +1,35 @@
 """The RQ worker class livedoc runs (`rq worker -w workers.rqworker.LivedocWorker`)."""
 from __future__ import annotations
 
+from redis.client import Pipeline
 from rq import Worker
 from rq.job import Job
 from rq.queue import Queue
 
+from config import Settings
+from livedoc import capabilities
+from workers import office
+
 
 class LivedocWorker(Worker):
-    """An RQ worker that never rolls a job's progress back when it handles a failure itself."""
+    """An RQ worker that never rolls a job's progress back when it handles a failure itself, and
+    that tells the web which optional kinds (Office) this host converts."""
+
+    _kinds: list[str] | None = None
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None):
+        """RQ's heartbeat, plus the advertisement of this host's converters with the same lifetime.
+
+        A stock `rq worker` converts PDFs, images and text just the same; it only never offers Office.
+        """
+        super().heartbeat(timeout, pipeline)
+        if self._kinds is None:
+            self._kinds = office.local_kinds(Settings.from_env())
+        try:
+            capabilities.advertise(pipeline if pipeline is not None else self.connection, self._kinds,
+                                   ttl=timeout or self.worker_ttl + 60)
+        except Exception:  # noqa: BLE001 - RQ's own heartbeat handles (and logs) Redis trouble
+            self.log.warning("could not advertise this worker's converters")
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string: str = ""):
         """Refresh the job's meta before RQ saves the job for a retry.
