@@ -75,6 +75,8 @@ class Settings:
     # jobs of CHUNK_PAGES pages for documents longer than that).
     RENDER_PROCESSES: int = 0
     CHUNK_PAGES: int = 200
+    # Seconds a page-range job may go without storing a page before another worker takes it over.
+    CHUNK_LEASE: int = 30
 
     # Limits.
     RATELIMIT_ENABLED: bool = True

@@ -9,3 +9,4 @@ PROGRESS_CHANNEL = PREFIX + "progress:"    # + job id: pub/sub channel of the jo
 PROGRESS_PATTERN = PROGRESS_CHANNEL + "*"  # what each web process's hub PSUBSCRIBEs to
 DELETED_JOB = PREFIX + "deleted:"          # + job id: the document was deleted; writers must stop
 CAN_CONVERT = PREFIX + "can-convert:"      # + kind: some worker can convert it; refreshed with a TTL
+CHUNKS = PREFIX + "chunks:"              # + job id + ":" + attempt + part: a chunked conversion's state
