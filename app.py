@@ -12,7 +12,7 @@ from flask.cli import AppGroup
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from config import Settings
-from livedoc import flags
+from livedoc import capabilities, flags
 from livedoc.errors import Unauthorized, error_response, register_error_handlers, wants_json
 from livedoc.extensions import csrf, db, limiter, login_manager
 from livedoc.hub import StreamHub
@@ -76,6 +76,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     # Pages hand their script the real-time settings: {{ realtime_client(flags)|tojson }}.
     app.jinja_env.globals["realtime_client"] = lambda f: flags.client_settings(f, app.config)
+    app.jinja_env.globals["office_accept"] = lambda: capabilities.OFFICE_ACCEPT if capabilities.offered(
+        app.extensions["livedoc.redis"], "office") else ""
     register_error_handlers(app)
     _register_auth(app)
     _register_security(app)

@@ -11,12 +11,15 @@ from collections.abc import Iterable
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import RedisError
 
 from livedoc import keys
 from livedoc.errors import UnsupportedType
 
 BUILTIN = frozenset({"pdf", "image", "text"})
 OFFICE_DISABLED = "Office documents are not enabled on this server."
+# What the upload form's file picker offers when Office documents are enabled.
+OFFICE_ACCEPT = ".docx,.pptx,.xlsx,.odt,.odp,.ods,.rtf,.doc,.ppt,.xls"
 
 
 def advertise(connection: Redis | Pipeline, kinds: Iterable[str], ttl: int) -> None:
@@ -29,6 +32,14 @@ def advertise(connection: Redis | Pipeline, kinds: Iterable[str], ttl: int) -> N
 def can_convert(connection: Redis, kind: str) -> bool:
     """True when some live worker converts this kind."""
     return kind in BUILTIN or bool(connection.exists(keys.CAN_CONVERT + kind))
+
+
+def offered(connection: Redis, kind: str) -> bool:
+    """can_convert for pages that only adapt their wording: False rather than an error when Redis is down."""
+    try:
+        return can_convert(connection, kind)
+    except RedisError:
+        return False
 
 
 def require(connection: Redis, kind: str) -> None:

@@ -230,3 +230,14 @@ def test_libreoffice_runs_with_macros_disabled(documents, tmp_path):
     scripting = [line for line in saved.splitlines() if "Security/Scripting" in line]
     assert any('"DisableMacrosExecution"' in line and "<value>true</value>" in line for line in scripting)
     assert any('"MacroSecurityLevel"' in line and "<value>3</value>" in line for line in scripting)
+
+
+def test_upload_form_offers_office_files_only_when_a_worker_converts_them(client, users, redis_conn):
+    users.create()
+    users.login()
+    page = client.get("/documents").get_data(as_text=True)
+    assert ".docx" not in page and "PDF, PNG, JPEG or plain text, up to" in page
+    capabilities.advertise(redis_conn, ["office"], ttl=30)
+    page = client.get("/documents").get_data(as_text=True)
+    assert f"text/plain,{capabilities.OFFICE_ACCEPT}\"" in page
+    assert "plain text or Office documents (Word, PowerPoint, Excel,\n      OpenDocument, RTF), up to" in page
