@@ -131,7 +131,13 @@ class _Chunking:
                           and self.plan.claim(i, owner, self.settings.CHUNK_LEASE)), None)
             if index is None:
                 return
-            self.render(index, source, scratch, owner)
+            try:
+                self.render(index, source, scratch, owner)
+            except Abandoned as exc:
+                if str(exc) != "lost":
+                    raise
+                # Too slow to keep the lease: another participant renders this chunk now; go on.
+                log.info("%s: chunk %d of %s was taken over", owner, index, self.plan.job_id)
 
     def render(self, index: int, source: Path, scratch: Path, owner: str) -> None:
         first, last = self.chunks[index]
