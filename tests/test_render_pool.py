@@ -68,3 +68,37 @@ def test_a_job_with_a_pool_keeps_ready_in_page_order(redis_conn: Redis, storage_
     assert [p["n"] for p in manifest["page_list"]] == list(range(1, 13))
     for n in (1, 7, 12):
         assert f"wombat{n}." in files.storage.get_bytes(files.key(1, page_names(n)["text"])).decode()
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def test_the_pool_is_gone_when_rendering_stops_half_way(tmp_path):
+    source = tmp_path / "doc.pdf"
+    source.write_bytes(pdfgen.make_pdf(TEXTS))
+    before = _children(os.getpid())
+    stored: list[int] = []
+
+    def store(entry: dict, paths: dict[str, Path]) -> None:
+        stored.append(entry["n"])
+        if entry["n"] == 3:
+            raise RuntimeError("stop here")  # what a timeout or a deleted document does mid-way
+
+    try:
+        pdf.render_pages(source, Settings(RENDER_PROCESSES=2), tmp_path, 1, len(TEXTS), store)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the store's exception was swallowed")
+    assert stored == [1, 2, 3]
+    assert _children(os.getpid()) - before == set(), "a render process outlived the render"
