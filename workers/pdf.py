@@ -6,6 +6,7 @@ import functools
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -137,6 +138,11 @@ def render_pages(source: Path, settings: Settings, scratch: Path, first: int, la
     """
     scale = settings.RENDER_DPI / POINTS_PER_INCH
     processes = min(render_processes(settings), last - first + 1)
+    if threading.active_count() > 1:
+        # Forking copies only the calling thread: from a process with other threads (an app with
+        # its hub, a test run) a child could inherit a lock held forever. The work horse RQ forks
+        # is single-threaded; anywhere else the pages are rendered here, one at a time.
+        processes = 1
     render = functools.partial(_render_in_child, scale=scale, scratch=str(scratch),
                                thumb_width=settings.THUMB_WIDTH)
     if processes <= 1:
@@ -174,6 +180,9 @@ def _child_init(source: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Handlers inherited from the forking process (a worker's warm-shutdown handler) would swallow the
+    # SIGTERM with which the pool is terminated.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _child_open(source)
 
 
