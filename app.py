@@ -13,7 +13,7 @@ from flask.cli import AppGroup, with_appcontext
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from config import Settings
-from livedoc import flags, proxies, schema, sessions
+from livedoc import capabilities, flags, proxies, schema, sessions
 from livedoc.audit import audit
 from livedoc.errors import Unauthorized, error_response, register_error_handlers, wants_json
 from livedoc.extensions import csrf, db, limiter, login_manager, migrate
@@ -92,6 +92,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     # Pages hand their script the real-time settings: {{ realtime_client(flags)|tojson }}.
     app.jinja_env.globals["realtime_client"] = lambda f: flags.client_settings(f, app.config)
+    app.jinja_env.globals["office_accept"] = lambda: capabilities.OFFICE_ACCEPT if capabilities.offered(
+        app.extensions["livedoc.redis"], "office") else ""
     register_error_handlers(app)
     # Before the auth hooks: loading a user needs the tables.
     schema.install(app, lambda: db.engine)

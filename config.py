@@ -131,6 +131,16 @@ class Settings:
     # a worker rides out a restart for ~30 s (livedoc.redis_client.ResilientRedis) and then writes
     # its progress again, so an ending derived sooner could contradict the conversion finishing.
     JOB_VANISH_GRACE: int = 45
+    # Office documents: LibreOffice on the worker host (workers/office.py), one run per document.
+    OFFICE_BINARY: str = "soffice"
+    OFFICE_TIMEOUT: int = 180
+    OFFICE_MEMORY_MB: int = 2048
+    # One document over every core (0: os.cpu_count() render processes) and every worker (page-range
+    # jobs of CHUNK_PAGES pages for documents longer than that).
+    RENDER_PROCESSES: int = 0
+    CHUNK_PAGES: int = 200
+    # Seconds a page-range job may go without storing a page before another worker takes it over.
+    CHUNK_LEASE: int = 30
 
     # Limits.
     RATELIMIT_ENABLED: bool = True

@@ -12,7 +12,7 @@ from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from livedoc import fleet, jobs, keys, progress, quotas
+from livedoc import capabilities, fleet, jobs, keys, progress, quotas
 from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
@@ -74,6 +74,7 @@ def create(connection: Redis, config: Mapping, owner: User, filename: str | None
     if not head:
         raise LivedocError("The file is empty.", code="empty_file")
     kind = kind_of_head(head)
+    capabilities.require(connection, kind)
     settle_unfinished(connection, owner, config["MAX_CONVERSIONS_PER_USER"])
     use = quotas.usage(owner)
     left = quotas.check_upload(use, config)

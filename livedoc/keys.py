@@ -8,3 +8,5 @@ MISSING_JOB = PREFIX + "missing:"          # + job id: when readers first found 
 PROGRESS_CHANNEL = PREFIX + "progress:"    # + job id: pub/sub channel of the job's saved progress
 PROGRESS_PATTERN = PROGRESS_CHANNEL + "*"  # what each web process's hub PSUBSCRIBEs to
 DELETED_JOB = PREFIX + "deleted:"          # + job id: the document was deleted; writers must stop
+CAN_CONVERT = PREFIX + "can-convert:"      # + kind: some worker can convert it; refreshed with a TTL
+CHUNKS = PREFIX + "chunks:"              # + job id + ":" + attempt + part: a chunked conversion's state

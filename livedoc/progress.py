@@ -235,6 +235,9 @@ class ProgressWriter:
         self.progress["error"] = None
         self._save_script = connection.register_script(_GUARDED_SAVE)
         self._deleted_key = keys.DELETED_JOB + job.id
+        # Set once page-range jobs merge into this job's progress too (workers/chunks.py): each save
+        # then continues from the stored seq, percent and ready instead of this writer's own copy.
+        self.merge = False
 
     @property
     def attempt(self) -> int:
@@ -272,6 +275,8 @@ class ProgressWriter:
         return self._save({"state": State.QUEUED.value, "stage": "retrying", "message": message})
 
     def _save(self, changes: dict[str, Any]) -> Progress:
+        if self.merge:
+            return self._merged_save(changes)
         self.progress.update(changes)
         self.progress["seq"] += 1
         self.progress["updated_at"] = round(time.time(), 4)
@@ -285,8 +290,38 @@ class ProgressWriter:
         return dict(self.progress)
 
 
+    def _merged_save(self, changes: dict[str, Any]) -> Progress:
+        self.progress.update(changes)
+        self.progress["updated_at"] = round(time.time(), 4)
+        script = self.connection.register_script(_MERGED_SAVE)
+        saved = script(keys=[self.job.key, self._deleted_key],
+                       args=[json.dumps(self.progress), channel(self.job.id)])
+        if not saved:
+            raise Deleted(self.job.id)
+        self.progress = json.loads(saved)
+        self.job.meta[META_KEY] = dict(self.progress)
+        return dict(self.progress)
+
+
 class Deleted(Exception):
     """The document was deleted while its conversion ran: stop, write nothing more."""
+
+
+def merge_page(connection: Redis, job_id: str, attempt: int, n: int, pages: int, render_start: float,
+               render_end: float, entry: dict, size: int, owner: str, lease_key: str, lease_ttl: int,
+               stored_key: str, entries_key: str) -> str:
+    """Record that page n of a page-range job is stored, in the document job's progress, atomically.
+
+    `ready` becomes the number of leading pages stored by any chunk, `percent` follows the count of
+    stored pages (never back), `seq` goes on from the stored one. Answers "ok", or why the page
+    was not recorded: "deleted" (the document was), "lost" (another worker took this chunk over),
+    "stale" (another attempt runs now) or "ended" (the document job already ended).
+    """
+    script = connection.register_script(_MERGE_PAGE)
+    status = script(keys=[job_key(job_id), keys.DELETED_JOB + job_id, stored_key, entries_key, lease_key],
+                    args=[n, json.dumps(entry, separators=(",", ":")), size, owner, lease_ttl,
+                          channel(job_id), pages, render_start, render_end, round(time.time(), 4), attempt])
+    return status.decode() if isinstance(status, bytes) else str(status)
 
 
 # Save and announce in one step, unless the document was deleted: checked inside Redis, so no save
@@ -296,4 +331,67 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'meta', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
+"""
+
+# A save of a job whose progress page-range jobs merge into: seq, percent and ready go on from what
+# is stored (they may have moved since this writer last looked), in one step inside Redis.
+_MERGED_SAVE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local raw = redis.call('HGET', KEYS[1], 'meta')
+local meta = raw and cjson.decode(raw) or {}
+local old = meta['progress']
+local new = cjson.decode(ARGV[1])
+if type(old) == 'table' and tonumber(old['attempt']) == tonumber(new['attempt']) then
+  new['seq'] = math.max(tonumber(new['seq']), tonumber(old['seq'])) + 1
+  if tonumber(old['percent']) > tonumber(new['percent']) then new['percent'] = old['percent'] end
+  if tonumber(old['ready']) > tonumber(new['ready']) then new['ready'] = old['ready'] end
+else
+  new['seq'] = tonumber(new['seq']) + 1
+end
+meta['progress'] = new
+local encoded = cjson.encode(new)
+redis.call('HSET', KEYS[1], 'meta', cjson.encode(meta))
+redis.call('PUBLISH', ARGV[2], encoded)
+return encoded
+"""
+
+# One stored page of a page-range job, merged into the document job's progress (see merge_page).
+_MERGE_PAGE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'deleted' end
+if redis.call('GET', KEYS[5]) ~= ARGV[4] then return 'lost' end
+local raw = redis.call('HGET', KEYS[1], 'meta')
+if not raw then return 'stale' end
+local meta = cjson.decode(raw)
+local p = meta['progress']
+if type(p) ~= 'table' or tonumber(p['attempt']) ~= tonumber(ARGV[11]) then return 'stale' end
+if p['state'] == 'complete' or p['state'] == 'failed' then return 'ended' end
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+redis.call('SETBIT', KEYS[3], tonumber(ARGV[1]), 1)
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[4], 'bytes', ARGV[3])
+local pages = tonumber(ARGV[7])
+local ready = tonumber(p['ready']) or 0
+while ready < pages and redis.call('GETBIT', KEYS[3], ready + 1) == 1 do ready = ready + 1 end
+local stored = redis.call('BITCOUNT', KEYS[3])
+local first, last = tonumber(ARGV[8]), tonumber(ARGV[9])
+local percent = math.floor(first + (last - first) * stored / pages)
+if percent < tonumber(p['percent']) then percent = p['percent'] end
+p['seq'] = tonumber(p['seq']) + 1
+p['state'] = 'running'
+p['ready'] = ready
+p['percent'] = percent
+p['pages'] = pages
+p['page'] = math.min(ready + 1, pages)
+if ready < pages then
+  p['stage'] = 'rendering'
+  p['message'] = 'Rendering: ' .. stored .. ' of ' .. pages .. ' pages done'
+else
+  p['stage'] = 'finalizing'
+  p['message'] = 'Finishing up'
+end
+p['updated_at'] = tonumber(ARGV[10])
+meta['progress'] = p
+redis.call('HSET', KEYS[1], 'meta', cjson.encode(meta))
+redis.call('PUBLISH', ARGV[6], cjson.encode(p))
+return 'ok'
 """

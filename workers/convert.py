@@ -22,7 +22,7 @@ from config import Settings
 from livedoc.ids import valid_doc_id
 from livedoc.progress import Deleted, ProgressWriter
 from livedoc.storage import DocumentFiles, open_storage
-from workers import images, pdf, text
+from workers import images, office, pdf, text
 from workers.errors import (
     ConversionError,
     ConversionTimeout,
@@ -37,7 +37,8 @@ log = logging.getLogger("livedoc.worker")
 
 # The converter of each kind: convert(original path, settings, sink) renders every page into sink.
 Converter = Callable[[Path, Settings, PageSink], None]
-CONVERTERS: dict[str, Converter] = {"pdf": pdf.convert, "image": images.convert, "text": text.convert}
+CONVERTERS: dict[str, Converter] = {"pdf": pdf.convert, "image": images.convert, "text": text.convert,
+                                    "office": office.convert}
 RETRY_MESSAGE = "Temporary problem; trying again shortly."
 
 
@@ -121,6 +122,10 @@ def _fail(job: Job, writer: ProgressWriter, error: ConversionError) -> None:
     elif isinstance(error, ConversionTimeout):
         # A job that ran out of time once will likely do so again: one more try, not JOB_RETRIES.
         job.retries_left = min(job.retries_left or 0, 1)
+    cap = getattr(error, "max_retries", None)
+    if cap is not None:
+        # Some failures earn fewer tries than JOB_RETRIES (a hung LibreOffice: one more, not three).
+        job.retries_left = min(job.retries_left or 0, cap)
     will_retry = error.retryable and (job.retries_left or 0) > 0
     try:
         if will_retry:

@@ -83,6 +83,8 @@ class PageSink:
     stored: int = 0
     scratch: Path | None = None
     on_ready: Callable[[int], None] | None = None
+    # Where the page stages' percent band starts (an Office document spends the first part converting).
+    render_start: float = RENDER_START
 
     def __post_init__(self) -> None:
         root = self.files.storage.scratch_root()
@@ -96,7 +98,7 @@ class PageSink:
                   "outline": outline or []}
         self.files.storage.put_bytes(self.files.key(self.attempt, LAYOUT),
                                      json.dumps(layout, separators=(",", ":")).encode())
-        self.writer.update("rendering", RENDER_START, page=1, pages=self.pages, ready=0,
+        self.writer.update("rendering", self.render_start, page=1, pages=self.pages, ready=0,
                            message=f"Rendering page 1 of {self.pages}")
 
     def add(self, n: int, image: Image.Image, text: str, runs: list[Run]) -> None:
@@ -117,7 +119,7 @@ class PageSink:
 
     def _report(self) -> None:
         done, total = self.ready, self.pages
-        percent = RENDER_START + (RENDER_END - RENDER_START) * done / max(1, total)
+        percent = self.render_start + (RENDER_END - self.render_start) * done / max(1, total)
         nxt = min(done + 1, total)
         message = f"Rendering page {nxt} of {total}" if done < total else "Finishing up"
         self.writer.update("rendering" if done < total else "finalizing", percent, page=nxt, pages=total,

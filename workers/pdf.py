@@ -1,14 +1,22 @@
 """PDF uploads via pypdfium2: check the whole document first, then render and store page by page."""
 from __future__ import annotations
 
+import ctypes
+import functools
+import multiprocessing
 import os
+import signal
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
+from PIL import Image
 
 from config import Settings
 from workers.errors import (
+    ConversionError,
     CorruptDocument,
     EmptyDocument,
     EncryptedDocument,
@@ -17,11 +25,12 @@ from workers.errors import (
     TooManyPages,
 )
 from workers.images import MAX_SIDE
-from workers.pages import PageSink, Run
+from workers.pages import PageSink, Run, write_page_files
 
 POINTS_PER_INCH = 72
 OUTLINE_MAX_ITEMS = 5000
 OUTLINE_MAX_DEPTH = 12
+PR_SET_PDEATHSIG = 1
 RUNS_MAX = 20_000  # text runs kept per page: a hostile page of a million tiny glyphs stays bounded
 
 
@@ -92,23 +101,124 @@ def outline(doc: pdfium.PdfDocument) -> list[dict]:
 
 
 def convert(source: Path, settings: Settings, sink: PageSink) -> None:
-    """Render every page of a PDF to JPEG plus thumbnail, text and text layer, in page order."""
+    """Render every page of a PDF to JPEG plus thumbnail, text and text layer, made ready in page order."""
     doc = open_document(source)
     try:
         sizes = check_document(doc, settings)
         sink.begin(sizes, outline(doc))
-        # Without this, filled-in form fields would render empty.
-        doc.init_forms()
-        scale = settings.RENDER_DPI / POINTS_PER_INCH
-        for index in range(len(sizes)):
-            render_page(doc, index, scale, sink)
     finally:
         # pdfium holds native memory that Python's GC does not see; close deterministically.
         doc.close()
+    from workers import chunks  # chunks renders through this module
+
+    if chunks.wanted(settings, len(sizes)):
+        chunks.run(source, settings, sink)
+    else:
+        render_pages(source, settings, sink.scratch, 1, len(sizes), sink.store)
 
 
-def render_page(doc: pdfium.PdfDocument, index: int, scale: float, sink: PageSink) -> None:
-    """Render one page and hand it to the sink; its native memory is released before returning."""
+Store = Callable[[dict, dict[str, Path]], None]
+
+
+def render_processes(settings: Settings) -> int:
+    """How many processes render one document's pages on this host (RENDER_PROCESSES, 0: every core)."""
+    return settings.RENDER_PROCESSES if settings.RENDER_PROCESSES > 0 else (os.cpu_count() or 1)
+
+
+def render_pages(source: Path, settings: Settings, scratch: Path, first: int, last: int,
+                 store: Store) -> set[int]:
+    """Render pages first..last into scratch and hand each to `store` in page order; returns the ids
+    of the processes that rendered them.
+
+    pdfium is not thread-safe, so a document uses every core through processes, each with the PDF
+    open itself. Pages are handed out one at a time and come back in page order (imap), so page k
+    is stored as soon as it and those before it are rendered, and nothing but the small page
+    entries crosses between processes: the images go through scratch files, and memory stays flat
+    whatever the page count. The pool is forked from the work horse, so it is in the horse's
+    process group (RQ kills that group on stop and on a hard timeout), dies with the horse
+    (PDEATHSIG), and is terminated on every way out of this function.
+    """
+    scale = settings.RENDER_DPI / POINTS_PER_INCH
+    processes = min(render_processes(settings), last - first + 1)
+    if threading.active_count() > 1:
+        # Forking copies only the calling thread: from a process with other threads (an app with
+        # its hub, a test run) a child could inherit a lock held forever. The work horse RQ forks
+        # is single-threaded; anywhere else the pages are rendered here, one at a time.
+        processes = 1
+    render = functools.partial(_render_in_child, scale=scale, scratch=str(scratch),
+                               thumb_width=settings.THUMB_WIDTH)
+    if processes <= 1:
+        _child_open(str(source))
+        try:
+            results = map(render, range(first - 1, last))
+            return _store_all(results, store)
+        finally:
+            _child_close()
+    pool = multiprocessing.get_context("fork").Pool(processes, initializer=_child_init,
+                                                    initargs=(str(source),))
+    try:
+        return _store_all(pool.imap(render, range(first - 1, last)), store)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _store_all(results: Iterable[tuple], store: Store) -> set[int]:
+    pids = set()
+    for result in results:
+        if "error" in result[0]:
+            raise ConversionError(**result[0]["error"])
+        entry, paths, pid = result
+        pids.add(pid)
+        store(entry, {name: Path(path) for name, path in paths.items()})
+    return pids
+
+
+_child_doc: pdfium.PdfDocument | None = None
+
+
+def _child_init(source: str) -> None:
+    # A pool process must not outlive the work horse that forked it (a SIGKILL skips every cleanup).
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Handlers inherited from the forking process (a worker's warm-shutdown handler) would swallow the
+    # SIGTERM with which the pool is terminated.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _child_open(source)
+
+
+def _child_open(source: str) -> None:
+    global _child_doc
+    _child_doc = open_document(Path(source))
+    # Without this, filled-in form fields would render empty.
+    _child_doc.init_forms()
+
+
+def _child_close() -> None:
+    global _child_doc
+    if _child_doc is not None:
+        _child_doc.close()
+        _child_doc = None
+
+
+def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -> tuple:
+    """Render one page and write its files; (entry, paths, pid), or ({"error": ...},) when it fails."""
+    assert _child_doc is not None
+    pages: list[tuple[dict, dict[str, Path]]] = []
+    try:
+        render_page(_child_doc, index, scale,
+                    lambda n, image, text, runs: pages.append(
+                        write_page_files(Path(scratch), n, image, text, runs, thumb_width)))
+    except ConversionError as exc:
+        return ({"error": exc.as_dict()},)
+    entry, paths = pages[0]
+    return entry, {name: str(path) for name, path in paths.items()}, os.getpid()
+
+
+def render_page(doc: pdfium.PdfDocument, index: int, scale: float,
+                add: Callable[[int, Image.Image, str, list[Run]], object]) -> None:
+    """Render one page and hand it to `add` (a sink's add); its native memory is released before returning."""
     try:
         page = doc[index]
     except pdfium.PdfiumError:
@@ -122,7 +232,7 @@ def render_page(doc: pdfium.PdfDocument, index: int, scale: float, sink: PageSin
         try:
             # The PIL image may share the bitmap's buffer, so it is written before the bitmap closes.
             image = bitmap.to_pil()
-            sink.add(index + 1, image, text, runs)
+            add(index + 1, image, text, runs)
             image.close()
         finally:
             bitmap.close()

@@ -1,15 +1,19 @@
 """The RQ worker class livedoc runs (`rq worker -w workers.rqworker.LivedocWorker`)."""
 from __future__ import annotations
 
+from redis.client import Pipeline
 from rq import Worker
 from rq.job import Job
 from rq.queue import Queue
 
-from livedoc import progress
+from config import Settings
+from livedoc import capabilities, progress
+from workers import office
 
 
 class LivedocWorker(Worker):
-    """An RQ worker that never rolls progress back, and that hands its job back when told to stop.
+    """An RQ worker that never rolls progress back, hands its job back when told to stop, and tells
+    the web which optional kinds (Office) this host converts.
 
     RQ's warm shutdown waits for the running job, up to JOB_TIMEOUT: Ctrl-C seemed to hang and a
     deploy waited for the longest conversion. This worker stops at once instead: it kills its work
@@ -18,6 +22,21 @@ class LivedocWorker(Worker):
     """
 
     _handing_back: str | None = None
+    _kinds: list[str] | None = None
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None):
+        """RQ's heartbeat, plus the advertisement of this host's converters with the same lifetime.
+
+        A stock `rq worker` converts PDFs, images and text just the same; it only never offers Office.
+        """
+        super().heartbeat(timeout, pipeline)
+        if self._kinds is None:
+            self._kinds = office.local_kinds(Settings.from_env())
+        try:
+            capabilities.advertise(pipeline if pipeline is not None else self.connection, self._kinds,
+                                   ttl=timeout or self.worker_ttl + 60)
+        except Exception:  # noqa: BLE001 - RQ's own heartbeat handles (and logs) Redis trouble
+            self.log.warning("could not advertise this worker's converters")
 
     def request_stop(self, signum, frame):
         """SIGTERM / SIGINT: hand the running job back, then stop (RQ's stop, minus the wait)."""
