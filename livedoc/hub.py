@@ -264,7 +264,7 @@ class StreamHub:
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.FLAGS)
             for job_id in job_ids:
-                pipe.hmget(progress.job_key(job_id), "meta", "status")
+                pipe.hmget(progress.job_key(job_id), *progress.READ_FIELDS)
             if not self._closing:  # a stopping process no longer counts (see close_all)
                 pipe.set(keys.STATS_HOSTS + self.host_id, snap, ex=max(1, int(self.stats_ttl)))
                 pipe.zadd(keys.STATS_INDEX, {self.host_id: now + self.stats_ttl})
@@ -273,14 +273,14 @@ class StreamHub:
             rows = pipe.execute()
         metrics.HUB_POLLS.inc()
         self._apply_flags(flagmod.from_raw(self.defaults, rows[0]))
-        for job_id, (meta, status) in zip(job_ids, rows[1:1 + len(job_ids)]):
-            if meta is None and status is None:
+        for job_id, row in zip(job_ids, rows[1:1 + len(job_ids)]):
+            if all(value is None for value in row):
                 self._vanished(job_id)
             else:
                 watch = self._watches.get(job_id)
                 if watch is not None:
                     watch.missing_since = None
-                self._offer(job_id, progress.decode(meta, status))
+                self._offer(job_id, progress.decode(*row))
         self._read_other_hosts([h.decode() for h in rows[-1] if h.decode() != self.host_id])
 
     def _read_other_hosts(self, hosts: list[str]) -> None:

@@ -21,12 +21,18 @@ from enum import StrEnum
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.job import Job
 from rq.serializers import DefaultSerializer
 
 from livedoc import keys
 
 META_KEY = "progress"
+# The progress is kept twice in the job's hash: as JSON in its own field, which readers read and
+# Redis scripts can merge into (cjson), and in RQ's meta (pickled), which the RQ dashboard shows.
+# RQ never writes the field: a retry or a hand-back that saves the job cannot roll it back.
+FIELD = "livedoc_progress"
+READ_FIELDS = (FIELD, "status", "meta")
 # The serializer of livedoc's jobs, their meta included: RQ's default, what `rq worker` expects.
 SERIALIZER = DefaultSerializer
 CHANNEL_PATTERN = keys.PROGRESS_PATTERN
@@ -117,7 +123,7 @@ def mark_deleted(connection: Redis, job: Job, previous: Progress | None, ttl: in
     job.meta[META_KEY] = ending
     with connection.pipeline(transaction=True) as pipe:
         pipe.set(keys.DELETED_JOB + job.id, 1, ex=ttl)
-        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+        pipe.hset(job.key, mapping={"meta": job.serializer.dumps(job.meta), FIELD: json.dumps(ending)})
         pipe.expire(job.key, ttl)
         pipe.publish(channel(job.id), json.dumps(ending))
         pipe.execute()
@@ -145,10 +151,13 @@ def parse_published(data: bytes | str) -> Progress | None:
     return value if isinstance(value, dict) and isinstance(value.get("seq"), int) else None
 
 
-def decode(meta_raw: bytes | None, status_raw: bytes | None) -> Progress | None:
-    """The progress held in a job's raw meta and status fields (what read_many fetches)."""
-    meta = _load_meta(meta_raw)
-    progress = meta.get(META_KEY) if isinstance(meta, dict) else None
+def decode(field_raw: bytes | None, status_raw: bytes | None,
+           meta_raw: bytes | None = None) -> Progress | None:
+    """The progress held in a job's raw READ_FIELDS (the JSON field; RQ's meta when it has none yet)."""
+    progress = _load_field(field_raw)
+    if progress is None:
+        meta = _load_meta(meta_raw)
+        progress = meta.get(META_KEY) if isinstance(meta, dict) else None
     if not isinstance(progress, dict):
         return None
     if status_raw in _RQ_DEAD and not is_terminal(progress):
@@ -156,6 +165,16 @@ def decode(meta_raw: bytes | None, status_raw: bytes | None) -> Progress | None:
         # instead of leaving viewers on "running" forever. Derived the same way on every host.
         return lost(progress)
     return progress
+
+
+def _load_field(raw: bytes | None) -> Progress | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _load_meta(meta_raw: bytes | None) -> dict | None:
@@ -175,13 +194,15 @@ def _rewrite(connection: Redis, job_id: str, changes: dict[str, Any]) -> Progres
     that calls it may be a misconfigured one.
     """
     key = job_key(job_id)
-    meta = _load_meta(connection.hget(key, "meta"))
+    field_raw, _status, meta_raw = connection.hmget(key, *READ_FIELDS)
+    meta = _load_meta(meta_raw)
     meta = meta if isinstance(meta, dict) else {}
-    previous = meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict) else initial(0, 1)
+    previous = _load_field(field_raw) or (meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict)
+                                          else initial(0, 1))
     updated = {**previous, **changes, "seq": previous.get("seq", 0) + 1, "updated_at": round(time.time(), 4)}
     meta[META_KEY] = updated
     with connection.pipeline(transaction=True) as pipe:
-        pipe.hset(key, "meta", SERIALIZER.dumps(meta))
+        pipe.hset(key, mapping={"meta": SERIALIZER.dumps(meta), FIELD: json.dumps(updated)})
         pipe.publish(channel(job_id), json.dumps(updated))
         pipe.execute()
     return updated
@@ -203,8 +224,7 @@ def handed_back(connection: Redis, job_id: str) -> Progress:
 
 def read(connection: Redis, job_id: str) -> Progress | None:
     """The job's current progress, or None when the job is unknown."""
-    meta_raw, status_raw = connection.hmget(job_key(job_id), "meta", "status")
-    return decode(meta_raw, status_raw)
+    return decode(*connection.hmget(job_key(job_id), *READ_FIELDS))
 
 
 def read_many(connection: Redis, job_ids: list[str]) -> dict[str, Progress | None]:
@@ -213,9 +233,9 @@ def read_many(connection: Redis, job_ids: list[str]) -> dict[str, Progress | Non
         return {}
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hmget(job_key(job_id), "meta", "status")
+            pipe.hmget(job_key(job_id), *READ_FIELDS)
         rows = pipe.execute()
-    return {job_id: decode(meta, status) for job_id, (meta, status) in zip(job_ids, rows)}
+    return {job_id: decode(*row) for job_id, row in zip(job_ids, rows)}
 
 
 class ProgressWriter:
@@ -224,7 +244,15 @@ class ProgressWriter:
     def __init__(self, job: Job, connection: Redis):
         self.job = job
         self.connection = connection
-        previous = job.meta.get(META_KEY) or initial(0, 1)
+        # The JSON field is ahead of RQ's meta when page-range jobs merged into it (they write the
+        # field only): an attempt run again must go on from the newer of the two.
+        try:
+            stored = _load_field(connection.hget(job.key, FIELD))
+        except RedisError:
+            stored = None  # the save will find Redis down too, and say so
+        candidates = [p for p in (stored, job.meta.get(META_KEY))
+                      if isinstance(p, dict) and isinstance(p.get("seq"), int)]
+        previous = max(candidates, key=lambda p: p["seq"]) if candidates else initial(0, 1)
         # An attempt that never started keeps its number; anything else (an RQ retry, a job
         # re-run after its worker died) is a new attempt whose percent starts again at 0.
         started_before = previous.get("stage") != "queued"
@@ -328,7 +356,7 @@ def merge_page(connection: Redis, job_id: str, attempt: int, n: int, pages: int,
 # can slip in between the delete and the writer noticing it.
 _GUARDED_SAVE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'meta', ARGV[1])
+redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'livedoc_progress', ARGV[3])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
@@ -337,9 +365,8 @@ return 1
 # is stored (they may have moved since this writer last looked), in one step inside Redis.
 _MERGED_SAVE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
-local raw = redis.call('HGET', KEYS[1], 'meta')
-local meta = raw and cjson.decode(raw) or {}
-local old = meta['progress']
+local raw = redis.call('HGET', KEYS[1], 'livedoc_progress')
+local old = raw and cjson.decode(raw) or nil
 local new = cjson.decode(ARGV[1])
 if type(old) == 'table' and tonumber(old['attempt']) == tonumber(new['attempt']) then
   new['seq'] = math.max(tonumber(new['seq']), tonumber(old['seq'])) + 1
@@ -348,9 +375,8 @@ if type(old) == 'table' and tonumber(old['attempt']) == tonumber(new['attempt'])
 else
   new['seq'] = tonumber(new['seq']) + 1
 end
-meta['progress'] = new
 local encoded = cjson.encode(new)
-redis.call('HSET', KEYS[1], 'meta', cjson.encode(meta))
+redis.call('HSET', KEYS[1], 'livedoc_progress', encoded)
 redis.call('PUBLISH', ARGV[2], encoded)
 return encoded
 """
@@ -359,10 +385,9 @@ return encoded
 _MERGE_PAGE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'deleted' end
 if redis.call('GET', KEYS[5]) ~= ARGV[4] then return 'lost' end
-local raw = redis.call('HGET', KEYS[1], 'meta')
+local raw = redis.call('HGET', KEYS[1], 'livedoc_progress')
 if not raw then return 'stale' end
-local meta = cjson.decode(raw)
-local p = meta['progress']
+local p = cjson.decode(raw)
 if type(p) ~= 'table' or tonumber(p['attempt']) ~= tonumber(ARGV[11]) then return 'stale' end
 if p['state'] == 'complete' or p['state'] == 'failed' then return 'ended' end
 redis.call('EXPIRE', KEYS[5], ARGV[5])
@@ -390,8 +415,8 @@ else
   p['message'] = 'Finishing up'
 end
 p['updated_at'] = tonumber(ARGV[10])
-meta['progress'] = p
-redis.call('HSET', KEYS[1], 'meta', cjson.encode(meta))
-redis.call('PUBLISH', ARGV[6], cjson.encode(p))
+local encoded = cjson.encode(p)
+redis.call('HSET', KEYS[1], 'livedoc_progress', encoded)
+redis.call('PUBLISH', ARGV[6], encoded)
 return 'ok'
 """

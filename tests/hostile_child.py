@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from rq import SimpleWorker  # noqa: E402
 from config import Settings  # noqa: E402
 from livedoc import jobs, progress  # noqa: E402
 from livedoc.ids import new_doc_id  # noqa: E402
-from livedoc.storage import DocumentFiles  # noqa: E402
+from livedoc.storage import DocumentFiles, LocalStorage  # noqa: E402
 
 
 def main(redis_url: str, storage: str, kind: str, source: str) -> None:
@@ -30,9 +29,9 @@ def main(redis_url: str, storage: str, kind: str, source: str) -> None:
     conn = Redis.from_url(redis_url)
     settings = Settings.from_env().as_flask_config()
     doc_id = new_doc_id()
-    files = DocumentFiles(storage, doc_id)
-    files.root.mkdir(parents=True)
-    shutil.copyfile(source, files.original)
+    files = DocumentFiles(LocalStorage(storage), doc_id)
+    with open(source, "rb") as stream:
+        files.save_original_stream(stream)
     job_id = jobs.enqueue_conversion(conn, settings, doc_id, kind, seq=1, attempt=1)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()

@@ -160,22 +160,22 @@ def test_a_timed_out_job_is_retried_once(redis_conn, storage_dir, worker_env, mo
     """JOB_TIMEOUT twice ends the document: a job that ran out of time will likely do so again."""
     from livedoc import jobs, progress
     from livedoc.ids import new_doc_id
-    from livedoc.storage import DocumentFiles
+    from livedoc.storage import DocumentFiles, LocalStorage
     from tests.conftest import run_jobs
     from workers import convert
 
     calls = []
 
-    def too_slow(source, work, settings, on_page):
+    def too_slow(source, settings, sink):
         calls.append(1)
         import time
 
         time.sleep(5)
         return []
 
-    monkeypatch.setitem(convert.STAGES, "text", too_slow)
+    monkeypatch.setitem(convert.CONVERTERS, "text", too_slow)
     doc_id = new_doc_id()
-    DocumentFiles(storage_dir, doc_id).save_original(b"hello\n")
+    DocumentFiles(LocalStorage(storage_dir), doc_id).save_original(b"hello\n")
     config = {"QUEUE_NAME": "livedoc", "JOB_RETRY_INTERVALS": "0,0,0", "JOB_RETRIES": 3, "JOB_TIMEOUT": 1,
               "RESULT_TTL": 600}
     job_id = jobs.enqueue_conversion(redis_conn, config, doc_id, "text", seq=1, attempt=1)
