@@ -8,7 +8,7 @@ event is a change here, not in each transport.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from livedoc import progress, sse
@@ -85,13 +85,16 @@ class Delivery:
                 self.conn.unwatch(doc_id)
         return batch
 
-    def loop(self, ping: float, deadline: float | None = None,
-             stay_open: bool = False) -> Iterator[list[Event] | str | Closed]:
+    def loop(self, ping: float, deadline: float | None = None, stay_open: bool = False,
+             drain: Callable[[], None] | None = None) -> Iterator[list[Event] | str | Closed]:
         """Batches of events, PING when the line has been quiet for `ping` seconds, then the end:
         a Closed when the hub ends the connection, or nothing once every document has ended
-        (unless `stay_open`, for sockets that subscribe more) or `deadline` (monotonic) passed."""
+        (unless `stay_open`, for sockets that subscribe more) or `deadline` (monotonic) passed.
+        `drain` runs after every wake, before the news: a socket reads its peer's messages there."""
         next_ping = time.monotonic() + ping
         while True:
+            if drain is not None:
+                drain()
             batch = self.pending()
             if batch:
                 yield batch
