@@ -83,30 +83,28 @@ class Connection:
 class Subscription:
     """One connection's interest in one job."""
 
-    __slots__ = ("conn", "job_id", "doc_id")
+    __slots__ = ("conn", "job_id", "doc_id", "watch")
 
     def __init__(self, conn: Connection, job_id: str, doc_id: str):
         self.conn = conn
         self.job_id = job_id
         self.doc_id = doc_id
+        self.watch: _Watch | None = None  # set by the hub; lives as long as it has subscribers
 
     @property
     def progress(self) -> progress.Progress | None:
         """The newest progress the hub knows for the job."""
-        watch = self.conn.hub._watches.get(self.job_id)
-        return watch.progress if watch else None
+        return self.watch.progress if self.watch is not None else None
 
     @property
     def encoded(self) -> str | None:
         """The newest progress as compact JSON, encoded once for all subscribers."""
-        watch = self.conn.hub._watches.get(self.job_id)
-        return watch.encoded() if watch else None
+        return self.watch.encoded() if self.watch is not None else None
 
     def offer(self, current: progress.Progress | None) -> None:
         """Hand the hub a progress the caller read itself (kept if newer)."""
-        watch = self.conn.hub._watches.get(self.job_id)
-        if watch is not None:
-            watch.offer(current)
+        if self.watch is not None:
+            self.watch.offer(current)
 
 
 class _Watch:
@@ -153,6 +151,7 @@ class StreamHub:
         self._others_by_user: Counter = Counter()
         self._poller: gevent.Greenlet | None = None
         self._pusher: gevent.Greenlet | None = None
+        self._sent_counters: dict = {}
 
     # -- connections -----------------------------------------------------------------------------
     def connect(self, user_id: int, transport: str) -> Connection:
@@ -185,9 +184,11 @@ class StreamHub:
             watch = self._watches[sub.job_id] = _Watch()
         watch.offer(current)
         watch.subscribers.add(sub)
+        sub.watch = watch
 
     def _remove(self, sub: Subscription) -> None:
         watch = self._watches.get(sub.job_id)
+        sub.watch = None
         if watch is not None:
             watch.subscribers.discard(sub)
             if not watch.subscribers:
@@ -213,11 +214,16 @@ class StreamHub:
         except RedisError:
             pass  # the snapshot expires by itself within STATS_TTL
 
-    def note_sent(self, prog: progress.Progress, transport: str) -> None:
-        """Record that a progress event went out (for the save→send latency metric)."""
-        metrics.EVENTS_SENT.labels(transport).inc()
-        if prog.get("updated_at"):
-            metrics.SAVE_TO_SEND.observe(max(0.0, time.time() - float(prog["updated_at"])))
+    def note_sent(self, progs: list[progress.Progress], transport: str) -> None:
+        """Record that progress events went out (for the save→send latency metric)."""
+        sent = self._sent_counters.get(transport)
+        if sent is None:  # labels() is a locked dict lookup: once per transport, not per event
+            sent = self._sent_counters[transport] = metrics.EVENTS_SENT.labels(transport)
+        sent.inc(len(progs))
+        now = time.time()
+        for prog in progs:
+            if prog.get("updated_at"):
+                metrics.SAVE_TO_SEND.observe(max(0.0, now - float(prog["updated_at"])))
 
     # -- stats -----------------------------------------------------------------------------------
     def snapshot(self) -> dict:
