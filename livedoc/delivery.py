@@ -7,6 +7,7 @@ event is a change here, not in each transport.
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class Delivery:
         """Follow a document from `seen` on; returns its current state when that is news."""
         # A seq from the future is not ours (another deployment, a forged header): start over.
         seen = seen if seen <= current["seq"] else 0
+        # Interned: every connection watching the document keys its dicts with one shared string,
+        # not with its own copy parsed from its request (10 per multiplexed stream).
+        doc_id = sys.intern(doc_id)
+        job_id = sys.intern(job_id) if job_id else job_id
         self.seen[doc_id] = seen
         if job_id and not progress.is_terminal(current):
             self.conn.watch(job_id, doc_id, current)
