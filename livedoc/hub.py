@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -29,6 +30,9 @@ from livedoc import keys, metrics, progress
 from livedoc.flags import RealtimeFlags
 
 log = logging.getLogger("livedoc.hub")
+
+TIMER_TICK = 0.25  # s: resolution of the hub's timer wheel (ping and long-poll deadlines)
+TIMER_MIN = 2.0    # s: shorter waits use their own gevent timeout
 
 
 class Connection:
@@ -64,11 +68,20 @@ class Connection:
         if sub is not None:
             self.hub._remove(sub)
 
-    def wait(self, timeout: float) -> bool:
-        """Park until a watched job changes or the hub closes the connection; False on timeout."""
-        woke = self._event.wait(timeout)
+    def wait(self, timeout: float) -> None:
+        """Park until a watched job changes, the hub closes the connection, or about `timeout` passed
+        (long timeouts end on the hub's timer wheel, up to TIMER_TICK late)."""
+        if timeout < TIMER_MIN:
+            self._event.wait(timeout)
+        else:
+            # No gevent Timeout per parked connection (an object and a libev timer each, made and
+            # cancelled on every wake): the hub's one timer greenlet wakes the connections due.
+            slot = self.hub._park(self, timeout)
+            try:
+                self._event.wait()
+            finally:
+                self.hub._unpark(self, slot)
         self._event.clear()
-        return bool(woke)
 
     def wake(self) -> None:
         """Make wait() return."""
@@ -152,6 +165,8 @@ class StreamHub:
         self._poller: gevent.Greenlet | None = None
         self._pusher: gevent.Greenlet | None = None
         self._sent_counters: dict = {}
+        self._due: dict[int, set[Connection]] = {}  # timer wheel: tick number -> connections due then
+        self._timer: gevent.Greenlet | None = None
 
     # -- connections -----------------------------------------------------------------------------
     def connect(self, user_id: int, transport: str) -> Connection:
@@ -248,9 +263,31 @@ class StreamHub:
         }
 
     # -- loops -----------------------------------------------------------------------------------
+    def _park(self, conn: Connection, timeout: float) -> int:
+        slot = math.ceil((time.monotonic() + timeout) / TIMER_TICK)
+        self._due.setdefault(slot, set()).add(conn)
+        return slot
+
+    def _unpark(self, conn: Connection, slot: int) -> None:
+        due = self._due.get(slot)
+        if due is not None:
+            due.discard(conn)
+            if not due:
+                del self._due[slot]
+
+    def _timer_loop(self) -> None:
+        while True:
+            gevent.sleep(TIMER_TICK)
+            now = time.monotonic() / TIMER_TICK
+            for slot in [s for s in self._due if s <= now]:
+                for conn in self._due.pop(slot):
+                    conn.wake()
+
     def _ensure_running(self) -> None:
         if self._poller is None or self._poller.dead:
             self._poller = gevent.spawn(self._poll_loop)
+        if self._timer is None or self._timer.dead:
+            self._timer = gevent.spawn(self._timer_loop)
         self._sync_push()
 
     def _sync_push(self) -> None:
