@@ -131,9 +131,10 @@ def _frame(batch: list[Event], delivery: Delivery, multi: bool) -> str:
     # Each event names its document; its id is the cursor over all of them as of that event, so a
     # stream cut inside a batch resumes with the events after the cut.
     state = {**delivery.seen, **{e.doc_id: e.before for e in batch}}
+    order = sorted(state)  # once per batch, not per event
     out = []
     for e in batch:
         state[e.doc_id] = e.progress["seq"]
         out.append(sse.message(f'{{"document_id":"{e.doc_id}",{e.encoded[1:]}', event=e.kind,
-                               id=sse.encode_cursor(state)))
+                               id=sse.encode_cursor(state, order)))
     return "".join(out)

@@ -5,7 +5,7 @@ import json
 import time
 
 import simple_websocket
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from flask_login import current_user, login_required
 from gevent import get_hub
 from wsproto.utilities import LocalProtocolError
@@ -98,6 +98,18 @@ class _NoEvent:
         return True
 
 
+class _Opened:
+    """Stands in for wsproto's handshake once the socket is open: the real one keeps its h11
+    connection and the upgrade request (KiBs per socket) for the socket's whole life."""
+
+    def events(self):
+        """A finished handshake has nothing more to say."""
+        return iter(())
+
+
+_OPENED = _Opened()
+
+
 class _WsSession:
     """One WebSocket served by one greenlet: a readiness watcher on the socket wakes the same hub
     connection the progress does, and the delivery loop drains what arrived before sending."""
@@ -112,6 +124,9 @@ class _WsSession:
         self.watcher = get_hub().loop.io(ws.sock.fileno(), 1)  # 1: readable
         self.awaiting_pong = False
         self.reason = "client_gone"
+        if ws.ws.connection is not None:  # the 101 is sent: frames only from here on
+            ws.ws.handshake = _OPENED
+        g.pop("_login_user", None)  # the user's ORM object: everything needed is copied above
 
     def send(self, payload: dict) -> None:
         """Write one JSON message."""
