@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--transport", choices=["sse", "ws"], default="sse")
     parser.add_argument("--pages", type=int, default=36, help="pages of the generated PDF (no system PDF)")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--worker-nice", type=int, default=0,
+                        help="run the conversion workers under `nice -n N` (0: as scripts/run does)")
     parser.add_argument("--json", default=str(run.BENCH / "results" / "burst.json"))
     args = parser.parse_args()
     import requests
@@ -109,8 +111,10 @@ def main() -> None:
         cpu0 = server.worker.cpu_times()
         t0 = time.time()
         for i in range(args.docs):
+            nice = ["nice", "-n", str(args.worker_nice)] if args.worker_nice else []
             workers.append(subprocess.Popen(
-                ["bash", str(run.ROOT / "scripts" / "worker"), "--burst", "-n", f"burst-{os.getpid()}-{i}"],
+                [*nice, "bash", str(run.ROOT / "scripts" / "worker"), "--burst", "-n",
+                 f"burst-{os.getpid()}-{i}"],
                 cwd=run.ROOT, env=env, stdout=open(work / f"worker-{i}.log", "wb"), stderr=subprocess.STDOUT,
                 start_new_session=True))
         final: dict[str, dict] = {}
@@ -138,7 +142,8 @@ def main() -> None:
             if state == "complete" and final.get(doc, {}).get("seq") == seq:
                 right += 1
         summary = {
-            "pdf": pdf_source, "docs": args.docs, "viewers": args.viewers, "transport": args.transport,
+            "pdf": pdf_source, "docs": args.docs,
+            "worker_nice": args.worker_nice, "viewers": args.viewers, "transport": args.transport,
             "conversion_s": round(t1 - t0, 1),
             "final_states": {d: [b.get("state"), b.get("seq"), b.get("ready"), b.get("pages")]
                              for d, b in final.items()},
