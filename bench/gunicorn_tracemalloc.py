@@ -11,6 +11,9 @@ _root = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 exec(compile(_root.read_text(), str(_root), "exec"))  # noqa: S102 - the real settings, then ours
 
 _livedoc_post_worker_init = post_worker_init  # noqa: F821 - defined by the exec above
+# A snapshot of a big heap blocks the worker's loop, heartbeat included, for longer than the usual
+# 30 s on a busy machine: the master would kill the worker mid-measurement.
+timeout = 600
 
 
 def post_worker_init(worker):  # noqa: F811

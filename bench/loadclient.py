@@ -85,6 +85,7 @@ class Client:
         self.failed: Counter = Counter()
         self.dropped: Counter = Counter()
         self.events: list[tuple[float, float]] = []  # (updated_at, receipt time)
+        self.finals: list[tuple[str, str, int]] = []  # (stream and document, state, seq) of terminal events
         self.unparsed = 0
         self.pings = 0
         self.open_now = 0
@@ -148,7 +149,7 @@ class Client:
                 ready()
                 signalled = True
             sock.settimeout(None)
-            self._read(sock, chunked, rest)
+            self._read(sock, chunked, rest, path)
         finally:
             if not signalled:
                 ready()
@@ -159,9 +160,10 @@ class Client:
                 except OSError:
                     pass
 
-    def _read(self, sock, chunked: bool, rest: bytes) -> None:
+    def _read(self, sock, chunked: bool, rest: bytes, path: str = "") -> None:
         raw = rest
         need = 0  # bytes (payload + CRLF) still owed by the current chunk; 0: a size line is next
+        ended = False
         sse = b""
         data = b""
         now = time.time()
@@ -177,7 +179,9 @@ class Client:
                                     break
                                 size = int(raw[:i].split(b";", 1)[0], 16)
                                 if size == 0:
-                                    raise EOFError("end_of_body")
+                                    ended = True  # after the events of this read (the terminal one)
+                                    raw = b""
+                                    break
                                 raw = raw[i + 2:]
                                 need = size + 2
                             if len(raw) < need:
@@ -193,8 +197,10 @@ class Client:
                         i = sse.find(b"\n\n")
                         if i < 0:
                             break
-                        self._event(sse[:i], now)
+                        self._event(sse[:i], now, path, id(sock))
                         sse = sse[i + 2:]
+                    if ended:
+                        raise EOFError("end_of_body")
                 data = sock.recv(65536)
                 now = time.time()
                 if not data:
@@ -206,7 +212,7 @@ class Client:
         finally:
             self.open_now -= 1
 
-    def _event(self, block: bytes, now: float) -> None:
+    def _event(self, block: bytes, now: float, path: str = "", stream: int = 0) -> None:
         if block.startswith(b":"):
             self.pings += 1
             return
@@ -217,7 +223,13 @@ class Client:
                     self.events.append((float(value["updated_at"]), now))
                 except (ValueError, KeyError, TypeError):
                     self.unparsed += 1
+                    return
+                self._final(f"{stream}:{value.get('document_id') or path}", value)
                 return
+
+    def _final(self, key: str, value: dict) -> None:
+        if value.get("state") in ("complete", "failed"):
+            self.finals.append((key, value["state"], value.get("seq")))
 
     # -- WebSocket --------------------------------------------------------------------------------
     def _ws_open(self, target) -> tuple:
@@ -300,6 +312,8 @@ class Client:
                 self.events.append((float(msg["data"]["updated_at"]), now))
             except (KeyError, TypeError, ValueError):
                 self.unparsed += 1
+                return
+            self._final(f"{id(sock)}:{msg.get('document_id')}", msg["data"])
         elif kind == "error":
             self.ws_errors[str(msg.get("code"))] += 1
 
@@ -451,7 +465,7 @@ def main() -> None:
             with open(args.out, "w") as fh:
                 json.dump({"connect_ms": client.connect_ms, "handshake_ms": client.handshake_ms,
                            "ws_errors": dict(client.ws_errors), "denied": client.denied,
-                           "failed": dict(client.failed),
+                           "failed": dict(client.failed), "finals": client.finals,
                            "dropped": dict(client.dropped), "events": client.events,
                            "unparsed": client.unparsed, "pings": client.pings,
                            "open_at_stop": open_at_stop, "ramp_s": ramp_s}, fh)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import devredis  # noqa: E402
 
 # Settings shared by every system under test.
-GEVENT_ARGS = ["-k", "gevent", "--worker-connections", "10000", "-w", "1", "--no-control-socket"]
+GEVENT_ARGS = ["-k", "gevent", "--worker-connections", "11000", "-w", "1", "--no-control-socket"]
 POLL_MS = 2000
 PING_MS = 30000
 MAIN_JOBS = 100       # documents the 100 / 1,000 / 5,000-stream scenarios spread their streams over
@@ -58,7 +58,14 @@ TARGETS = {
     "redis_ratio": "Redis cmds/s, 1,000 streams on 10 jobs <= 1.2x 10 streams on 10 jobs",
     "connect_p99": "connect p99 <= 50 ms with 1,000 streams open",
     "idle_cpu": "idle worker CPU with 1,000 streams < 2% of a core",
+    # issue J (streams at the floor)
+    "mem_vs_naive": "MB/100 conns vs the naive poller, same N, same run: SSE <= 1.0x, multi <= 1.2x, "
+                    "WS <= 1.5x",
+    "conns_10000": "10,000 connections on one worker: 0 errors, p99 <= 50 ms at 1,000 events/s, "
+                   "idle CPU < 2%",
+    "fanout_5000": "5,000 connections x 10 documents at ~10,000 events/s: p99 <= 100 ms",
 }
+MEM_LIMITS = {"livedoc push": 1.0, "livedoc multi": 1.2, "livedoc ws": 1.5}
 # Everything from this line on in BENCHMARKS.md is hand-written and kept when the report is rewritten.
 ANALYSIS_MARKER = "<!-- analysis: hand-written, kept by bench/run.py -->"
 SEED_CLAIMS = "connect < 100 ms, update < 500 ms, < 10 MB per 100 connections, < 5% CPU"
@@ -75,15 +82,20 @@ class Scenario:
     idle: bool = True      # measure idle CPU and idle Redis traffic
     transport: str = "sse"  # livedoc only: sse (one document) | multi (/api/events?docs=) | ws (/api/ws)
     docs: int = 1          # documents each connection watches (multi, ws)
+    saves_per_s: float | None = None  # the driven rate when not the suite's (the 10,000 rows)
 
     @property
     def rate(self) -> float:
+        if self.saves_per_s is not None:
+            return self.saves_per_s
         return MAIN_RATE if self.jobs == "main" else RATIO_RATE
 
 
 def suite(name: str) -> list[Scenario]:
     out: list[Scenario] = []
     sizes = [100, 1000] if name == "quick" else [100, 1000, 5000]
+    if name == "floor":
+        return floor_suite()
     for n in sizes:
         out.append(Scenario(f"livedoc push {n}", "livedoc", n))
     for n in sizes:
@@ -100,6 +112,14 @@ def suite(name: str) -> list[Scenario]:
         out.append(Scenario(f"naive {n}", "naive", n))
     for n in sizes:
         out.append(Scenario(f"flask-sse {n}", "flask-sse", n))
+    if name in ("full", "floor"):
+        # 10,000 connections at 1,000 events/s: every job has 100 single-document watchers
+        # (10 saves/s) or 1,000 multiplexed/WebSocket watchers (1 save/s).
+        for transport, docs, rate in (("sse", 1, 10.0), ("multi", DOCS_PER_CONN, 1.0),
+                                      ("ws", DOCS_PER_CONN, 1.0)):
+            label = "push" if transport == "sse" else transport
+            out.append(Scenario(f"livedoc {label} 10000", "livedoc", 10000, transport=transport, docs=docs,
+                                saves_per_s=rate))
     ratio_systems = [("livedoc push", "livedoc", True)]
     if name == "full":
         ratio_systems += [("livedoc nopush", "livedoc", False), ("naive", "naive", True),
@@ -114,6 +134,16 @@ def suite(name: str) -> list[Scenario]:
                 out.append(Scenario(f"livedoc {transport} {n}on10", "livedoc", n, jobs="ratio", idle=False,
                                     transport=transport, docs=RATIO_JOBS))
     return out
+
+
+def floor_suite() -> list[Scenario]:
+    """Issue J's one run: every transport and both peers at 1,000 and 5,000, heavy fan-out
+    (multi/ws 5000 x 10 documents at ~10,000 events/s) and 10,000 per worker at 1,000 events/s."""
+    full = {s.name: s for s in suite("full")}
+    names = ["livedoc push 1000", "livedoc nopush 1000", "livedoc multi 1000", "livedoc ws 1000",
+             "naive 1000", "flask-sse 1000", "livedoc push 5000", "livedoc multi 5000", "livedoc ws 5000",
+             "naive 5000", "flask-sse 5000", "livedoc push 10000", "livedoc multi 10000", "livedoc ws 10000"]
+    return [full[n] for n in names]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -292,7 +322,7 @@ class Bench:
             "RATELIMIT_UPLOAD": "100000 per minute",
             "MAX_STREAMS_PER_USER": "100000",
             "WEB_CONCURRENCY": "1",
-            "WORKER_CONNECTIONS": "10000",
+            "WORKER_CONNECTIONS": "11000",  # 10,000 streams + the probes
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
@@ -713,6 +743,38 @@ def verdicts(results: list[dict]) -> list[tuple[str, str, str, str]]:
         if s and s.get("idle_cpu_pct") is not None:
             rows.append((TARGETS["idle_cpu"], label, f"{s['idle_cpu_pct']:.1f}%",
                          miss(s["idle_cpu_pct"], 2.0, " pts")))
+    for n in (1000, 5000):
+        base = r.get(f"naive {n}")
+        if not base or not base.get("rss_per_100_mb"):
+            continue
+        for prefix, limit in MEM_LIMITS.items():
+            s = r.get(f"{prefix} {n}")
+            if s and s.get("rss_per_100_mb") is not None:
+                ratio = s["rss_per_100_mb"] / base["rss_per_100_mb"]
+                verdict = "met" if ratio <= limit else f"MISSED ({ratio:.2f}x vs {limit}x)"
+                rows.append((TARGETS["mem_vs_naive"], f"{prefix} @{n}",
+                             f"{s['rss_per_100_mb']:.2f} vs naive {base['rss_per_100_mb']:.2f} MB/100 = "
+                             f"{ratio:.2f}x", verdict))
+    for prefix in MEM_LIMITS:
+        s = r.get(f"{prefix} 10000")
+        if not s:
+            continue
+        if s.get("crashed"):
+            rows.append((TARGETS["conns_10000"], prefix, s["crashed"][:80], "MISSED"))
+            continue
+        errs, p99, idle = s.get("errors", 1), s.get("lat_p99_ms"), s.get("idle_cpu_pct")
+        ok = (errs == 0 and s.get("opened") == 10000 and p99 is not None and p99 <= 50
+              and idle is not None and idle < 2)
+        rows.append((TARGETS["conns_10000"], prefix,
+                     f"{s.get('opened')} open, {errs} errors, p99 {f(p99, 1)} ms at "
+                     f"{f(s.get('events_per_s'))} events/s, idle CPU {f(idle, 1)}%",
+                     "met" if ok else "MISSED"))
+    for prefix in ("livedoc multi", "livedoc ws"):
+        s = r.get(f"{prefix} 5000")
+        if s and s.get("lat_p99_ms") is not None:
+            rows.append((TARGETS["fanout_5000"], prefix,
+                         f"p99 {s['lat_p99_ms']:,.1f} ms at {s.get('events_per_s', 0):,.0f} events/s",
+                         miss(s["lat_p99_ms"], 100, " ms")))
     return rows
 
 
@@ -811,7 +873,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default="quick",
-                        help="quick | full | comma-separated scenario names from either suite")
+                        help="quick | full | floor | comma-separated scenario names from the full suite")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"),
                         help="where to write the report ('' to skip)")
     parser.add_argument("--json", default=None, help="raw results (default: bench/results/<suite>.json)")
@@ -830,7 +892,7 @@ def main() -> None:
         return
 
     raise_nofile()
-    if args.scenarios in ("quick", "full"):
+    if args.scenarios in ("quick", "full", "floor"):
         scenarios = suite(args.scenarios)
     else:
         wanted = [s.strip() for s in args.scenarios.split(",")]
@@ -863,7 +925,7 @@ def main() -> None:
     print()
     for t, s, m, v in verdicts(bench.results):
         print(f"{v:>34}  {s:<26} {m:<40} {t}")
-    label = args.scenarios if args.scenarios in ("quick", "full") else "custom"
+    label = args.scenarios if args.scenarios in ("quick", "full", "floor") else "custom"
     out_json = Path(args.json) if args.json else BENCH / "results" / f"{label}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps({"meta": meta, "command": command, "results": bench.results}, indent=1,

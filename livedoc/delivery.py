@@ -7,8 +7,9 @@ event is a change here, not in each transport.
 """
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from livedoc import progress, sse
@@ -44,19 +45,25 @@ PING = "ping"
 class Delivery:
     """One connection's view of its documents: what it has seen, and what to send next."""
 
-    __slots__ = ("hub", "conn", "seen", "transport")
+    __slots__ = ("hub", "conn", "seen", "transport", "next_ping", "done")
 
     def __init__(self, hub: StreamHub, conn: Connection, transport: str):
         self.hub = hub
         self.conn = conn
         self.seen: dict[str, int] = {}
         self.transport = transport
+        self.next_ping: float | None = None
+        self.done = False
 
     def start(self, doc_id: str, job_id: str | None, current: progress.Progress,
               seen: int = 0) -> Event | None:
         """Follow a document from `seen` on; returns its current state when that is news."""
         # A seq from the future is not ours (another deployment, a forged header): start over.
         seen = seen if seen <= current["seq"] else 0
+        # Interned: every connection watching the document keys its dicts with one shared string,
+        # not with its own copy parsed from its request (10 per multiplexed stream).
+        doc_id = sys.intern(doc_id)
+        job_id = sys.intern(job_id) if job_id else job_id
         self.seen[doc_id] = seen
         if job_id and not progress.is_terminal(current):
             self.conn.watch(job_id, doc_id, current)
@@ -73,39 +80,62 @@ class Delivery:
     def pending(self) -> list[Event]:
         """Every watched document's news since the last call; ended documents are let go."""
         batch = []
-        for doc_id, sub in list(self.conn.subs.items()):
-            prog = sub.progress
-            before = self.seen.get(doc_id, 0)
-            if prog is None or prog["seq"] <= before:
+        seen = self.seen
+        for doc_id, sub in self.conn.subs.items():
+            watch = sub.watch
+            prog = watch.progress if watch is not None else None
+            if prog is None:
                 continue
-            self.seen[doc_id] = prog["seq"]
-            batch.append(Event(doc_id, prog, sub.encoded, before))
-            self.hub.note_sent(prog, self.transport)
-            if progress.is_terminal(prog):
-                self.conn.unwatch(doc_id)
+            before = seen.get(doc_id, 0)
+            if prog["seq"] <= before:
+                continue
+            seen[doc_id] = prog["seq"]
+            batch.append(Event(doc_id, prog, watch.encoded(), before))
+        if batch:
+            self.hub.note_sent([e.progress for e in batch], self.transport)
+            for e in batch:
+                if progress.is_terminal(e.progress):
+                    self.conn.unwatch(e.doc_id)
         return batch
 
-    def loop(self, ping: float, deadline: float | None = None,
-             stay_open: bool = False) -> Iterator[list[Event] | str | Closed]:
-        """Batches of events, PING when the line has been quiet for `ping` seconds, then the end:
-        a Closed when the hub ends the connection, or nothing once every document has ended
-        (unless `stay_open`, for sockets that subscribe more) or `deadline` (monotonic) passed."""
-        next_ping = time.monotonic() + ping
+    def loop(self, ping: float, deadline: float | None = None, stay_open: bool = False,
+             drain: Callable[[], None] | None = None) -> Iterator[list[Event] | str | Closed]:
+        """Every item next() returns, until it returns None."""
+        while (item := self.next(ping, deadline, stay_open, drain)) is not None:
+            yield item
+
+    def next(self, ping: float, deadline: float | None = None, stay_open: bool = False,
+             drain: Callable[[], None] | None = None) -> list[Event] | str | Closed | None:
+        """Wait for what to send next: a batch of events, PING when the line has been quiet for
+        `ping` seconds, a Closed when the hub ends the connection; None at the end: every document
+        has ended (unless `stay_open`, for sockets that subscribe more), `deadline` (monotonic)
+        passed, or a Closed was returned. `drain` runs after every wake, before the news: a socket
+        reads its peer's messages there.
+
+        A plain call, not a generator, so a parked SSE stream's saved C stack holds one generator
+        frame (the response) instead of two: that stack is most of what a parked stream costs."""
+        if self.done:
+            return None
+        if self.next_ping is None:
+            self.next_ping = time.monotonic() + ping
         while True:
+            if drain is not None:
+                drain()
             batch = self.pending()
             if batch:
-                yield batch
+                return batch
             if self.conn.closed:
+                self.done = True
                 mode = self.hub.flags.transport if self.conn.closed == "mode" else None
-                yield Closed(self.conn.closed, mode)
-                return
+                return Closed(self.conn.closed, mode)
             if not self.conn.subs and not stay_open:
-                return
+                self.done = True
+                return None
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                return
-            if now >= next_ping:
-                yield PING
-                next_ping = time.monotonic() + ping
-                continue
-            self.conn.wait(min(next_ping, deadline if deadline is not None else next_ping) - now)
+                self.done = True
+                return None
+            if now >= self.next_ping:
+                self.next_ping = now + ping
+                return PING
+            self.conn.wait(min(self.next_ping, deadline if deadline is not None else self.next_ping) - now)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -29,6 +30,9 @@ from livedoc import keys, metrics, progress
 from livedoc.flags import RealtimeFlags
 
 log = logging.getLogger("livedoc.hub")
+
+TIMER_TICK = 0.25  # s: resolution of the hub's timer wheel (ping and long-poll deadlines)
+TIMER_MIN = 2.0    # s: shorter waits use their own gevent timeout
 
 
 class Connection:
@@ -64,11 +68,20 @@ class Connection:
         if sub is not None:
             self.hub._remove(sub)
 
-    def wait(self, timeout: float) -> bool:
-        """Park until a watched job changes or the hub closes the connection; False on timeout."""
-        woke = self._event.wait(timeout)
+    def wait(self, timeout: float) -> None:
+        """Park until a watched job changes, the hub closes the connection, or about `timeout` passed
+        (long timeouts end on the hub's timer wheel, up to TIMER_TICK late)."""
+        if timeout < TIMER_MIN:
+            self._event.wait(timeout)
+        else:
+            # No gevent Timeout per parked connection (an object and a libev timer each, made and
+            # cancelled on every wake): the hub's one timer greenlet wakes the connections due.
+            slot = self.hub._park(self, timeout)
+            try:
+                self._event.wait()
+            finally:
+                self.hub._unpark(self, slot)
         self._event.clear()
-        return bool(woke)
 
     def wake(self) -> None:
         """Make wait() return."""
@@ -83,30 +96,28 @@ class Connection:
 class Subscription:
     """One connection's interest in one job."""
 
-    __slots__ = ("conn", "job_id", "doc_id")
+    __slots__ = ("conn", "job_id", "doc_id", "watch")
 
     def __init__(self, conn: Connection, job_id: str, doc_id: str):
         self.conn = conn
         self.job_id = job_id
         self.doc_id = doc_id
+        self.watch: _Watch | None = None  # set by the hub; lives as long as it has subscribers
 
     @property
     def progress(self) -> progress.Progress | None:
         """The newest progress the hub knows for the job."""
-        watch = self.conn.hub._watches.get(self.job_id)
-        return watch.progress if watch else None
+        return self.watch.progress if self.watch is not None else None
 
     @property
     def encoded(self) -> str | None:
         """The newest progress as compact JSON, encoded once for all subscribers."""
-        watch = self.conn.hub._watches.get(self.job_id)
-        return watch.encoded() if watch else None
+        return self.watch.encoded() if self.watch is not None else None
 
     def offer(self, current: progress.Progress | None) -> None:
         """Hand the hub a progress the caller read itself (kept if newer)."""
-        watch = self.conn.hub._watches.get(self.job_id)
-        if watch is not None:
-            watch.offer(current)
+        if self.watch is not None:
+            self.watch.offer(current)
 
 
 class _Watch:
@@ -153,6 +164,9 @@ class StreamHub:
         self._others_by_user: Counter = Counter()
         self._poller: gevent.Greenlet | None = None
         self._pusher: gevent.Greenlet | None = None
+        self._sent_counters: dict = {}
+        self._due: dict[int, set[Connection]] = {}  # timer wheel: tick number -> connections due then
+        self._timer: gevent.Greenlet | None = None
 
     # -- connections -----------------------------------------------------------------------------
     def connect(self, user_id: int, transport: str) -> Connection:
@@ -185,9 +199,11 @@ class StreamHub:
             watch = self._watches[sub.job_id] = _Watch()
         watch.offer(current)
         watch.subscribers.add(sub)
+        sub.watch = watch
 
     def _remove(self, sub: Subscription) -> None:
         watch = self._watches.get(sub.job_id)
+        sub.watch = None
         if watch is not None:
             watch.subscribers.discard(sub)
             if not watch.subscribers:
@@ -213,11 +229,16 @@ class StreamHub:
         except RedisError:
             pass  # the snapshot expires by itself within STATS_TTL
 
-    def note_sent(self, prog: progress.Progress, transport: str) -> None:
-        """Record that a progress event went out (for the save→send latency metric)."""
-        metrics.EVENTS_SENT.labels(transport).inc()
-        if prog.get("updated_at"):
-            metrics.SAVE_TO_SEND.observe(max(0.0, time.time() - float(prog["updated_at"])))
+    def note_sent(self, progs: list[progress.Progress], transport: str) -> None:
+        """Record that progress events went out (for the save→send latency metric)."""
+        sent = self._sent_counters.get(transport)
+        if sent is None:  # labels() is a locked dict lookup: once per transport, not per event
+            sent = self._sent_counters[transport] = metrics.EVENTS_SENT.labels(transport)
+        sent.inc(len(progs))
+        now = time.time()
+        for prog in progs:
+            if prog.get("updated_at"):
+                metrics.SAVE_TO_SEND.observe(max(0.0, now - float(prog["updated_at"])))
 
     # -- stats -----------------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -242,9 +263,31 @@ class StreamHub:
         }
 
     # -- loops -----------------------------------------------------------------------------------
+    def _park(self, conn: Connection, timeout: float) -> int:
+        slot = math.ceil((time.monotonic() + timeout) / TIMER_TICK)
+        self._due.setdefault(slot, set()).add(conn)
+        return slot
+
+    def _unpark(self, conn: Connection, slot: int) -> None:
+        due = self._due.get(slot)
+        if due is not None:
+            due.discard(conn)
+            if not due:
+                del self._due[slot]
+
+    def _timer_loop(self) -> None:
+        while True:
+            gevent.sleep(TIMER_TICK)
+            now = time.monotonic() / TIMER_TICK
+            for slot in [s for s in self._due if s <= now]:
+                for conn in self._due.pop(slot):
+                    conn.wake()
+
     def _ensure_running(self) -> None:
         if self._poller is None or self._poller.dead:
             self._poller = gevent.spawn(self._poll_loop)
+        if self._timer is None or self._timer.dead:
+            self._timer = gevent.spawn(self._timer_loop)
         self._sync_push()
 
     def _sync_push(self) -> None:

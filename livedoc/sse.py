@@ -60,9 +60,10 @@ CURSOR_PREFIX = 8
 _CURSOR_MAX = 8192
 
 
-def encode_cursor(seqs: dict[str, int]) -> str:
-    """The cursor for these documents' last sent seqs."""
-    return ",".join(f"{doc_id[:CURSOR_PREFIX]}:{seq}" for doc_id, seq in sorted(seqs.items()) if seq > 0)
+def encode_cursor(seqs: dict[str, int], order: list[str] | None = None) -> str:
+    """The cursor for these documents' last sent seqs (`order`: their ids sorted, if known)."""
+    ids = order if order is not None else sorted(seqs)
+    return ",".join(f"{doc_id[:CURSOR_PREFIX]}:{seqs[doc_id]}" for doc_id in ids if seqs[doc_id] > 0)
 
 
 def parse_cursor(raw: str | None, doc_ids: list[str]) -> dict[str, int]:

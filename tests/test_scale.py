@@ -133,3 +133,29 @@ def test_polling_alone_delivers_when_push_is_off(make_stack):
     # Every event came from the hub's poll: no pub/sub message was read.
     assert "livedoc_push_messages_total 0.0" in metrics
     assert 'livedoc_events_sent_total{transport="sse"}' in metrics
+
+
+def test_long_waits_end_on_the_hub_timer(make_stack):
+    # A 2.5 s ping and a 3 s long-poll are long enough for the hub's timer wheel (livedoc.hub
+    # TIMER_MIN), which replaces a gevent timeout per parked connection: each must still end on time,
+    # never early and at most a tick (plus scheduling) late.
+    stack = make_stack(SSE_PING_INTERVAL="2500")
+    s = api(stack.user("timer"))
+    body = upload(s, stack.base_url)  # no worker: the job stays queued, the stream stays quiet
+    started = time.monotonic()
+    stream = sse_events(open_stream(s, stack.base_url, body))
+    first = next(e for e in stream if "event" in e)
+    assert (first["event"], first["id"]) == ("progress", "1")
+    pings = []
+    for message in stream:
+        assert message == {"comment": "ping"}, message
+        pings.append(time.monotonic() - started)
+        if len(pings) == 2:
+            break
+    assert 2.5 <= pings[0] < 4.0, pings
+    assert 2.5 <= pings[1] - pings[0] < 3.5, pings
+    t0 = time.monotonic()
+    resp = s.get(stack.base_url + body["status_url"], params={"after": 1, "wait": 3}, timeout=10)
+    waited = time.monotonic() - t0
+    assert resp.status_code == 200 and resp.json()["seq"] == 1, resp.text
+    assert 3.0 <= waited < 4.0, waited

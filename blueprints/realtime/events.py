@@ -72,7 +72,10 @@ def _open(items: list[tuple], multi: bool) -> Response:
     cfg = current_app.config
     stream = _stream(stream_hub(), items, multi, user_id, username, cfg["SSE_PING_INTERVAL"] / 1000,
                      cfg["SSE_RETRY"], request.remote_addr)
-    return Response(stream, mimetype="text/event-stream", headers={
+    # direct_passthrough: the WSGI server iterates this generator itself, without Werkzeug's
+    # ClosingIterator and encoding generator around it; each is a C frame more in every parked
+    # stream's saved stack, and the ClosingIterator would keep this Response alive for the stream's life.
+    return Response(stream, mimetype="text/event-stream", direct_passthrough=True, headers={
         "Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Livedoc-Mode": Transport.SSE.value})
 
 
@@ -81,35 +84,42 @@ def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, usernam
     name = MULTI if multi else SINGLE
     started = time.monotonic()
     reason = "client_gone"
-    conn = None
-    names = ",".join(doc_id for doc_id, _, _, _ in items)
-    audit("stream_open", user=username, document=names, transport=name, ip=ip)
+    conn = delivery = None
+    audit("stream_open", user=username, document=",".join(i[0] for i in items), transport=name, ip=ip)
     try:
-        yield sse.retry(retry_ms)
+        yield sse.retry(retry_ms).encode()
         conn = h.connect(user_id, name)
         delivery = Delivery(h, conn, name)
-        first = [delivery.start(*item) for item in items]
+        news = [e for e in (delivery.start(*item) for item in items) if e is not None]
         items.clear()  # the hub holds what is current from here on: keep no copy per stream
-        news = [e for e in first if e is not None]
         if news:
-            yield _frame(news, delivery, multi)
-        for item in delivery.loop(ping):
+            out = _frame(news, delivery, multi)
+            news = None  # nor the opening progress (a dict per document) while parked
+            yield out.encode()
+        while True:
+            # Nothing of the last item stays referenced while parked in next().
+            out = item = None
+            item = delivery.next(ping)
+            if item is None:
+                break
             if item is PING:
-                yield sse.comment("ping")
+                out = sse.comment("ping")
             elif isinstance(item, Closed):
                 if item.mode:
-                    yield sse.message({"mode": item.mode}, event="mode")
+                    yield sse.message({"mode": item.mode}, event="mode").encode()
                 # On shutdown the stream just ends: EventSource reconnects by itself, with its
                 # Last-Event-ID, to a live worker.
                 reason = item.reason
                 return
             else:
-                yield _frame(item, delivery, multi)
+                out = _frame(item, delivery, multi)
+            yield out.encode()
         reason = "terminal"
     finally:
         # Runs when the stream ends, when a write to a vanished client fails, and on shutdown.
         if conn is not None:
             h.disconnect(conn)
+        names = ",".join(delivery.seen if delivery is not None else (i[0] for i in items))
         audit("stream_close", user=username, document=names, transport=name, ip=ip,
               duration=round(time.monotonic() - started, 3), reason=reason)
 
@@ -121,9 +131,10 @@ def _frame(batch: list[Event], delivery: Delivery, multi: bool) -> str:
     # Each event names its document; its id is the cursor over all of them as of that event, so a
     # stream cut inside a batch resumes with the events after the cut.
     state = {**delivery.seen, **{e.doc_id: e.before for e in batch}}
+    order = sorted(state)  # once per batch, not per event
     out = []
     for e in batch:
         state[e.doc_id] = e.progress["seq"]
         out.append(sse.message(f'{{"document_id":"{e.doc_id}",{e.encoded[1:]}', event=e.kind,
-                               id=sse.encode_cursor(state)))
+                               id=sse.encode_cursor(state, order)))
     return "".join(out)

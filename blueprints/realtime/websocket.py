@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import time
 
-import gevent
-import gevent.lock
 import simple_websocket
-from flask import Response, copy_current_request_context, current_app, request
+from flask import Response, current_app, g, request
 from flask_login import current_user, login_required
+from gevent import get_hub
+from wsproto.utilities import LocalProtocolError
 
 from blueprints.realtime import admit, bp, limited
 from livedoc import documents, msgrate, origins, sse
@@ -22,14 +22,27 @@ from livedoc.web import realtime_flags, redis_conn, stream_hub
 
 
 class _WebSocketResponse(Response):
-    """What the view returns once the socket has been taken over: nothing more may be written."""
+    """What the view returns once the socket has been taken over: the WSGI server calls it, it
+    serves the session, and nothing more may be written afterwards.
 
-    def __init__(self, mode: str):
+    The session runs here rather than in the view so that its parked greenlet's saved stack does not
+    hold the view's decorators and Flask's dispatch frames (the request context is still pushed)."""
+
+    def __init__(self, ws, session: _WsSession):
         super().__init__()
-        self.mode = mode
+        self.ws, self.session = ws, session
 
     def __call__(self, environ, start_response):
-        if self.mode == "gunicorn":
+        ws, self.ws = self.ws, None
+        session, self.session = self.session, None
+        try:
+            session.run()
+        finally:
+            try:
+                ws.close()
+            except (simple_websocket.ConnectionClosed, OSError):
+                pass
+        if ws.mode == "gunicorn":
             raise StopIteration()  # gunicorn's sign that the app handled (and closes) the socket
         return super().__call__(environ, start_response)
 
@@ -52,23 +65,57 @@ def websocket():
     user_id, username, ip = current_user.id, current_user.username, request.remote_addr
     db.session.close()
     try:
-        ws = simple_websocket.Server(request.environ, max_message_size=64 * 1024)
+        ws = simple_websocket.Server(request.environ, max_message_size=64 * 1024,
+                                     thread_class=_NoThread, event_class=_NoEvent)
     except (ValueError, RuntimeError, OSError):
         raise LivedocError("Bad WebSocket handshake.", code="bad_handshake") from None
     session = _WsSession(stream_hub(), ws, user_id, username, ip, cfg["SSE_PING_INTERVAL"] / 1000,
                          cfg["MAX_DOCS_PER_STREAM"], msgrate.MessageRate(cfg["WS_MESSAGE_RATE"]))
-    try:
-        session.run()
-    finally:
-        try:
-            ws.close()
-        except (simple_websocket.ConnectionClosed, OSError):
-            pass
-    return _WebSocketResponse(ws.mode)
+    return _WebSocketResponse(ws, session)
+
+
+class _NoThread:
+    """simple_websocket's reader thread, never started: the session's one greenlet reads the socket
+    (a parked reader greenlet per socket cost ~6 KiB of saved stack and thread state)."""
+
+    name = "(_thread)"
+
+    def __init__(self, target=None):
+        pass
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+
+class _NoEvent:
+    """simple_websocket signals received messages on this; the session reads its buffer directly."""
+
+    def set(self) -> None:
+        """Nothing waits on it."""
+
+    def clear(self) -> None:
+        """Nothing waits on it."""
+
+    def wait(self, timeout=None) -> bool:
+        """Never waited on (ws.receive is not used)."""
+        return True
+
+
+class _Opened:
+    """Stands in for wsproto's handshake once the socket is open: the real one keeps its h11
+    connection and the upgrade request (KiBs per socket) for the socket's whole life."""
+
+    def events(self):
+        """A finished handshake has nothing more to say."""
+        return iter(())
+
+
+_OPENED = _Opened()
 
 
 class _WsSession:
-    """One WebSocket: a reader greenlet takes (un)subscribe and pong messages; run() sends progress."""
+    """One WebSocket served by one greenlet: a readiness watcher on the socket wakes the same hub
+    connection the progress does, and the delivery loop drains what arrived before sending."""
 
     def __init__(self, h: StreamHub, ws, user_id: int, username: str, ip: str | None,
                  ping: float, cap: int, rate: msgrate.MessageRate):
@@ -76,42 +123,49 @@ class _WsSession:
         self.user_id, self.username, self.ip = user_id, username, ip
         self.conn = h.connect(user_id, Transport.WS)
         self.delivery = Delivery(h, self.conn, Transport.WS)
-        self.lock = gevent.lock.Semaphore()  # the reader and the sender both write frames
+        self.readable = False
+        self.watcher = get_hub().loop.io(ws.sock.fileno(), 1)  # 1: readable
         self.awaiting_pong = False
         self.reason = "client_gone"
+        if ws.ws.connection is not None:  # the 101 is sent: frames only from here on
+            ws.ws.handshake = _OPENED
+        g.pop("_login_user", None)  # the user's ORM object: everything needed is copied above
 
     def send(self, payload: dict) -> None:
         """Write one JSON message."""
-        self.send_text(sse.json_text(payload))
-
-    def send_text(self, text: str) -> None:
-        """Write one message already encoded."""
-        with self.lock:
-            self.ws.send(text)
+        self.ws.send(sse.json_text(payload))
 
     def send_events(self, batch: list[Event]) -> None:
         """Write each event (the progress JSON is spliced in as encoded once by the hub)."""
         for e in batch:
-            self.send_text(f'{{"type":"{e.kind}","document_id":"{e.doc_id}","data":{e.encoded}}}')
+            self.ws.send(f'{{"type":"{e.kind}","document_id":"{e.doc_id}","data":{e.encoded}}}')
 
     def run(self) -> None:
         """Serve the socket until it closes, goes stale, or the hub ends it."""
         started = time.monotonic()
         audit("stream_open", user=self.username, transport=Transport.WS.value, ip=self.ip)
-        # The reader looks documents up, so it runs inside (a copy of) this request's context.
-        reader = gevent.spawn(copy_current_request_context(self._read))
+        self.watcher.start(self._on_readable)
         try:
             self._send_loop()
         except (simple_websocket.ConnectionClosed, OSError):
             pass
         finally:
-            reader.kill(block=False)
+            self.watcher.stop()
+            self.watcher.close()
             self.h.disconnect(self.conn)
             audit("stream_close", user=self.username, transport=Transport.WS.value, ip=self.ip,
                   duration=round(time.monotonic() - started, 3), reason=self.reason)
 
+    def _on_readable(self) -> None:
+        # Runs in the gevent hub: no blocking here. Stopped until drained, or the level-triggered
+        # watcher would fire on every loop iteration while the session is busy elsewhere.
+        self.watcher.stop()
+        self.readable = True
+        self.conn.wake()
+
     def _send_loop(self) -> None:
-        for item in self.delivery.loop(self.ping, stay_open=True):
+        # next() in a plain loop, not the loop() generator: one C frame less in the parked stack.
+        while (item := self.delivery.next(self.ping, stay_open=True, drain=self._drain)) is not None:
             if item is PING:
                 if self.awaiting_pong:
                     self.reason = "stale"  # no pong for a whole ping interval: the peer is gone
@@ -126,51 +180,57 @@ class _WsSession:
             else:
                 self.send_events(item)
 
-    def _read(self) -> None:
+    def _drain(self) -> None:
+        """Read what the socket has (it is readable, so recv does not block) and act on it."""
+        if not self.readable:
+            return
+        self.readable = False
+        ws = self.ws
         try:
-            self._read_messages()
-        except simple_websocket.ConnectionClosed:
-            pass  # the peer closed: the send loop ends on the wake below
-        finally:
-            # Without this the send loop would sleep until the next ping, holding the connection
-            # and the user's stream slot for a socket that is already gone.
-            self.conn.end("client_gone")
-
-    def _read_messages(self) -> None:
-        while True:
-            raw = self.ws.receive()
-            if raw is None:
-                continue
+            data = ws.sock.recv(ws.receive_bytes)
+            if not data:
+                raise OSError("closed by peer")
+            ws.ws.receive_data(data)
+            ws.connected = ws._handle_events()  # close, ping and pong frames; messages to input_buffer
+        except (OSError, LocalProtocolError):
+            ws.connected = False
+        while ws.input_buffer:
             if not self.rate.hit():
                 self.send({"type": "error", "code": "rate_limited",
                            "message": f"More than {self.rate.limit} messages in {self.rate.per:g} s."})
                 self.reason = "rate_limited"
-                return  # the reader's end ends the send loop, which closes the socket
-            try:
-                msg = json.loads(raw)
-                kind = msg["type"]
-            except (ValueError, TypeError, KeyError):
-                self.send({"type": "error", "code": "bad_message", "message": "Send JSON with a 'type'."})
-                continue
-            if kind == "pong":
-                self.awaiting_pong = False
-            elif kind == "ping":
-                self.send({"type": "pong"})
-            elif kind in ("subscribe", "unsubscribe"):
-                ids = msg.get("documents")
-                well_formed = isinstance(ids, list) and all(isinstance(x, str) for x in ids)
-                if not well_formed or len(ids) > self.cap:
-                    self.send({"type": "error", "code": "bad_message",
-                               "message": f"'documents' must be a list of at most {self.cap} ids."})
-                elif kind == "subscribe":
-                    self._subscribe(list(dict.fromkeys(ids)))
-                else:
-                    for doc_id in ids:
-                        self.delivery.stop(doc_id)
-            else:
-                self.send({"type": "error", "code": "bad_message", "message": f"Unknown type {kind!r}."})
-            self.conn.wake()
+                self.conn.end("rate_limited")
+                return
+            self._handle(ws.input_buffer.pop(0))
+        if not ws.connected:
+            self.conn.end("client_gone")  # the peer closed: end now, not at the next ping
+            return
+        self.watcher.start(self._on_readable)
 
+    def _handle(self, raw: str | bytes) -> None:
+        try:
+            msg = json.loads(raw)
+            kind = msg["type"]
+        except (ValueError, TypeError, KeyError):
+            self.send({"type": "error", "code": "bad_message", "message": "Send JSON with a 'type'."})
+            return
+        if kind == "pong":
+            self.awaiting_pong = False
+        elif kind == "ping":
+            self.send({"type": "pong"})
+        elif kind in ("subscribe", "unsubscribe"):
+            ids = msg.get("documents")
+            well_formed = isinstance(ids, list) and all(isinstance(x, str) for x in ids)
+            if not well_formed or len(ids) > self.cap:
+                self.send({"type": "error", "code": "bad_message",
+                           "message": f"'documents' must be a list of at most {self.cap} ids."})
+            elif kind == "subscribe":
+                self._subscribe(list(dict.fromkeys(ids)))
+            else:
+                for doc_id in ids:
+                    self.delivery.stop(doc_id)
+        else:
+            self.send({"type": "error", "code": "bad_message", "message": f"Unknown type {kind!r}."})
     def _subscribe(self, ids: list[str]) -> None:
         if len(self.conn.subs) + len(ids) > self.cap:
             self.send({"type": "error", "code": "too_many_documents",
