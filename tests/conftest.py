@@ -259,7 +259,8 @@ def s3_settings(moto_server, request) -> dict[str, str]:
     return moto_server.settings(moto_server.bucket(name))
 
 
-@pytest.fixture(params=["sqlite"])
-def shared_database_url(request, tmp_path) -> str:
-    """DATABASE_URL that several hosts share: one SQLite file (PostgreSQL joins these params later)."""
-    return f"sqlite:///{tmp_path / 'shared.db'}"
+@pytest.fixture
+def shared_database_url(database_url) -> str:
+    """DATABASE_URL that several hosts share: a migrated SQLite file, or on scripts/test's PostgreSQL
+    pass the throwaway PostgreSQL server (tests using it run on both)."""
+    return database_url
