@@ -168,6 +168,18 @@ class Settings:
     SESSION_COOKIE_SECURE: bool = False
     LOG_LEVEL: str = "INFO"
 
+    # The processes: gunicorn (gunicorn.conf.py) and the worker's command line (scripts/worker).
+    BIND: str = "127.0.0.1:8000"
+    WEB_CONCURRENCY: int = 1
+    WORKER_CONNECTIONS: int = 10000  # open streams (greenlets and sockets) per gunicorn worker
+    GRACEFUL_TIMEOUT: int = 10
+    ACCESS_LOG: str = ""  # a path, or "-" for stderr; empty: no access log
+    JOB_MONITORING_INTERVAL: int = 10  # s: how often a worker checks on its work horse
+    MAINTENANCE_INTERVAL: int = 30  # s: how often a worker requeues abandoned jobs
+    # Set (to an empty directory) with several gunicorn workers per host; prometheus_client reads
+    # the variable itself, livedoc reads it here to merge the processes' metrics.
+    PROMETHEUS_MULTIPROC_DIR: str = ""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Build settings from environment variables, falling back to the defaults."""
@@ -209,3 +221,13 @@ class Settings:
     def as_flask_config(self) -> dict:
         """The settings as a dict for `app.config`."""
         return asdict(self)
+
+
+if __name__ == "__main__":
+    # `python -m config NAME...`: the settings for shell scripts (scripts/worker), one per line, so
+    # their defaults live here too.
+    import sys
+
+    _settings = Settings.from_env()
+    for _name in sys.argv[1:]:
+        print(getattr(_settings, _name))

@@ -1,29 +1,37 @@
-"""gunicorn settings for livedoc: gevent workers sized for thousands of long-lived streams."""
+"""gunicorn settings for livedoc: gevent workers sized for thousands of long-lived streams.
+
+The values come from config.py (one home for every setting, read from the environment there)."""
 import os
 import resource
 import signal
+import sys
 
 import gevent
 
-bind = os.environ.get("BIND", "127.0.0.1:8000")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # config.py, whatever the cwd
+
+from config import Settings  # noqa: E402
+
+_settings = Settings.from_env()
+bind = _settings.BIND
 worker_class = "gevent"
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+workers = _settings.WEB_CONCURRENCY
 # Each open SSE stream is one greenlet and one socket; this caps them per worker process.
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+worker_connections = _settings.WORKER_CONNECTIONS
 # For gevent workers `timeout` is the heartbeat the worker sends from its own greenlet, not a limit
 # on request length, so long streams are not killed by it.
 timeout = 30
 # On SIGTERM streams are told to end at once (see post_worker_init); this bounds the rest.
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+graceful_timeout = _settings.GRACEFUL_TIMEOUT
 # Short: an idle kept-alive connection holds a stopping worker until it times out.
 keepalive = 5
 # The app applies X-Forwarded-For/-Proto itself, for exactly TRUSTED_PROXIES hops (livedoc.proxies);
 # gunicorn would otherwise take X-Forwarded-Proto from any local peer and make a spoofed https real.
 secure_scheme_headers = {}
 forwarded_allow_ips = ""
-accesslog = os.environ.get("ACCESS_LOG") or None
+accesslog = _settings.ACCESS_LOG or None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = _settings.LOG_LEVEL.lower()
 
 
 def on_starting(server):
@@ -50,7 +58,7 @@ def post_worker_init(worker):
 
 def child_exit(server, worker):
     """Drop a dead worker's live gauges from the merged Prometheus metrics."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _settings.PROMETHEUS_MULTIPROC_DIR:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)

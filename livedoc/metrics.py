@@ -6,7 +6,6 @@ writes its samples there and /metrics merges them (gunicorn.conf.py marks dead w
 from __future__ import annotations
 
 import hmac
-import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,9 +29,9 @@ REDIS_ERRORS = Counter("livedoc_redis_errors_total", "Redis errors seen by the r
 REJECTED = Counter("livedoc_streams_rejected_total", "Stream connects refused", ["reason"])
 
 
-def render() -> tuple[bytes, str]:
+def render(multiprocess_dir: str = "") -> tuple[bytes, str]:
     """The metrics in the Prometheus text format, merged over processes when multiprocess is on."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:

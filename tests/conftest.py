@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -166,14 +165,6 @@ def run_jobs(connection: Redis, queue_name: str = "livedoc") -> None:
     worker = SimpleWorker([jobs.queue(connection, queue_name)], connection=connection,
                           serializer=jobs.SERIALIZER)
     worker.work(burst=True, with_scheduler=False)
-
-
-def python_exe() -> str:
-    """The interpreter running the tests (the project's venv)."""
-    return sys.executable
-
-
-__all__ = ["run_jobs", "python_exe", "subprocess"]
 
 
 @pytest.fixture(scope="session")

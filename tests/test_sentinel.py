@@ -75,7 +75,7 @@ def test_clients_find_the_master_through_the_sentinels(group):
 
 
 @needs_sentinel
-def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path):
+def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path, database_url):
     from app import create_app
 
     db = 2
@@ -84,7 +84,7 @@ def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path):
     master.flushdb()
     app = create_app({"TESTING": True, "SECRET_KEY": "t", "REDIS_URL": url,
                       "STORAGE_DIR": str(tmp_path / "s"),
-                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db'}",
+                      "SQLALCHEMY_DATABASE_URI": database_url,
                       "RATELIMIT_LOGIN": "2 per minute"})
     client = app.test_client()
     codes = []
@@ -94,7 +94,9 @@ def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path):
         codes.append(client.post("/login", data=form).status_code)
     assert codes == [401, 401, 429]  # wrong password twice, then limited
     counters = {k: master.get(k) for k in master.keys("LIMITS*")}
-    assert list(counters.values()) == [b"3"], counters
+    # Both login limits (per address, per user name) count in the master, not in a local fallback.
+    assert counters == {b"LIMITS:LIMITER/127.0.0.1/auth.login/2/1/minute": b"3",
+                        b"LIMITS:LIMITER/login-user:x/auth.login/10/1/minute": b"3"}, counters
     master.flushdb()
 
 
@@ -141,13 +143,13 @@ def test_viewers_survive_a_failover_and_the_master_dying_mid_conversion(tmp_path
 
 
 @needs_sentinel
-def test_rq_dashboard_reads_queues_through_the_sentinels(group, tmp_path):
+def test_rq_dashboard_reads_queues_through_the_sentinels(group, tmp_path, database_url):
     from app import create_app
     from tests.conftest import Users
 
     app = create_app({"TESTING": True, "SECRET_KEY": "t", "REDIS_URL": group.url.rsplit("/", 1)[0] + "/3",
                       "STORAGE_DIR": str(tmp_path / "s"),
-                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'db'}", "RATELIMIT_ENABLED": False})
+                      "SQLALCHEMY_DATABASE_URI": database_url, "RATELIMIT_ENABLED": False})
     client = app.test_client()
     users = Users(app, client)
     users.create("boss", admin=True)

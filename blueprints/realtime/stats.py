@@ -28,5 +28,5 @@ def prometheus_metrics():
 
 
 def _metrics() -> Response:
-    body, content_type = metrics.render()
+    body, content_type = metrics.render(current_app.config["PROMETHEUS_MULTIPROC_DIR"])
     return Response(body, content_type=content_type)
