@@ -136,3 +136,29 @@ def test_worker_missing_a_package_fails_the_document_naming_the_cause(paused_sta
     assert final["progress"]["error"] == {"code": "worker_misconfigured", "message": message,
                                           "retryable": True}
     assert final["progress"]["attempt"] == 1
+
+
+def test_failure_callback_leaves_abandoned_and_failed_jobs_to_rq(redis_conn, worker_env):
+    """RQ also calls the callback for jobs whose worker died (AbandonedJobError, with a stack summary
+    instead of a traceback) and for jobs that raised in livedoc's code: neither is a load failure."""
+    import traceback
+
+    from rq.exceptions import AbandonedJobError
+    from rq.job import Job
+
+    from livedoc import jobs
+    from workers import unrunnable
+
+    config = {"JOB_RETRY_INTERVALS": "1", "JOB_RETRIES": 3, "QUEUE_NAME": "livedoc", "JOB_TIMEOUT": 60,
+              "RESULT_TTL": 60}
+    job_id = jobs.enqueue_conversion(redis_conn, config, "b" * 32, "pdf", seq=1, attempt=1)
+    job = Job.fetch(job_id, connection=redis_conn, serializer=jobs.SERIALIZER)
+    before = progress.read(redis_conn, job_id)
+    unrunnable.report(job, redis_conn, AbandonedJobError, AbandonedJobError(), traceback.extract_stack())
+    try:
+        raise ValueError("a bug")
+    except ValueError as exc:
+        unrunnable.report(job, redis_conn, ValueError, exc, exc.__traceback__)
+    assert job.retries_left == 3
+    assert progress.read(redis_conn, job_id) == before
+    assert before["state"] == "queued" and before["seq"] == 1

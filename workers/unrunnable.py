@@ -27,17 +27,28 @@ JOB_MODULE = "workers.convert"
 def report(job: Job, connection: Redis, exc_type: type[BaseException], exc: BaseException,
            tb: TracebackType | None) -> None:
     """RQ's on_failure callback: end the job failed when the worker could not run it at all."""
-    if _job_code_ran(tb):
-        return
-    if not isinstance(exc, DeserializationError):
-        # RQ reports a function it could not import as "Invalid attribute name" (a ValueError) and
-        # drops the ImportError behind it; importing again recovers the cause.
-        exc = _import_error(job.func_name) or exc
-    message = cause(exc)
-    log.error("job %s: this worker cannot run livedoc's jobs: %s", job.id, message)
-    # No retry: every retry would meet the same worker, and the viewer must learn why now.
-    job.retries_left = 0
-    progress.fail_unrunnable(connection, job.id, WorkerMisconfigured.code, message)
+    try:
+        message = _unrunnable_because(job, exc, tb)
+        if message is None:
+            return
+        log.error("job %s: this worker cannot run livedoc's jobs: %s", job.id, message)
+        # No retry: every retry would meet the same worker, and the viewer must learn why now.
+        job.retries_left = 0
+        progress.fail_unrunnable(connection, job.id, WorkerMisconfigured.code, message)
+    except Exception:  # noqa: BLE001 - a failing callback would break RQ's own failure handling
+        log.exception("job %s: could not check why the job failed", job.id)
+
+
+def _unrunnable_because(job: Job, exc: BaseException, tb) -> str | None:
+    """The cause when the worker could not load the job, else None (the job ran, or was abandoned)."""
+    if isinstance(exc, DeserializationError):
+        return cause(exc)
+    if not isinstance(exc, ImportError | AttributeError | ValueError) or _job_code_ran(tb):
+        return None
+    # RQ reports a function it could not import as "Invalid attribute name" (a ValueError) and
+    # drops the ImportError behind it; importing again recovers the cause.
+    load_error = _import_error(job.func_name)
+    return cause(load_error) if load_error is not None else None
 
 
 def cause(exc: BaseException) -> str:
@@ -64,7 +75,9 @@ def _import_error(func_name: str) -> ImportError | AttributeError | None:
     return None if hasattr(module, attribute) else AttributeError(attribute, name=attribute)
 
 
-def _job_code_ran(tb: TracebackType | None) -> bool:
+def _job_code_ran(tb) -> bool:
+    if not isinstance(tb, TracebackType):
+        return True  # RQ passes a stack summary for abandoned jobs: not a load failure
     while tb is not None:
         if tb.tb_frame.f_globals.get("__name__") == JOB_MODULE:
             return True
