@@ -25,21 +25,13 @@ import requests
 
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE / "scripts"))
+sys.path.insert(0, str(HERE))
 
 import devredis  # noqa: E402
 
+from tests.live import wait_http  # noqa: E402
+
 BIN = Path(sys.executable).parent
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def main() -> None:
