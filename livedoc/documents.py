@@ -460,6 +460,18 @@ def delete(connection: Redis, config: Mapping, doc: Document) -> None:
                 send_stop_job_command(connection, job.id, serializer=jobs.SERIALIZER)
             except InvalidJobOperation:
                 pass  # not running: nothing to stop
+            else:
+                _wait_stopped(connection, job.id)
     files_of(doc).delete()
     db.session.delete(doc)
     db.session.commit()
+
+
+def _wait_stopped(connection: Redis, job_id: str, timeout: float = 5.0) -> None:
+    """Wait (cooperatively) until the stopped work horse is gone: killed between storing a page
+    file and its next (refused) save, it could not remove that file itself."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if connection.hget(progress.job_key(job_id), "status") != b"started":
+            return
+        gevent.sleep(0.05)

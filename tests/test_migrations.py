@@ -135,7 +135,8 @@ def test_concurrent_first_starts_on_a_migrated_database_all_succeed(tmp_path, re
 
     def create(i: int) -> subprocess.CompletedProcess:
         return subprocess.run([str(dbs.FLASK), "--app", "app", "users", "create", f"user{i}", "--password",
-                               "pass1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                               "a-long-enough-pass1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(create, range(8)))
