@@ -26,6 +26,7 @@ from rq.job import Job
 from rq.serializers import DefaultSerializer
 
 from livedoc import keys
+from livedoc.storage import json_object
 
 META_KEY = "progress"
 # The progress is kept twice in the job's hash: as JSON in its own field, which readers read and
@@ -154,7 +155,7 @@ def parse_published(data: bytes | str) -> Progress | None:
 def decode(field_raw: bytes | None, status_raw: bytes | None,
            meta_raw: bytes | None = None) -> Progress | None:
     """The progress held in a job's raw READ_FIELDS (the JSON field; RQ's meta when it has none yet)."""
-    progress = _load_field(field_raw)
+    progress = json_object(field_raw)
     if progress is None:
         meta = _load_meta(meta_raw)
         progress = meta.get(META_KEY) if isinstance(meta, dict) else None
@@ -165,16 +166,6 @@ def decode(field_raw: bytes | None, status_raw: bytes | None,
         # instead of leaving viewers on "running" forever. Derived the same way on every host.
         return lost(progress)
     return progress
-
-
-def _load_field(raw: bytes | None) -> Progress | None:
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _load_meta(meta_raw: bytes | None) -> dict | None:
@@ -197,7 +188,7 @@ def _rewrite(connection: Redis, job_id: str, changes: dict[str, Any]) -> Progres
     field_raw, _status, meta_raw = connection.hmget(key, *READ_FIELDS)
     meta = _load_meta(meta_raw)
     meta = meta if isinstance(meta, dict) else {}
-    previous = _load_field(field_raw) or (meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict)
+    previous = json_object(field_raw) or (meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict)
                                           else initial(0, 1))
     updated = {**previous, **changes, "seq": previous.get("seq", 0) + 1, "updated_at": round(time.time(), 4)}
     meta[META_KEY] = updated
@@ -247,7 +238,7 @@ class ProgressWriter:
         # The JSON field is ahead of RQ's meta when page-range jobs merged into it (they write the
         # field only): an attempt run again must go on from the newer of the two.
         try:
-            stored = _load_field(connection.hget(job.key, FIELD))
+            stored = json_object(connection.hget(job.key, FIELD))
         except RedisError:
             stored = None  # the save will find Redis down too, and say so
         candidates = [p for p in (stored, job.meta.get(META_KEY))

@@ -339,6 +339,17 @@ def mimetype_of(name: str) -> str:
     return MIMETYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream")
 
 
+def json_object(raw: bytes | str | None) -> dict | None:
+    """The JSON object in raw bytes, or None when they are absent, not JSON, or not an object."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def page_names(n: int) -> dict[str, str]:
     """File names of page n's image, thumbnail, text and text layer."""
     return {"image": f"page-{n:04d}.jpg", "thumb": f"thumb-{n:04d}.jpg", "text": f"text-{n:04d}.txt",
@@ -395,14 +406,7 @@ class DocumentFiles:
 
     def read_json(self, attempt: int, name: str) -> dict | None:
         """A JSON file of an attempt, or None when it is absent or unreadable."""
-        raw = self.storage.get_bytes(self.key(attempt, name))
-        if raw is None:
-            return None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
+        return json_object(self.storage.get_bytes(self.key(attempt, name)))
 
     def layout(self, attempt: int) -> dict | None:
         """Page sizes and outline of an attempt, known once it has validated the document."""
