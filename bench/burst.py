@@ -73,7 +73,8 @@ def main() -> None:
             "STORAGE_DIR": str(work / "storage"), "SECRET_KEY": "bench-secret",
             "SSE_POLL_INTERVAL": str(run.POLL_MS), "SSE_PING_INTERVAL": str(run.PING_MS),
             "RATELIMIT_STREAM": "100000 per minute", "RATELIMIT_UPLOAD": "100000 per minute",
-            "MAX_STREAMS_PER_USER": "100000", "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "11000",
+            "MAX_STREAMS_PER_USER": "100000", "MAX_CONVERSIONS_PER_USER": "100000",
+            "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "11000",
             "WEBSOCKET_ENABLED": "true" if args.transport == "ws" else "false",
             "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
             "PATH": f"{run.BIN}:{os.environ.get('PATH', '')}",
@@ -86,7 +87,7 @@ def main() -> None:
                 raise RuntimeError(out.stderr)
             return out.stdout
 
-        flask("users", "create", "bench", "--password", "bench-pw")
+        flask("users", "create", "bench", "--password", "bench-password-long")
         token = flask("users", "token", "bench").split()[-1]
         sc = run.Scenario("burst", "livedoc", args.viewers, transport=args.transport)
         server = bench.start_server(sc)

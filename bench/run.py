@@ -321,6 +321,8 @@ class Bench:
             "RATELIMIT_STREAM": "100000 per minute",
             "RATELIMIT_UPLOAD": "100000 per minute",
             "MAX_STREAMS_PER_USER": "100000",
+            # 110 documents stay queued on purpose (no worker): above the per-user quotas.
+            "MAX_CONVERSIONS_PER_USER": "100000", "QUOTA_DOCUMENTS": "100000",
             "WEB_CONCURRENCY": "1",
             "WORKER_CONNECTIONS": "11000",  # 10,000 streams + the probes
             "LOG_LEVEL": "INFO",
@@ -335,7 +337,7 @@ class Bench:
             return out.stdout.strip()
 
         flask("db", "upgrade")
-        flask("users", "create", "bench", "--password", "bench-pw")
+        flask("users", "create", "bench", "--password", "bench-password-long")
         self.token = flask("users", "token", "bench").splitlines()[-1].strip()
         server = self.start_server(Scenario("setup", "livedoc", 0))
         try:
