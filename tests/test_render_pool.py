@@ -16,11 +16,14 @@ from tests.conftest import run_jobs
 from workers import pdf
 
 TEXTS = [f"Page {n} says wombat{n}." for n in range(1, 13)]
+# Enough pages that the second render process, forked a moment after the first, still finds work
+# left when pages are cheap (about 5 ms each) and the machine is busy.
+MANY = [f"Page {n} says wombat{n}." for n in range(1, 121)]
 
 
 def test_pages_render_in_several_processes_and_are_stored_in_order(tmp_path):
     source = tmp_path / "doc.pdf"
-    source.write_bytes(pdfgen.make_pdf(TEXTS))
+    source.write_bytes(pdfgen.make_pdf(MANY))
     settings = Settings(RENDER_PROCESSES=2)
     stored: list[int] = []
     texts: dict[int, str] = {}
@@ -29,8 +32,8 @@ def test_pages_render_in_several_processes_and_are_stored_in_order(tmp_path):
         stored.append(entry["n"])
         texts[entry["n"]] = paths[page_names(entry["n"])["text"]].read_text()
 
-    pids = pdf.render_pages(source, settings, tmp_path, 1, len(TEXTS), store)
-    assert stored == list(range(1, 13))
+    pids = pdf.render_pages(source, settings, tmp_path, 1, len(MANY), store)
+    assert stored == list(range(1, len(MANY) + 1))
     assert len(pids) == 2 and os.getpid() not in pids
     assert all(f"wombat{n}." in texts[n] for n in stored)
     assert not [p for p in pids if Path(f"/proc/{p}").exists()

@@ -46,18 +46,30 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def thumb_size(width: int, height: int, thumb_width: int) -> tuple[int, int]:
+    """The thumbnail's size for a page image of width x height (never upscaled: a blown-up
+    thumbnail is blurrier than a small one)."""
+    tw = min(thumb_width, width)
+    return tw, max(1, round(height * tw / width))
+
+
 def write_page_files(scratch: Path, n: int, image: Image.Image, text: str, runs: list[Run],
-                     thumb_width: int) -> tuple[dict, dict[str, Path]]:
-    """Write page n's files into scratch; returns its manifest entry and the files by name."""
+                     thumb_width: int, thumb: Image.Image | None = None) -> tuple[dict, dict[str, Path]]:
+    """Write page n's files into scratch (the thumbnail from `thumb` when the converter rendered
+    one itself); returns its manifest entry and the files by name."""
     names = page_names(n)
     rgb = to_rgb(image)
     paths = {name: scratch / name for name in names.values()}
     rgb.save(paths[names["image"]], "JPEG", quality=JPEG_QUALITY)
-    # Never upscale a narrow page: a blown-up thumbnail is blurrier than a small one.
-    tw = min(thumb_width, rgb.width)
-    thumb = rgb.resize((tw, max(1, round(rgb.height * tw / rgb.width))), Image.Resampling.LANCZOS,
-                       reducing_gap=2.0)
-    thumb.save(paths[names["thumb"]], "JPEG", quality=THUMB_QUALITY)
+    if thumb is None:
+        # A box reduce to about the target, then LANCZOS: a third of the time of reducing_gap=2.0
+        # (the page's costliest step before), with no visible difference at thumbnail size.
+        thumb = rgb.resize(thumb_size(rgb.width, rgb.height, thumb_width), Image.Resampling.LANCZOS,
+                           reducing_gap=1.0)
+    small = to_rgb(thumb)
+    small.save(paths[names["thumb"]], "JPEG", quality=THUMB_QUALITY)
+    if small is not thumb:
+        small.close()
     thumb.close()
     paths[names["text"]].write_text(text, encoding="utf-8", newline="")
     paths[names["layer"]].write_text(json.dumps({"runs": [list(r) for r in runs]}, separators=(",", ":")),
@@ -101,9 +113,10 @@ class PageSink:
         self.writer.update("rendering", self.render_start, page=1, pages=self.pages, ready=0,
                            message=f"Rendering page 1 of {self.pages}")
 
-    def add(self, n: int, image: Image.Image, text: str, runs: list[Run]) -> None:
+    def add(self, n: int, image: Image.Image, text: str, runs: list[Run],
+            thumb: Image.Image | None = None) -> None:
         """Write page n's files and store them; the page becomes ready with those before it."""
-        entry, paths = write_page_files(self.scratch, n, image, text, runs, self.settings.THUMB_WIDTH)
+        entry, paths = write_page_files(self.scratch, n, image, text, runs, self.settings.THUMB_WIDTH, thumb)
         self.store(entry, paths)
 
     def store(self, entry: dict, paths: dict[str, Path]) -> None:

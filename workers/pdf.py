@@ -25,13 +25,16 @@ from workers.errors import (
     TooManyPages,
 )
 from workers.images import MAX_SIDE
-from workers.pages import PageSink, Run, write_page_files
+from workers.pages import PageSink, Run, thumb_size, write_page_files
 
 POINTS_PER_INCH = 72
 OUTLINE_MAX_ITEMS = 5000
 OUTLINE_MAX_DEPTH = 12
 PR_SET_PDEATHSIG = 1
 RUNS_MAX = 20_000  # text runs kept per page: a hostile page of a million tiny glyphs stays bounded
+# pdfium caches fonts and images per open document, growing over a long book (50 -> 93 MB over the
+# 1,158 pages of a real manual); reopening every so many pages holds a render process near its start.
+REOPEN_EVERY = 200
 
 
 def open_document(path: Path) -> pdfium.PdfDocument:
@@ -189,7 +192,8 @@ def _child_init(source: str) -> None:
 
 
 def _child_open(source: str) -> None:
-    global _child_doc
+    global _child_doc, _child_source, _child_rendered
+    _child_source, _child_rendered = source, 0
     _child_doc = open_document(Path(source))
     # Without this, filled-in form fields would render empty.
     _child_doc.init_forms()
@@ -202,14 +206,24 @@ def _child_close() -> None:
         _child_doc = None
 
 
+_child_source = ""
+_child_rendered = 0
+
+
 def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -> tuple:
     """Render one page and write its files; (entry, paths, pid), or ({"error": ...},) when it fails."""
+    global _child_rendered
+    if _child_rendered >= REOPEN_EVERY:
+        _child_close()
+        _child_open(_child_source)
+    _child_rendered += 1
     assert _child_doc is not None
     pages: list[tuple[dict, dict[str, Path]]] = []
     try:
         render_page(_child_doc, index, scale,
-                    lambda n, image, text, runs: pages.append(
-                        write_page_files(Path(scratch), n, image, text, runs, thumb_width)))
+                    lambda n, image, text, runs, thumb: pages.append(
+                        write_page_files(Path(scratch), n, image, text, runs, thumb_width, thumb)),
+                    thumb_width)
     except ConversionError as exc:
         return ({"error": exc.as_dict()},)
     entry, paths = pages[0]
@@ -217,8 +231,10 @@ def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -
 
 
 def render_page(doc: pdfium.PdfDocument, index: int, scale: float,
-                add: Callable[[int, Image.Image, str, list[Run]], object]) -> None:
-    """Render one page and hand it to `add` (a sink's add); its native memory is released before returning."""
+                add: Callable[[int, Image.Image, str, list[Run], Image.Image | None], object],
+                thumb_width: int = 0) -> None:
+    """Render one page (and, given a thumb_width, its thumbnail) and hand them to `add` (a sink's
+    add); its native memory is released before returning."""
     try:
         page = doc[index]
     except pdfium.PdfiumError:
@@ -229,13 +245,25 @@ def render_page(doc: pdfium.PdfDocument, index: int, scale: float,
             bitmap = page.render(scale=scale, rev_byteorder=True)
         except pdfium.PdfiumError:
             raise CorruptDocument(f"Page {index + 1} of this PDF is damaged.") from None
+        thumb_bitmap = None
         try:
-            # The PIL image may share the bitmap's buffer, so it is written before the bitmap closes.
+            if thumb_width:
+                # pdfium draws the thumbnail at its own scale in a fraction of the time a resize of
+                # the page image takes, and sharper (text is hinted at the small size).
+                tw, _ = thumb_size(bitmap.width, bitmap.height, thumb_width)
+                try:
+                    thumb_bitmap = page.render(scale=scale * tw / bitmap.width, rev_byteorder=True)
+                except pdfium.PdfiumError:
+                    raise CorruptDocument(f"Page {index + 1} of this PDF is damaged.") from None
+            # The PIL images may share the bitmaps' buffers, so they are written before those close.
             image = bitmap.to_pil()
-            add(index + 1, image, text, runs)
+            thumb = thumb_bitmap.to_pil() if thumb_bitmap is not None else None
+            add(index + 1, image, text, runs, thumb)
             image.close()
         finally:
             bitmap.close()
+            if thumb_bitmap is not None:
+                thumb_bitmap.close()
     finally:
         page.close()
 
