@@ -74,6 +74,9 @@ class Storage(Protocol):
     def origin(self) -> str | None:
         """The origin browsers fetch url()s from (object storage), or None (local storage)."""
 
+    def forked(self) -> None:
+        """Make this storage safe to use in a process forked from the one that made it."""
+
 
 class LocalStorage:
     """Storage in a directory (STORAGE_DIR); writes are atomic renames."""
@@ -102,6 +105,9 @@ class LocalStorage:
     def scratch_root(self) -> Path:
         """Where workers write files before storing them (same filesystem: stores are renames)."""
         return self.root / ".scratch"
+
+    def forked(self) -> None:
+        """Nothing to do: a directory holds no connections."""
 
     def put_stream(self, key: str, stream: BinaryIO) -> int:
         dest = self._path(key)
@@ -296,6 +302,14 @@ class S3Storage:
     def scratch_root(self) -> Path:
         """A local temporary directory (SCRATCH_DIR): page files live there only until uploaded."""
         return self.scratch / "livedoc-scratch"
+
+    def forked(self) -> None:
+        """A client of this process's own: the parent's pooled sockets must not be shared."""
+        import boto3
+
+        meta = self.client.meta
+        self.client = boto3.session.Session().client(
+            "s3", endpoint_url=meta.endpoint_url, region_name=meta.region_name, config=meta.config)
 
 
 class _CountingReader:

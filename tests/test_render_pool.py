@@ -25,22 +25,31 @@ def test_pages_render_in_several_processes_and_are_stored_in_order(tmp_path):
     source = tmp_path / "doc.pdf"
     source.write_bytes(pdfgen.make_pdf(MANY))
     settings = Settings(RENDER_PROCESSES=2)
+    files = DocumentFiles(LocalStorage(tmp_path / "storage"), new_doc_id())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     stored: list[int] = []
     texts: dict[int, str] = {}
 
-    def store(entry: dict, paths: dict[str, Path]) -> None:
+    def reported(entry: dict, size: int) -> None:
+        # A page is reported only once the process that rendered it has stored every file.
+        names = page_names(entry["n"])
         stored.append(entry["n"])
-        texts[entry["n"]] = paths[page_names(entry["n"])["text"]].read_text()
+        texts[entry["n"]] = files.storage.get_bytes(files.key(1, names["text"])).decode()
+        assert size == sum(len(files.storage.get_bytes(files.key(1, names[k])))
+                           for k in ("image", "thumb", "text", "layer"))
 
-    pids = pdf.render_pages(source, settings, tmp_path, 1, len(MANY), store)
+    pids = pdf.render_pages(source, settings, scratch, files, 1, 1, len(MANY), reported)
     assert stored == list(range(1, len(MANY) + 1))
     assert len(pids) == 2 and os.getpid() not in pids
     assert all(f"wombat{n}." in texts[n] for n in stored)
+    assert list(scratch.iterdir()) == []  # every scratch file was moved into storage
     assert not [p for p in pids if Path(f"/proc/{p}").exists()
                 and Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] != "Z"], "a render process survived"
     # A range, in one process (RENDER_PROCESSES=1 renders in the caller).
     stored.clear()
-    assert pdf.render_pages(source, Settings(RENDER_PROCESSES=1), tmp_path, 5, 7, store) == {os.getpid()}
+    assert pdf.render_pages(source, Settings(RENDER_PROCESSES=1), scratch, files, 1, 5, 7,
+                            reported) == {os.getpid()}
     assert stored == [5, 6, 7]
 
 
@@ -92,13 +101,14 @@ def test_the_pool_is_gone_when_rendering_stops_half_way(tmp_path):
     before = _children(os.getpid())
     stored: list[int] = []
 
-    def store(entry: dict, paths: dict[str, Path]) -> None:
+    def reported(entry: dict, size: int) -> None:
         stored.append(entry["n"])
         if entry["n"] == 3:
             raise RuntimeError("stop here")  # what a timeout or a deleted document does mid-way
 
+    files = DocumentFiles(LocalStorage(tmp_path / "storage"), new_doc_id())
     try:
-        pdf.render_pages(source, Settings(RENDER_PROCESSES=2), tmp_path, 1, len(TEXTS), store)
+        pdf.render_pages(source, Settings(RENDER_PROCESSES=2), tmp_path, files, 1, 1, len(TEXTS), reported)
     except RuntimeError:
         pass
     else:

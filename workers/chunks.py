@@ -143,11 +143,7 @@ class _Chunking:
         first, last = self.chunks[index]
         log.info("%s: rendering pages %d-%d of %s", owner, first, last, self.plan.job_id)
 
-        def store(entry: dict, paths: dict[str, Path]) -> None:
-            size = 0
-            for name, path in paths.items():
-                size += self.files.storage.put_file(self.files.key(self.plan.attempt, name), path)
-                path.unlink(missing_ok=True)
+        def stored(entry: dict, size: int) -> None:
             status = progress.merge_page(
                 self.plan.connection, self.plan.job_id, self.plan.attempt, entry["n"], self.pages,
                 self.render_start, RENDER_END, entry, size, owner, self.plan.lease(index),
@@ -157,7 +153,7 @@ class _Chunking:
             if status != "ok":
                 raise Abandoned(status)
 
-        pdf.render_pages(source, self.settings, scratch, first, last, store)
+        pdf.render_pages(source, self.settings, scratch, self.files, self.plan.attempt, first, last, stored)
         self.plan.done(index)
 
 

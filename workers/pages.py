@@ -80,6 +80,15 @@ def write_page_files(scratch: Path, n: int, image: Image.Image, text: str, runs:
     return entry, paths
 
 
+def put_page_files(files: DocumentFiles, attempt: int, paths: dict[str, Path]) -> int:
+    """Store a page's files from scratch under the attempt; returns the bytes stored."""
+    size = 0
+    for name, path in paths.items():
+        size += files.storage.put_file(files.key(attempt, name), path)
+        path.unlink(missing_ok=True)
+    return size
+
+
 @dataclass
 class PageSink:
     """Stores pages as they are rendered and reports them ready in page order."""
@@ -117,12 +126,11 @@ class PageSink:
             thumb: Image.Image | None = None) -> None:
         """Write page n's files and store them; the page becomes ready with those before it."""
         entry, paths = write_page_files(self.scratch, n, image, text, runs, self.settings.THUMB_WIDTH, thumb)
-        self.store(entry, paths)
+        self.stored_page(entry, put_page_files(self.files, self.attempt, paths))
 
-    def store(self, entry: dict, paths: dict[str, Path]) -> None:
-        """Store a page written elsewhere (a render process) and advance `ready` past it."""
-        for name, path in paths.items():
-            self.stored += self.files.storage.put_file(self.files.key(self.attempt, name), path)
+    def stored_page(self, entry: dict, size: int) -> None:
+        """Count a page stored (here or by a render process) and advance `ready` past it."""
+        self.stored += size
         self.entries[entry["n"]] = entry
         advanced = self.ready
         while self.ready + 1 in self.entries:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import multiprocessing
 import os
 import signal
@@ -15,6 +16,7 @@ import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from config import Settings
+from livedoc.storage import DocumentFiles
 from workers.errors import (
     ConversionError,
     CorruptDocument,
@@ -25,7 +27,9 @@ from workers.errors import (
     TooManyPages,
 )
 from workers.images import MAX_SIDE
-from workers.pages import PageSink, Run, thumb_size, write_page_files
+from workers.pages import PageSink, Run, put_page_files, thumb_size, write_page_files
+
+log = logging.getLogger(__name__)
 
 POINTS_PER_INCH = 72
 OUTLINE_MAX_ITEMS = 5000
@@ -117,10 +121,11 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
     if chunks.wanted(settings, len(sizes)):
         chunks.run(source, settings, sink)
     else:
-        render_pages(source, settings, sink.scratch, 1, len(sizes), sink.store)
+        render_pages(source, settings, sink.scratch, sink.files, sink.attempt, 1, len(sizes),
+                     sink.stored_page)
 
 
-Store = Callable[[dict, dict[str, Path]], None]
+Stored = Callable[[dict, int], None]
 
 
 def render_processes(settings: Settings) -> int:
@@ -128,18 +133,20 @@ def render_processes(settings: Settings) -> int:
     return settings.RENDER_PROCESSES if settings.RENDER_PROCESSES > 0 else (os.cpu_count() or 1)
 
 
-def render_pages(source: Path, settings: Settings, scratch: Path, first: int, last: int,
-                 store: Store) -> set[int]:
-    """Render pages first..last into scratch and hand each to `store` in page order; returns the ids
-    of the processes that rendered them.
+def render_pages(source: Path, settings: Settings, scratch: Path, files: DocumentFiles, attempt: int,
+                 first: int, last: int, stored: Stored) -> set[int]:
+    """Render pages first..last through scratch into the attempt's storage and report each to
+    `stored` (its manifest entry, its bytes) in page order; returns the ids of the processes that
+    rendered them.
 
     pdfium is not thread-safe, so a document uses every core through processes, each with the PDF
-    open itself. Pages are handed out one at a time and come back in page order (imap), so page k
-    is stored as soon as it and those before it are rendered, and nothing but the small page
-    entries crosses between processes: the images go through scratch files, and memory stays flat
-    whatever the page count. The pool is forked from the work horse, so it is in the horse's
-    process group (RQ kills that group on stop and on a hard timeout), dies with the horse
-    (PDEATHSIG), and is terminated on every way out of this function.
+    open itself. Each process also stores the pages it renders (renames, or uploads, in parallel
+    too); pages are handed out one at a time and reported in page order (imap), so page k is
+    reported as soon as it and those before it are stored, and nothing but the small page entries
+    crosses between processes. Memory stays flat whatever the page count. The pool is forked from
+    the work horse, so it is in the horse's process group (RQ kills that group on stop and on a
+    hard timeout), dies with the horse (PDEATHSIG), and is terminated on every way out of this
+    function.
     """
     scale = settings.RENDER_DPI / POINTS_PER_INCH
     processes = min(render_processes(settings), last - first + 1)
@@ -151,36 +158,38 @@ def render_pages(source: Path, settings: Settings, scratch: Path, first: int, la
     render = functools.partial(_render_in_child, scale=scale, scratch=str(scratch),
                                thumb_width=settings.THUMB_WIDTH)
     if processes <= 1:
-        _child_open(str(source))
+        _child_open(str(source), files, attempt)
         try:
             results = map(render, range(first - 1, last))
-            return _store_all(results, store)
+            return _report_all(results, stored)
         finally:
             _child_close()
     pool = multiprocessing.get_context("fork").Pool(processes, initializer=_child_init,
-                                                    initargs=(str(source),))
+                                                    initargs=(str(source), files, attempt))
     try:
-        return _store_all(pool.imap(render, range(first - 1, last)), store)
+        return _report_all(pool.imap(render, range(first - 1, last)), stored)
     finally:
         pool.terminate()
         pool.join()
 
 
-def _store_all(results: Iterable[tuple], store: Store) -> set[int]:
+def _report_all(results: Iterable[tuple], stored: Stored) -> set[int]:
     pids = set()
     for result in results:
         if "error" in result[0]:
             raise ConversionError(**result[0]["error"])
-        entry, paths, pid = result
+        entry, size, pid = result
         pids.add(pid)
-        store(entry, {name: Path(path) for name, path in paths.items()})
+        stored(entry, size)
     return pids
 
 
 _child_doc: pdfium.PdfDocument | None = None
+_child_files: DocumentFiles | None = None
+_child_attempt = 0
 
 
-def _child_init(source: str) -> None:
+def _child_init(source: str, files: DocumentFiles, attempt: int) -> None:
     # A pool process must not outlive the work horse that forked it (a SIGKILL skips every cleanup).
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -188,12 +197,13 @@ def _child_init(source: str) -> None:
     # Handlers inherited from the forking process (a worker's warm-shutdown handler) would swallow the
     # SIGTERM with which the pool is terminated.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _child_open(source)
+    files.storage.forked()
+    _child_open(source, files, attempt)
 
 
-def _child_open(source: str) -> None:
-    global _child_doc, _child_source, _child_rendered
-    _child_source, _child_rendered = source, 0
+def _child_open(source: str, files: DocumentFiles, attempt: int) -> None:
+    global _child_doc, _child_source, _child_rendered, _child_files, _child_attempt
+    _child_source, _child_rendered, _child_files, _child_attempt = source, 0, files, attempt
     _child_doc = open_document(Path(source))
     # Without this, filled-in form fields would render empty.
     _child_doc.init_forms()
@@ -214,10 +224,11 @@ def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -
     """Render one page and write its files; (entry, paths, pid), or ({"error": ...},) when it fails."""
     global _child_rendered
     if _child_rendered >= REOPEN_EVERY:
+        assert _child_files is not None
         _child_close()
-        _child_open(_child_source)
+        _child_open(_child_source, _child_files, _child_attempt)
     _child_rendered += 1
-    assert _child_doc is not None
+    assert _child_doc is not None and _child_files is not None
     pages: list[tuple[dict, dict[str, Path]]] = []
     try:
         render_page(_child_doc, index, scale,
@@ -227,7 +238,12 @@ def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -
     except ConversionError as exc:
         return ({"error": exc.as_dict()},)
     entry, paths = pages[0]
-    return entry, {name: str(path) for name, path in paths.items()}, os.getpid()
+    try:
+        size = put_page_files(_child_files, _child_attempt, paths)
+    except Exception:  # noqa: BLE001 - an object store's exceptions need not survive the trip back
+        log.exception("storing page %d failed", index + 1)
+        return ({"error": StorageError().as_dict()},)
+    return entry, size, os.getpid()
 
 
 def render_page(doc: pdfium.PdfDocument, index: int, scale: float,
