@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,9 +103,12 @@ class PageSink:
     ready: int = 0
     stored: int = 0
     scratch: Path | None = None
-    on_ready: Callable[[int], None] | None = None
     # Where the page stages' percent band starts (an Office document spends the first part converting).
     render_start: float = RENDER_START
+    # Seconds between progress saves (0: every page); pages stored meanwhile wait for flush().
+    report_interval: float = 0.0
+    _last_report: float = 0.0
+    _unreported: bool = False
 
     def __post_init__(self) -> None:
         root = self.files.storage.scratch_root()
@@ -138,15 +141,23 @@ class PageSink:
         if self.ready > advanced:
             self._report()
 
-    def _report(self) -> None:
+    def flush(self) -> None:
+        """Save the progress of pages stored since the last save, if any."""
+        if self._unreported:
+            self._report(at_once=True)
+
+    def _report(self, at_once: bool = False) -> None:
+        now = time.monotonic()
+        if not at_once and self.ready < self.pages and now - self._last_report < self.report_interval:
+            self._unreported = True
+            return
+        self._last_report, self._unreported = now, False
         done, total = self.ready, self.pages
         percent = self.render_start + (RENDER_END - self.render_start) * done / max(1, total)
         nxt = min(done + 1, total)
         message = f"Rendering page {nxt} of {total}" if done < total else "Finishing up"
         self.writer.update("rendering" if done < total else "finalizing", percent, page=nxt, pages=total,
                            ready=done, message=message)
-        if self.on_ready is not None:
-            self.on_ready(done)
 
     def finish(self) -> int:
         """Write the manifest of a complete attempt; returns the page count."""

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pypdfium2 as pdfium
@@ -121,8 +121,9 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
     if chunks.wanted(settings, len(sizes)):
         chunks.run(source, settings, sink)
     else:
+        sink.report_interval = settings.PROGRESS_INTERVAL / 1000
         render_pages(source, settings, sink.scratch, sink.files, sink.attempt, 1, len(sizes),
-                     sink.stored_page)
+                     sink.stored_page, idle=sink.flush)
 
 
 Stored = Callable[[dict, int], None]
@@ -134,10 +135,12 @@ def render_processes(settings: Settings) -> int:
 
 
 def render_pages(source: Path, settings: Settings, scratch: Path, files: DocumentFiles, attempt: int,
-                 first: int, last: int, stored: Stored) -> set[int]:
+                 first: int, last: int, stored: Stored,
+                 idle: Callable[[], None] | None = None) -> set[int]:
     """Render pages first..last through scratch into the attempt's storage and report each to
     `stored` (its manifest entry, its bytes) in page order; returns the ids of the processes that
-    rendered them.
+    rendered them. `idle` is called whenever the next page keeps the caller waiting (a sink saves
+    the progress it held back then).
 
     pdfium is not thread-safe, so a document uses every core through processes, each with the PDF
     open itself. Each process also stores the pages it renders (renames, or uploads, in parallel
@@ -160,20 +163,34 @@ def render_pages(source: Path, settings: Settings, scratch: Path, files: Documen
     if processes <= 1:
         _child_open(str(source), files, attempt)
         try:
+            # Rendered right here, each page keeps the caller waiting for as long as it takes.
             results = map(render, range(first - 1, last))
-            return _report_all(results, stored)
+            return _report_all(results, stored, after_each=idle)
         finally:
             _child_close()
     pool = multiprocessing.get_context("fork").Pool(processes, initializer=_child_init,
                                                     initargs=(str(source), files, attempt))
     try:
-        return _report_all(pool.imap(render, range(first - 1, last)), stored)
+        results = pool.imap(render, range(first - 1, last))
+        return _report_all(_waiting(results, idle, settings.PROGRESS_INTERVAL / 1000), stored)
     finally:
         pool.terminate()
         pool.join()
 
 
-def _report_all(results: Iterable[tuple], stored: Stored) -> set[int]:
+def _waiting(results, idle: Callable[[], None] | None, tick: float) -> Iterator[tuple]:
+    # imap's own iterator takes a timeout: a wait of more than a tick for the next page calls idle.
+    while True:
+        try:
+            yield results.next(timeout=tick) if idle and tick > 0 else results.next()
+        except multiprocessing.TimeoutError:
+            idle()
+        except StopIteration:
+            return
+
+
+def _report_all(results: Iterable[tuple], stored: Stored, after_each: Callable[[], object] | None = None
+                ) -> set[int]:
     pids = set()
     for result in results:
         if "error" in result[0]:
@@ -181,6 +198,8 @@ def _report_all(results: Iterable[tuple], stored: Stored) -> set[int]:
         entry, size, pid = result
         pids.add(pid)
         stored(entry, size)
+        if after_each is not None:
+            after_each()
     return pids
 
 
