@@ -58,7 +58,8 @@ def write_page_files(scratch: Path, n: int, image: Image.Image, text: str, runs:
     """Write page n's files into scratch (the thumbnail from `thumb` when the converter rendered
     one itself); returns its manifest entry and the files by name."""
     names = page_names(n)
-    rgb = to_rgb(image)
+    # JPEG takes RGBX as it is (the padding byte is dropped): converting would only copy the page.
+    rgb = image if image.mode == "RGBX" else to_rgb(image)
     paths = {name: scratch / name for name in names.values()}
     rgb.save(paths[names["image"]], "JPEG", quality=JPEG_QUALITY)
     if thumb is None:
@@ -66,7 +67,7 @@ def write_page_files(scratch: Path, n: int, image: Image.Image, text: str, runs:
         # (the page's costliest step before), with no visible difference at thumbnail size.
         thumb = rgb.resize(thumb_size(rgb.width, rgb.height, thumb_width), Image.Resampling.LANCZOS,
                            reducing_gap=1.0)
-    small = to_rgb(thumb)
+    small = thumb if thumb.mode == "RGBX" else to_rgb(thumb)
     small.save(paths[names["thumb"]], "JPEG", quality=THUMB_QUALITY)
     if small is not thumb:
         small.close()
