@@ -19,7 +19,7 @@ from livedoc.extensions import db
 from livedoc.ids import new_doc_id, valid_doc_id
 from livedoc.models import Document, User
 from livedoc.sniff import HEAD, TextCheck, kind_of_head
-from livedoc.storage import DocumentFiles, Storage
+from livedoc.storage import HD_KINDS, DocumentFiles, Storage
 
 log = logging.getLogger("livedoc")
 
@@ -337,7 +337,7 @@ def pages_of(doc: Document, prog: progress.Progress) -> dict:
         names = storage_names(n)
         pages.append({"n": n, "width": width, "height": height, **{k: base + v for k, v in names.items()}})
     return {"files_url": base, "sizes": sizes, "pages": pages, "outline": layout.get("outline") or [],
-            "hd": doc.kind == "pdf"}
+            "hd": doc.kind in HD_KINDS}
 
 
 def storage_names(n: int) -> dict[str, str]:
@@ -417,7 +417,7 @@ def sharper_page(connection: Redis, config: Mapping, doc: Document, attempt: int
     Rendered on demand because a reader zooms into few pages: storing every page at HD_DPI would
     take about 7 times the storage of the page images for pages nobody zooms into.
     """
-    if doc.kind != "pdf":
+    if doc.kind not in HD_KINDS:
         raise NotFound("No sharper rendition of this page.")
     files = files_of(doc)
     key = files.key(attempt, storage_names(n)["hd"])

@@ -25,6 +25,11 @@ from urllib.parse import urlsplit
 from livedoc.ids import valid_doc_id
 
 MANIFEST = "manifest.json"
+# The PDF an attempt rendered its pages from, when that is not the original (an Office document
+# converted by LibreOffice): page-range jobs on other hosts and sharper renditions read it.
+SOURCE_PDF = "source.pdf"
+# The kinds whose pages come from a PDF, so that a page can be rendered again sharper.
+HD_KINDS = ("pdf", "office")
 LAYOUT = "layout.json"
 ORIGINAL = "original"
 CHUNK = 1024 * 1024
@@ -409,6 +414,10 @@ class DocumentFiles:
     def key(self, attempt: int, name: str) -> str:
         """The key of one output file of an attempt."""
         return self.attempt_prefix(attempt) + name
+
+    def pdf_key(self, kind: str, attempt: int) -> str:
+        """Where the PDF that an attempt's pages are rendered from lives."""
+        return self.original_key if kind == "pdf" else self.key(attempt, SOURCE_PDF)
 
     def save_original_stream(self, stream: BinaryIO) -> int:
         """Store the upload atomically, in chunks; returns its size."""

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from redis import Redis
 from rq.job import Job, JobStatus
 
@@ -17,10 +18,10 @@ from config import ROOT, Settings
 from livedoc import capabilities, jobs, keys, progress
 from livedoc.ids import new_doc_id
 from livedoc.sniff import sniff
-from livedoc.storage import DocumentFiles, LocalStorage, page_names
+from livedoc.storage import SOURCE_PDF, DocumentFiles, LocalStorage, hd_name, page_names
 from tests import officegen
 from tests.conftest import run_jobs
-from workers import office
+from workers import office, render
 from workers.rqworker import LivedocWorker
 
 WORDS = ["Aardvark", "Bumblebee", "Chinchilla"]
@@ -94,6 +95,25 @@ def test_office_document_converts_with_its_words(kind, documents, redis_conn, st
     _assert_invariants(messages)
     layout = files.layout(1)
     assert layout["kind"] == "office" and len(layout["sizes"]) == final["pages"]
+
+
+def test_office_document_in_page_range_jobs_and_its_sharper_pages(documents, redis_conn, storage_dir,
+                                                                 worker_env, monkeypatch):
+    # One page a chunk: the pages come from the attempt's stored PDF, as on another host.
+    monkeypatch.setenv("CHUNK_PAGES", "1")
+    files, job_id, messages = _convert(redis_conn, storage_dir, documents["docx"])
+    final = progress.read(redis_conn, job_id)
+    assert (final["state"], final["ready"], final["pages"]) == ("complete", 3, 3), final
+    for n, word in enumerate(WORDS, 1):
+        assert files.storage.get_bytes(files.key(1, page_names(n)["text"])).decode().startswith(word)
+    _assert_invariants(messages)
+    assert files.storage.get_bytes(files.key(1, SOURCE_PDF))[:5] == b"%PDF-"
+    # A reader zooming into page 2 gets it rendered again from that PDF, sharper than the page image.
+    assert render.render_hd(files.doc_id, "office", 1, 2) == {"stored": True}
+    with Image.open(io.BytesIO(files.storage.get_bytes(files.key(1, hd_name(2))))) as hd, \
+            Image.open(io.BytesIO(files.storage.get_bytes(files.key(1, page_names(2)["image"])))) as page:
+        assert hd.width > 2 * page.width and hd.height > 2 * page.height
+    assert render.render_hd(files.doc_id, "office", 1, 2) == {"stored": False}  # made once
 
 
 def _assert_refused(redis_conn: Redis, job_id: str, messages: list[dict], code: str) -> dict:

@@ -28,7 +28,7 @@ from rq import Retry, get_current_job
 from config import Settings
 from livedoc import jobs, keys, progress
 from livedoc.progress import Deleted
-from livedoc.storage import DocumentFiles, open_storage
+from livedoc.storage import SOURCE_PDF, DocumentFiles, open_storage
 from workers import pdf
 from workers.errors import ConversionError
 from workers.pages import RENDER_END, PageSink
@@ -36,7 +36,6 @@ from workers.pages import RENDER_END, PageSink
 log = logging.getLogger("livedoc.worker")
 
 CHUNK = "workers.chunks.render_chunk"
-SOURCE = "source.pdf"  # an attempt's PDF for chunks on other hosts, when it is not the original
 POLL_SECONDS = 0.2
 CHUNK_RESULT_TTL = 3600
 
@@ -164,14 +163,8 @@ def run(source: Path, settings: Settings, sink: PageSink) -> None:
     writer.merge = True
     plan = Plan(connection, job.id, sink.attempt)
     files = sink.files
-    if sink.kind == "pdf":
-        source_key = files.original_key
-    else:
-        # Chunks on other hosts need this attempt's PDF (made here, from an Office document).
-        copy = sink.scratch / SOURCE
-        shutil.copyfile(source, copy)
-        source_key = files.key(sink.attempt, SOURCE)
-        files.storage.put_file(source_key, copy)
+    # Chunks on other hosts read the same PDF (a converter that made one stored it already).
+    source_key = files.pdf_key(sink.kind, sink.attempt)
     chunk_list = ranges(sink.pages, settings.CHUNK_PAGES)
     ttl = max(settings.JOB_TIMEOUT * 4, 3600)
     with connection.pipeline(transaction=True) as pipe:
@@ -243,7 +236,7 @@ def render_chunk(doc_id: str, job_id: str, attempt: int, index: int) -> dict:
         chunking = _Chunking(plan, files, settings, table)
         source = files.storage.local_path(table["source"])
         if source is None:
-            source = scratch / SOURCE
+            source = scratch / SOURCE_PDF
             files.storage.fetch(table["source"], source)
         chunking.work(source, scratch, job.id, first_choice=index)
         return {"chunk": index}

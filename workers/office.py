@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from config import ROOT, Settings
+from livedoc.storage import SOURCE_PDF
 from workers import pdf
 from workers.errors import CorruptDocument, EncryptedDocument, TransientError, UnsupportedDocument
 from workers.pages import PageSink
@@ -332,5 +333,9 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
 
     result = to_pdf(document, workdir, settings, tick)
     shutil.rmtree(workdir / "profile", ignore_errors=True)
+    # Stored for page-range jobs on other hosts and for sharper renditions of its pages.
+    copy = workdir / SOURCE_PDF
+    shutil.copyfile(result, copy)
+    sink.files.storage.put_file(sink.files.pdf_key("office", sink.attempt), copy)
     sink.render_start = CONVERT_END
     pdf.convert(result, settings, sink)

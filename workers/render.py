@@ -7,26 +7,28 @@ import tempfile
 from pathlib import Path
 
 from config import Settings
-from livedoc.storage import DocumentFiles, hd_name, open_storage
+from livedoc.storage import HD_KINDS, DocumentFiles, hd_name, open_storage
 from workers.pages import JPEG_QUALITY, to_rgb
 from workers.pdf import POINTS_PER_INCH, open_document
 
 
 def render_hd(doc_id: str, kind: str, attempt: int, n: int) -> dict:
-    """Render page n of a PDF at HD_DPI (within MAX_PAGE_PIXELS x 4) and store it as hd-NNNN.jpg."""
+    """Render page n of a document's PDF at HD_DPI (within MAX_PAGE_PIXELS x 4) and store it as
+    hd-NNNN.jpg."""
     settings = Settings.from_env()
     files = DocumentFiles(open_storage(settings), doc_id)
     key = files.key(attempt, hd_name(n))
-    if kind != "pdf" or files.storage.exists(key):
+    if kind not in HD_KINDS or files.storage.exists(key):
         return {"stored": False}
     root = files.storage.scratch_root()
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{doc_id}-hd-", dir=root))
     try:
-        source = files.storage.local_path(files.original_key)
+        pdf_key = files.pdf_key(kind, attempt)
+        source = files.storage.local_path(pdf_key)
         if source is None:
-            source = scratch / "original"
-            files.storage.fetch(files.original_key, source)
+            source = scratch / "source.pdf"
+            files.storage.fetch(pdf_key, source)
         doc = open_document(source)
         try:
             page = doc[n - 1]
