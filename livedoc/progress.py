@@ -327,19 +327,22 @@ class Deleted(Exception):
 
 
 def merge_page(connection: Redis, job_id: str, attempt: int, n: int, pages: int, render_start: float,
-               render_end: float, entry: dict, size: int, owner: str, lease_key: str, lease_ttl: int,
-               stored_key: str, entries_key: str) -> str:
+               render_end: float, entry: dict | None, size: int, owner: str, lease_key: str, lease_ttl: int,
+               stored_key: str, entries_key: str, announce: bool = True) -> str:
     """Record that page n of a page-range job is stored, in the document job's progress, atomically.
 
     `ready` becomes the number of leading pages stored by any chunk, `percent` follows the count of
-    stored pages (never back), `seq` goes on from the stored one. Answers "ok", or why the page
-    was not recorded: "deleted" (the document was), "lost" (another worker took this chunk over),
+    stored pages (never back), `seq` goes on from the stored one. Without `announce` the page is
+    recorded but the progress is left for a later call (unless it makes every page ready); n = 0
+    records no page and announces what the pages recorded so far make of it. Answers "ok", or why
+    the page was not recorded: "deleted" (the document was), "lost" (another worker took this chunk over),
     "stale" (another attempt runs now) or "ended" (the document job already ended).
     """
     script = connection.register_script(_MERGE_PAGE)
     status = script(keys=[job_key(job_id), keys.DELETED_JOB + job_id, stored_key, entries_key, lease_key],
                     args=[n, json.dumps(entry, separators=(",", ":")), size, owner, lease_ttl,
-                          channel(job_id), pages, render_start, render_end, round(time.time(), 4), attempt])
+                          channel(job_id), pages, render_start, render_end, round(time.time(), 4), attempt,
+                          1 if announce else 0])
     return status.decode() if isinstance(status, bytes) else str(status)
 
 
@@ -382,12 +385,15 @@ local p = cjson.decode(raw)
 if type(p) ~= 'table' or tonumber(p['attempt']) ~= tonumber(ARGV[11]) then return 'stale' end
 if p['state'] == 'complete' or p['state'] == 'failed' then return 'ended' end
 redis.call('EXPIRE', KEYS[5], ARGV[5])
-redis.call('SETBIT', KEYS[3], tonumber(ARGV[1]), 1)
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[4], 'bytes', ARGV[3])
+if tonumber(ARGV[1]) > 0 then
+  redis.call('SETBIT', KEYS[3], tonumber(ARGV[1]), 1)
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+  redis.call('HINCRBY', KEYS[4], 'bytes', ARGV[3])
+end
 local pages = tonumber(ARGV[7])
 local ready = tonumber(p['ready']) or 0
 while ready < pages and redis.call('GETBIT', KEYS[3], ready + 1) == 1 do ready = ready + 1 end
+if ARGV[12] == '0' and ready < pages then return 'ok' end
 local stored = redis.call('BITCOUNT', KEYS[3])
 local first, last = tonumber(ARGV[8]), tonumber(ARGV[9])
 local percent = math.floor(first + (last - first) * stored / pages)

@@ -103,7 +103,7 @@ def _assert_every_page_in_order(session, base: str, doc_id: str) -> None:
 @pytest.fixture
 def stack_conn(make_stack):
     def make(**settings: str):
-        stack = make_stack(CHUNK_PAGES=str(CHUNK), RENDER_PROCESSES="1", **settings)
+        stack = make_stack(**{"CHUNK_PAGES": str(CHUNK), "RENDER_PROCESSES": "1", **settings})
         conn = connect(stack.redis_url)
         return stack, conn
     return make
@@ -126,6 +126,22 @@ def test_a_long_document_is_shared_by_two_workers(stack_conn):
                      for i in (1, 2)}
     assert chunk_workers - {doc_worker}, "the second worker took no chunk"
     assert not conn.keys("livedoc:chunks:*"), "the chunk plan outlived the conversion"
+
+
+def test_pages_from_a_pool_are_announced_at_most_every_progress_interval(stack_conn):
+    # Render processes on a host finish pages faster than anyone watches: with an interval longer
+    # than the whole conversion, each chunk announces its first page and what it held back at its
+    # end, and the pages themselves are all recorded.
+    stack, conn = stack_conn(RENDER_PROCESSES="2", PROGRESS_INTERVAL="100000")
+    _start_workers(stack, 1, conn)
+    session = api(stack.user("quiet"))
+    events = Events(conn)
+    body = _upload(session, stack.base_url)
+    published = events.until_terminal(_doc_job(conn, body["id"]), timeout=120)
+    _assert_contract(published, PAGES)
+    rendering = [e for e in published if e["message"].startswith("Rendering:")]
+    assert 3 <= len(rendering) <= 6, [e["ready"] for e in rendering]  # 3 chunks, 1-2 events each
+    _assert_every_page_in_order(session, stack.base_url, body["id"])
 
 
 def _horses(pid: int) -> list[int]:

@@ -142,11 +142,12 @@ class _Chunking:
         first, last = self.chunks[index]
         log.info("%s: rendering pages %d-%d of %s", owner, first, last, self.plan.job_id)
 
-        def stored(entry: dict, size: int) -> None:
+        def stored(entry: dict | None, size: int, announce: bool) -> None:
+            # Each page is recorded at once (the manifest, the lease); its event maybe later.
             status = progress.merge_page(
-                self.plan.connection, self.plan.job_id, self.plan.attempt, entry["n"], self.pages,
-                self.render_start, RENDER_END, entry, size, owner, self.plan.lease(index),
-                self.settings.CHUNK_LEASE, self.plan.stored, self.plan.entries)
+                self.plan.connection, self.plan.job_id, self.plan.attempt, entry["n"] if entry else 0,
+                self.pages, self.render_start, RENDER_END, entry, size, owner, self.plan.lease(index),
+                self.settings.CHUNK_LEASE, self.plan.stored, self.plan.entries, announce=announce)
             if status == "deleted":
                 raise Deleted(self.plan.job_id)
             if status != "ok":

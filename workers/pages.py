@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,10 +105,7 @@ class PageSink:
     scratch: Path | None = None
     # Where the page stages' percent band starts (an Office document spends the first part converting).
     render_start: float = RENDER_START
-    # Seconds between progress saves (0: every page); pages stored meanwhile wait for flush().
-    report_interval: float = 0.0
-    _last_report: float = 0.0
-    _unreported: bool = False
+    _announced: int = 0  # the `ready` last saved
 
     def __post_init__(self) -> None:
         root = self.files.storage.scratch_root()
@@ -132,28 +128,20 @@ class PageSink:
         entry, paths = write_page_files(self.scratch, n, image, text, runs, self.settings.THUMB_WIDTH, thumb)
         self.stored_page(entry, put_page_files(self.files, self.attempt, paths))
 
-    def stored_page(self, entry: dict, size: int) -> None:
-        """Count a page stored (here or by a render process) and advance `ready` past it."""
-        self.stored += size
-        self.entries[entry["n"]] = entry
-        advanced = self.ready
-        while self.ready + 1 in self.entries:
-            self.ready += 1
-        if self.ready > advanced:
+    def stored_page(self, entry: dict | None, size: int, announce: bool = True) -> None:
+        """Count a page stored (here or by a render process) and advance `ready` past it; its
+        progress is saved now if `announce`, or once every page is ready (entry None: save now)."""
+        if entry is not None:
+            self.stored += size
+            self.entries[entry["n"]] = entry
+            while self.ready + 1 in self.entries:
+                self.ready += 1
+        if self.ready > self._announced and (announce or entry is None or self.ready == self.pages):
             self._report()
 
-    def flush(self) -> None:
-        """Save the progress of pages stored since the last save, if any."""
-        if self._unreported:
-            self._report(at_once=True)
-
-    def _report(self, at_once: bool = False) -> None:
-        now = time.monotonic()
-        if not at_once and self.ready < self.pages and now - self._last_report < self.report_interval:
-            self._unreported = True
-            return
-        self._last_report, self._unreported = now, False
-        done, total = self.ready, self.pages
+    def _report(self) -> None:
+        self._announced = done = self.ready
+        total = self.pages
         percent = self.render_start + (RENDER_END - self.render_start) * done / max(1, total)
         nxt = min(done + 1, total)
         message = f"Rendering page {nxt} of {total}" if done < total else "Finishing up"

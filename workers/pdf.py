@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -124,12 +125,13 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
     if chunks.wanted(settings, len(sizes)):
         chunks.run(source, settings, sink)
     else:
-        sink.report_interval = settings.PROGRESS_INTERVAL / 1000
         render_pages(source, settings, sink.scratch, sink.files, sink.attempt, 1, len(sizes),
-                     sink.stored_page, idle=sink.flush)
+                     sink.stored_page)
 
 
-Stored = Callable[[dict, int], None]
+# (entry, bytes, announce): page entry stored, with its size; announce says whether its progress is
+# to be published now. (None, 0, True): publish what the pages reported so far make of it.
+Stored = Callable[[dict | None, int, bool], None]
 
 
 def render_processes(settings: Settings) -> int:
@@ -138,12 +140,14 @@ def render_processes(settings: Settings) -> int:
 
 
 def render_pages(source: Path, settings: Settings, scratch: Path, files: DocumentFiles, attempt: int,
-                 first: int, last: int, stored: Stored,
-                 idle: Callable[[], None] | None = None) -> set[int]:
+                 first: int, last: int, stored: Stored) -> set[int]:
     """Render pages first..last through scratch into the attempt's storage and report each to
     `stored` (its manifest entry, its bytes) in page order; returns the ids of the processes that
-    rendered them. `idle` is called whenever the next page keeps the caller waiting (a sink saves
-    the progress it held back then).
+    rendered them.
+
+    From several processes pages may arrive faster than anyone can watch: their progress is
+    announced at most every PROGRESS_INTERVAL, and what was held back is announced as soon as the
+    next page keeps this process waiting, and at the end.
 
     pdfium is not thread-safe, so a document uses every core through processes, each with the PDF
     open itself. Each process also stores the pages it renders (renames, or uploads, in parallel
@@ -166,43 +170,52 @@ def render_pages(source: Path, settings: Settings, scratch: Path, files: Documen
     if processes <= 1:
         _child_open(str(source), files, attempt)
         try:
-            # Rendered right here, each page keeps the caller waiting for as long as it takes.
-            results = map(render, range(first - 1, last))
-            return _report_all(results, stored, after_each=idle)
+            # Rendered right here, the next page keeps the caller waiting: announce every one.
+            return _report_all(map(render, range(first - 1, last)), stored, 0.0)
         finally:
             _child_close()
     pool = multiprocessing.get_context("fork").Pool(processes, initializer=_child_init,
                                                     initargs=(str(source), files, attempt))
     try:
-        results = pool.imap(render, range(first - 1, last))
-        return _report_all(_waiting(results, idle, settings.PROGRESS_INTERVAL / 1000), stored)
+        interval = settings.PROGRESS_INTERVAL / 1000
+        return _report_all(_waiting(pool.imap(render, range(first - 1, last)), interval), stored, interval)
     finally:
         pool.terminate()
         pool.join()
 
 
-def _waiting(results, idle: Callable[[], None] | None, tick: float) -> Iterator[tuple]:
-    # imap's own iterator takes a timeout: a wait of more than a tick for the next page calls idle.
+def _waiting(results, tick: float) -> Iterator[tuple | None]:
+    # imap's own iterator takes a timeout: None says the next page has kept us waiting a tick.
     while True:
         try:
-            yield results.next(timeout=tick) if idle and tick > 0 else results.next()
+            yield results.next(timeout=tick) if tick > 0 else results.next()
         except multiprocessing.TimeoutError:
-            idle()
+            yield None
         except StopIteration:
             return
 
 
-def _report_all(results: Iterable[tuple], stored: Stored, after_each: Callable[[], object] | None = None
-                ) -> set[int]:
+def _report_all(results: Iterable[tuple | None], stored: Stored, interval: float) -> set[int]:
     pids = set()
+    announced, held = 0.0, False
     for result in results:
+        if result is None:
+            if held:
+                stored(None, 0, True)
+                announced, held = time.monotonic(), False
+            continue
         if "error" in result[0]:
             raise ConversionError(**result[0]["error"])
         entry, size, pid = result
         pids.add(pid)
-        stored(entry, size)
-        if after_each is not None:
-            after_each()
+        now = time.monotonic()
+        announce = now - announced >= interval
+        stored(entry, size, announce)
+        if announce:
+            announced = now
+        held = not announce
+    if held:
+        stored(None, 0, True)
     return pids
 
 
