@@ -12,7 +12,7 @@ from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from livedoc import capabilities, fleet, jobs, keys, progress, quotas
+from livedoc import capabilities, fleet, jobs, progress, quotas
 from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
@@ -182,17 +182,18 @@ def _settle(connection: Redis, doc: Document, prog: progress.Progress | None) ->
     if prog is None:
         # The job's record is gone: its output decides the ending, or, after a grace period in
         # which a worker that rode out a Redis restart would have written again, it is lost.
-        seq = progress.vanished_seq(doc.last_seq)
         manifest = _finished_manifest(doc)
         if manifest is not None:
-            prog = progress.initial(seq, manifest["attempt"])
+            prog = progress.initial(progress.vanished_seq(doc.last_seq), manifest["attempt"])
             prog.update(state=progress.State.COMPLETE.value, stage="complete", percent=100,
                         pages=manifest["pages"], page=manifest["pages"], ready=manifest["pages"],
                         message="Ready")
-        elif _missing_for(connection, doc.job_id) < current_app.config["JOB_VANISH_GRACE"]:
-            return progress.initial(doc.last_seq, doc.attempt)  # not an ending yet
         else:
-            prog = progress.lost(progress.initial(seq - 1, doc.attempt))
+            last = progress.initial(doc.last_seq, doc.attempt)
+            prog = progress.vanished_endings(connection, {doc.job_id: last},
+                                             current_app.config["JOB_VANISH_GRACE"]).get(doc.job_id)
+            if prog is None:
+                return last  # not an ending yet
     if progress.is_terminal(prog) and prog["seq"] > doc.last_seq:
         manifest = files_of(doc).manifest(prog["attempt"]) if prog["state"] == "complete" else None
         _store_final(doc, prog, manifest)
@@ -209,15 +210,6 @@ def _finished_manifest(doc: Document) -> dict | None:
         if manifest is not None:
             return {**manifest, "attempt": attempt}
     return None
-
-
-def _missing_for(connection: Redis, job_id: str) -> float:
-    """Seconds since any reader first found this job's record missing (shared by all hosts)."""
-    key = keys.MISSING_JOB + job_id
-    now = time.time()
-    connection.set(key, now, nx=True, ex=7 * 24 * 3600)
-    first = connection.get(key)
-    return now - float(first) if first else 0.0
 
 
 def current_progress(connection: Redis, doc: Document) -> progress.Progress:

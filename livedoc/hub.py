@@ -127,7 +127,7 @@ class _Watch:
         self.progress: progress.Progress | None = None
         self.subscribers: set[Subscription] = set()
         self._encoded: str | None = None
-        self.missing_since: float | None = None  # when the job's record was first seen missing
+        self.missing_since: float | None = None  # when this hub first saw the job's record missing
 
     def offer(self, candidate: progress.Progress | None) -> bool:
         """Keep the candidate if it is newer; True when subscribers should be woken."""
@@ -316,14 +316,14 @@ class StreamHub:
             rows = pipe.execute()
         metrics.HUB_POLLS.inc()
         self._apply_flags(flagmod.from_raw(self.defaults, rows[0]))
+        missing = []
         for job_id, row in zip(job_ids, rows[1:1 + len(job_ids)]):
             if all(value is None for value in row):
-                self._vanished(job_id)
+                missing.append(job_id)
             else:
-                watch = self._watches.get(job_id)
-                if watch is not None:
-                    watch.missing_since = None
+                self._found(job_id)
                 self._offer(job_id, progress.decode(*row))
+        self._vanished(missing)
         self._read_other_hosts([h.decode() for h in rows[-1] if h.decode() != self.host_id])
 
     def _read_other_hosts(self, hosts: list[str]) -> None:
@@ -335,20 +335,26 @@ class StreamHub:
                 others.update(json.loads(raw).get("connectionsByUser", {}))
         self._others_by_user = others
 
-    def _vanished(self, job_id: str) -> None:
-        # The job's record is gone from Redis (restarted empty, flushed). If no worker writes it
-        # again within vanish_grace (JOB_VANISH_GRACE), end the streams on "lost" rather than
-        # leave them on "running" forever; a reconnect then settles against the database and the
-        # document's output.
-        watch = self._watches.get(job_id)
-        if watch is None or watch.progress is None or progress.is_terminal(watch.progress):
-            return
-        now = time.monotonic()
-        watch.missing_since = watch.missing_since or now
-        if now - watch.missing_since >= self.vanish_grace:
-            ending = progress.lost(watch.progress)
-            ending["seq"] = progress.vanished_seq(watch.progress["seq"])
+    def _vanished(self, job_ids: list[str]) -> None:
+        # The jobs' records are gone from Redis (restarted empty, flushed). If no worker writes them
+        # again within vanish_grace (JOB_VANISH_GRACE, on the clock all hosts share), end the
+        # streams on "lost" rather than leave them on "running" forever; a reconnect then settles
+        # against the database and the document's output.
+        missing = {}
+        for job_id in job_ids:
+            watch = self._watches.get(job_id)
+            if watch is not None and watch.progress is not None and not progress.is_terminal(watch.progress):
+                watch.missing_since = watch.missing_since or time.monotonic()
+                missing[job_id] = watch.progress
+        for job_id, ending in progress.vanished_endings(self.connection, missing, self.vanish_grace).items():
             self._offer(job_id, ending)
+
+    def _found(self, job_id: str) -> None:
+        # A record seen missing is back (a worker rode out the restart): its next loss gets a new grace.
+        watch = self._watches.get(job_id)
+        if watch is not None and watch.missing_since is not None:
+            watch.missing_since = None
+            progress.found_again(self.connection, job_id)
 
     def _offer(self, job_id: str, candidate: progress.Progress | None) -> None:
         watch = self._watches.get(job_id)

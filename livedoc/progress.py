@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -136,6 +137,46 @@ def vanished_seq(floor: int) -> int:
     flushed, expired): the seq the job had reached is unknowable, so take one above any a job can
     reach by writing (milliseconds since the epoch) and every viewer applies the ending."""
     return max(floor + 1, int(time.time() * 1000))
+
+
+# How long a "first found missing" mark outlives its job: far beyond any grace, short of forever.
+MISSING_TTL = 7 * 24 * 3600
+
+
+def vanished(previous: Progress | None) -> Progress:
+    """The `lost` ending of a job whose record vanished from Redis, with a seq every viewer applies."""
+    ending = lost(previous)
+    ending["seq"] = vanished_seq(previous["seq"] if previous else 0)
+    return ending
+
+
+def vanished_endings(connection: Redis, missing: Mapping[str, Progress | None],
+                     grace: float) -> dict[str, Progress]:
+    """The endings of the jobs (id -> last progress known) whose record has been missing `grace`
+    seconds or more, in one pipelined round trip.
+
+    The clock is a Redis key per job that the first reader to find the record missing sets, so
+    every host and every request counts from the same moment; a worker that rode out a Redis
+    restart writes the record again within the grace, and its job goes on (see `found_again`).
+    """
+    if not missing:
+        return {}
+    now = time.time()
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in missing:
+            pipe.set(keys.MISSING_JOB + job_id, now, nx=True, ex=MISSING_TTL)
+            pipe.get(keys.MISSING_JOB + job_id)
+        rows = pipe.execute()
+    endings = {}
+    for (job_id, previous), first in zip(missing.items(), rows[1::2]):
+        if first is not None and now - float(first) >= grace:
+            endings[job_id] = vanished(previous)
+    return endings
+
+
+def found_again(connection: Redis, job_id: str) -> None:
+    """Forget that a job's record was missing: it is back, and a later loss starts a new grace."""
+    connection.delete(keys.MISSING_JOB + job_id)
 
 
 def job_key(job_id: str) -> bytes:
