@@ -12,7 +12,7 @@ from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from livedoc import capabilities, fleet, jobs, progress, quotas
+from livedoc import capabilities, endings, fleet, jobs, progress, quotas
 from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
@@ -113,9 +113,8 @@ def _enqueue(connection: Redis, config: Mapping, doc: Document, seq: int, attemp
 
 def _not_queued(seq: int, attempt: int) -> progress.Progress:
     prog = progress.initial(seq, attempt)
-    message = "The conversion could not be queued."
-    prog.update(state=progress.State.FAILED.value, stage="failed", message=message,
-                error={"code": "not_queued", "message": message, "retryable": True})
+    prog.update(state=progress.State.FAILED.value, stage="failed", message=endings.NOT_QUEUED.message,
+                error=endings.NOT_QUEUED.error())
     return prog
 
 

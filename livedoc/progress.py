@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from rq.job import Job
 from rq.serializers import DefaultSerializer
 
-from livedoc import keys
+from livedoc import endings, keys
 from livedoc.storage import json_object
 
 META_KEY = "progress"
@@ -38,8 +38,6 @@ READ_FIELDS = (FIELD, "status", "meta")
 # The serializer of livedoc's jobs, their meta included: RQ's default, what `rq worker` expects.
 SERIALIZER = DefaultSerializer
 CHANNEL_PATTERN = keys.PROGRESS_PATTERN
-DELETED_CODE = "deleted"
-DELETED_MESSAGE = "This document was deleted."
 
 
 class State(StrEnum):
@@ -100,8 +98,8 @@ def lost(previous: Progress | None) -> Progress:
         seq=base["seq"] + 1,
         state=State.FAILED.value,
         stage="failed",
-        message="The conversion stopped unexpectedly.",
-        error={"code": "worker_lost", "message": "The conversion stopped unexpectedly.", "retryable": True},
+        message=endings.WORKER_LOST.message,
+        error=endings.WORKER_LOST.error(),
     )
     return base
 
@@ -109,9 +107,9 @@ def lost(previous: Progress | None) -> Progress:
 def deleted(previous: Progress | None) -> Progress:
     """The terminal event of a document its owner deleted (every open stream shows it and ends)."""
     base = dict(previous) if previous else initial(0, 1)
-    base.update(seq=vanished_seq(base["seq"]), state=State.FAILED.value, stage=DELETED_CODE,
-                message=DELETED_MESSAGE, updated_at=round(time.time(), 4),
-                error={"code": DELETED_CODE, "message": DELETED_MESSAGE, "retryable": False})
+    base.update(seq=vanished_seq(base["seq"]), state=State.FAILED.value, stage=endings.DELETED.code,
+                message=endings.DELETED.message, updated_at=round(time.time(), 4),
+                error=endings.DELETED.error())
     return base
 
 
@@ -240,11 +238,11 @@ def _rewrite(connection: Redis, job_id: str, changes: dict[str, Any]) -> Progres
     return updated
 
 
-def fail_unrunnable(connection: Redis, job_id: str, code: str, message: str) -> Progress:
+def fail_unrunnable(connection: Redis, job_id: str, message: str) -> Progress:
     """Record that no attempt could start (the worker could not load the job) and announce it."""
     return _rewrite(connection, job_id, {
         "state": State.FAILED.value, "stage": "failed", "message": message,
-        "error": {"code": code, "message": message, "retryable": True}})
+        "error": endings.WORKER_MISCONFIGURED.error(message)})
 
 
 def handed_back(connection: Redis, job_id: str) -> Progress:
@@ -326,9 +324,9 @@ class ProgressWriter:
                            "page": pages, "pages": pages, "ready": pages, "message": message})
 
     def fail(self, code: str, message: str, retryable: bool) -> Progress:
-        """Record the end of a conversion that failed for good."""
+        """Record the end of a conversion that failed for good (code: one of livedoc/endings.py)."""
         return self._save({"state": State.FAILED.value, "stage": "failed", "message": message,
-                           "error": {"code": code, "message": message, "retryable": retryable}})
+                           "error": endings.Ending(code, message, retryable).error()})
 
     def will_retry(self, message: str) -> Progress:
         """Record a transient failure after which RQ will run the job again."""

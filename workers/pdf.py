@@ -167,7 +167,7 @@ def _store_all(results: Iterable[tuple], store: Store) -> set[int]:
     pids = set()
     for result in results:
         if "error" in result[0]:
-            raise ConversionError(**result[0]["error"])
+            raise ConversionError.from_error(result[0]["error"])
         entry, paths, pid = result
         pids.add(pid)
         store(entry, {name: Path(path) for name, path in paths.items()})
@@ -211,7 +211,7 @@ def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -
                     lambda n, image, text, runs: pages.append(
                         write_page_files(Path(scratch), n, image, text, runs, thumb_width)))
     except ConversionError as exc:
-        return ({"error": exc.as_dict()},)
+        return ({"error": exc.error},)
     entry, paths = pages[0]
     return entry, {name: str(path) for name, path in paths.items()}, os.getpid()
 
