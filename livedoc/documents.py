@@ -13,13 +13,14 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from livedoc import capabilities, endings, fleet, jobs, progress, quotas
+from livedoc.appctx import file_storage
 from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
 from livedoc.ids import new_doc_id, valid_doc_id
 from livedoc.models import Document, User
 from livedoc.sniff import HEAD, TextCheck, kind_of_head
-from livedoc.storage import DocumentFiles, Storage
+from livedoc.storage import DocumentFiles
 
 log = logging.getLogger("livedoc")
 
@@ -31,14 +32,9 @@ def display_name(filename: str | None) -> str:
     return name.strip()[:200] or "untitled"
 
 
-def storage() -> Storage:
-    """The app's storage (one per process)."""
-    return current_app.extensions["livedoc.storage"]
-
-
 def files_of(doc: Document) -> DocumentFiles:
     """The document's files in the app's storage."""
-    return DocumentFiles(storage(), doc.id)
+    return DocumentFiles(file_storage(), doc.id)
 
 
 class _CheckedUpload:

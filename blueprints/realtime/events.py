@@ -8,6 +8,7 @@ from flask_login import current_user, login_required
 
 from blueprints.realtime import admit, bp, fall_back, limited
 from livedoc import documents, sse
+from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.audit import audit
 from livedoc.delivery import PING, Closed, Delivery, Event
 from livedoc.errors import LivedocError, NotFound
@@ -15,7 +16,6 @@ from livedoc.extensions import db
 from livedoc.flags import Transport
 from livedoc.hub import StreamHub
 from livedoc.progress import is_terminal
-from livedoc.web import realtime_flags, redis_conn, stream_hub
 
 SINGLE, MULTI = "sse", "sse-multi"  # their names in the stats
 
