@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from livedoc import flags as flagmod
 from livedoc import keys, metrics, progress
-from livedoc.flags import RealtimeFlags
+from livedoc.flags import RealtimeFlags, Transport
 
 log = logging.getLogger("livedoc.hub")
 
@@ -38,12 +38,13 @@ TIMER_MIN = 2.0    # s: shorter waits use their own gevent timeout
 class Connection:
     """One client connection (an SSE stream, a long-poll, a WebSocket) and the jobs it watches."""
 
-    __slots__ = ("hub", "user_id", "transport", "opened", "_event", "closed", "subs")
+    __slots__ = ("hub", "user_id", "transport", "label", "opened", "_event", "closed", "subs")
 
-    def __init__(self, hub: StreamHub, user_id: int, transport: str):
+    def __init__(self, hub: StreamHub, user_id: int, transport: Transport, label: str | None = None):
         self.hub = hub
         self.user_id = user_id
-        self.transport = transport
+        self.transport = Transport(transport)  # what the flags allow or close
+        self.label = label or self.transport.value  # its name in the stats and metrics ("sse-multi")
         self.opened = time.monotonic()
         self._event = Event()
         self.closed: str | None = None  # why the hub wants this connection to end, if it does
@@ -169,16 +170,17 @@ class StreamHub:
         self._timer: gevent.Greenlet | None = None
 
     # -- connections -----------------------------------------------------------------------------
-    def connect(self, user_id: int, transport: str) -> Connection:
-        """Open a connection; watch documents with conn.watch(), end it with disconnect()."""
+    def connect(self, user_id: int, transport: Transport, label: str | None = None) -> Connection:
+        """Open a connection (label: its stats name, when not the transport's); watch documents with
+        conn.watch(), end it with disconnect()."""
         self._ensure_running()
-        conn = Connection(self, user_id, transport)
+        conn = Connection(self, user_id, transport, label)
         # A worker that is stopping still finishes requests it accepted: a stream opened now must
         # end at once too, or it would hold the shutdown until the graceful timeout cuts it.
         conn.closed = self._closing
         self._conns.add(conn)
         self._per_user[user_id] += 1
-        metrics.OPEN_STREAMS.labels(transport).inc()
+        metrics.OPEN_STREAMS.labels(conn.label).inc()
         return conn
 
     def disconnect(self, conn: Connection) -> None:
@@ -191,7 +193,7 @@ class StreamHub:
         self._per_user[conn.user_id] -= 1
         if self._per_user[conn.user_id] <= 0:
             del self._per_user[conn.user_id]
-        metrics.OPEN_STREAMS.labels(conn.transport).dec()
+        metrics.OPEN_STREAMS.labels(conn.label).dec()
 
     def _add(self, sub: Subscription, current: progress.Progress | None) -> None:
         watch = self._watches.get(sub.job_id)
@@ -247,7 +249,7 @@ class StreamHub:
         by_transport: Counter = Counter()
         by_user: Counter = Counter()
         for conn in self._conns:
-            by_transport[conn.transport] += 1
+            by_transport[conn.label] += 1
             by_user[str(conn.user_id)] += 1
             for doc_id in conn.subs:
                 by_doc[doc_id] += 1

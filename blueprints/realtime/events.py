@@ -17,7 +17,7 @@ from livedoc.flags import Transport
 from livedoc.hub import StreamHub
 from livedoc.progress import is_terminal
 
-SINGLE, MULTI = "sse", "sse-multi"  # their names in the stats
+SINGLE, MULTI = "sse", "sse-multi"  # their labels in the stats; both are the SSE transport
 
 
 @bp.route("/api/documents/<doc_id>/events")
@@ -88,7 +88,7 @@ def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, usernam
     audit("stream_open", user=username, document=",".join(i[0] for i in items), transport=name, ip=ip)
     try:
         yield sse.retry(retry_ms).encode()
-        conn = h.connect(user_id, name)
+        conn = h.connect(user_id, Transport.SSE, name)
         delivery = Delivery(h, conn, name)
         news = [e for e in (delivery.start(*item) for item in items) if e is not None]
         items.clear()  # the hub holds what is current from here on: keep no copy per stream
