@@ -102,7 +102,8 @@ class Settings:
     SCRATCH_DIR: str = ""  # workers' local scratch with object storage; empty: the system temp dir
     QUEUE_NAME: str = "livedoc"
 
-    # Real-time: intervals in milliseconds, as the product card fixes them.
+    # Real-time: intervals in milliseconds, the unit of SSE's own `retry:` field, so all of them
+    # read alike and go to the client's timers as they are.
     SSE_POLL_INTERVAL: int = 2000
     SSE_PING_INTERVAL: int = 30000
     SSE_RETRY: int = 3000
