@@ -154,22 +154,24 @@ def vanished_endings(connection: Redis, missing: Mapping[str, Progress | None],
     seconds or more, in one pipelined round trip.
 
     The clock is a Redis key per job that the first reader to find the record missing sets, so
-    every host and every request counts from the same moment; a worker that rode out a Redis
-    restart writes the record again within the grace, and its job goes on (see `found_again`).
+    every host and every request counts from the same moment, and Redis's own clock measures it
+    (the time gone by is what the key's TTL has lost), so the hosts' clocks need not agree. A
+    worker that rode out a Redis restart writes the record again within the grace, and its job
+    goes on (see `found_again`).
     """
     if not missing:
         return {}
-    now = time.time()
     with connection.pipeline(transaction=False) as pipe:
         for job_id in missing:
-            pipe.set(keys.MISSING_JOB + job_id, now, nx=True, ex=MISSING_TTL)
-            pipe.get(keys.MISSING_JOB + job_id)
+            pipe.set(keys.MISSING_JOB + job_id, 1, nx=True, ex=MISSING_TTL)
+            pipe.pttl(keys.MISSING_JOB + job_id)
         rows = pipe.execute()
-    endings = {}
-    for (job_id, previous), first in zip(missing.items(), rows[1::2]):
-        if first is not None and now - float(first) >= grace:
-            endings[job_id] = vanished(previous)
-    return endings
+    out = {}
+    for (job_id, previous), left_ms in zip(missing.items(), rows[1::2]):
+        if left_ms > 0 and MISSING_TTL - left_ms / 1000 >= grace:
+            out[job_id] = vanished(previous)
+    return out
+
 
 
 def found_again(connection: Redis, job_id: str) -> None:

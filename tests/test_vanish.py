@@ -12,6 +12,15 @@ from livedoc.hub import Connection, StreamHub
 from tests.pdfgen import make_pdf
 
 
+def _missing_since(conn, job_id: str, ago: float) -> None:
+    """As if a reader had found the job's record missing `ago` seconds ago (the key's TTL is the clock)."""
+    conn.set(keys.MISSING_JOB + job_id, 1, px=int((progress.MISSING_TTL - ago) * 1000))
+
+
+def _missing_for(conn, job_id: str) -> float:
+    return progress.MISSING_TTL - conn.pttl(keys.MISSING_JOB + job_id) / 1000
+
+
 def _running(seq: int = 7) -> progress.Progress:
     prog = progress.initial(seq, 1)
     prog.update(state="running", stage="rendering", percent=40)
@@ -20,15 +29,15 @@ def _running(seq: int = 7) -> progress.Progress:
 
 def test_no_ending_within_the_grace_and_the_clock_starts_once(redis_conn):
     assert progress.vanished_endings(redis_conn, {"j1": _running()}, grace=45) == {}
-    first = float(redis_conn.get(keys.MISSING_JOB + "j1"))
+    assert 0 <= _missing_for(redis_conn, "j1") < 1
+    _missing_since(redis_conn, "j1", 30)
     assert progress.vanished_endings(redis_conn, {"j1": _running()}, grace=45) == {}
     # A second reader (another host) does not restart the clock.
-    assert float(redis_conn.get(keys.MISSING_JOB + "j1")) == first
-    assert 0 < redis_conn.ttl(keys.MISSING_JOB + "j1") <= progress.MISSING_TTL
+    assert 30 <= _missing_for(redis_conn, "j1") < 31
 
 
 def test_after_the_grace_the_ending_is_lost_with_a_seq_above_any_write(redis_conn):
-    redis_conn.set(keys.MISSING_JOB + "j1", time.time() - 50)
+    _missing_since(redis_conn, "j1", 50)
     before_ms = int(time.time() * 1000)
     endings = progress.vanished_endings(redis_conn, {"j1": _running(), "j2": _running()}, grace=45)
     assert list(endings) == ["j1"]  # j2's clock starts now
@@ -40,7 +49,7 @@ def test_after_the_grace_the_ending_is_lost_with_a_seq_above_any_write(redis_con
 
 
 def test_found_again_starts_a_new_grace(redis_conn):
-    redis_conn.set(keys.MISSING_JOB + "j1", time.time() - 50)
+    _missing_since(redis_conn, "j1", 50)
     progress.found_again(redis_conn, "j1")
     assert redis_conn.exists(keys.MISSING_JOB + "j1") == 0
     assert progress.vanished_endings(redis_conn, {"j1": _running()}, grace=45) == {}
@@ -59,7 +68,7 @@ def test_the_hub_ends_a_vanished_job_on_the_clock_another_host_started(redis_con
     assert sub.progress["state"] == "running"  # missing, but within the grace
     assert redis_conn.exists(keys.MISSING_JOB + "doc-x-1") == 1
     # Another host found it missing 50 s ago: this hub ends it now, not 45 s after its own sighting.
-    redis_conn.set(keys.MISSING_JOB + "doc-x-1", time.time() - 50)
+    _missing_since(redis_conn, "doc-x-1", 50)
     hub.tick()
     assert sub.progress["state"] == "failed" and sub.progress["error"]["code"] == "worker_lost"
     assert sub.progress["seq"] > 10**12
@@ -87,7 +96,7 @@ def test_the_status_of_a_vanished_job_waits_out_the_grace_then_is_lost(client, u
     redis_conn.delete(progress.job_key(job_id))
     status = client.get(body["status_url"], headers=auth).get_json()
     assert status["state"] == "queued" and status["seq"] == 1
-    redis_conn.set(keys.MISSING_JOB + job_id, time.time() - 46)  # JOB_VANISH_GRACE is 45
+    _missing_since(redis_conn, job_id, 46)  # JOB_VANISH_GRACE is 45
     status = client.get(body["status_url"], headers=auth).get_json()
     assert status["state"] == "failed" and status["error"]["code"] == "worker_lost"
     assert status["seq"] > 10**12
