@@ -14,6 +14,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 from config import Settings
 from livedoc import capabilities, flags, proxies, schema, sessions
+from livedoc.appctx import redis_conn
 from livedoc.audit import audit
 from livedoc.errors import Unauthorized, error_response, register_error_handlers, wants_json
 from livedoc.extensions import csrf, db, limiter, login_manager, migrate
@@ -21,7 +22,6 @@ from livedoc.hub import StreamHub
 from livedoc.models import User
 from livedoc.redis_client import SentinelURL, connect, is_sentinel
 from livedoc.storage import open_storage
-from livedoc.web import redis_conn
 
 # Only the app's own files; inline script/style are refused, pages embed data as data-* attributes.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

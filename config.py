@@ -23,18 +23,15 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"not a boolean: {raw!r}")
 
 
-def _mode(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in REALTIME_MODES:
-        raise ValueError(f"REALTIME_MODE must be one of {', '.join(REALTIME_MODES)}, not {raw!r}")
-    return value
-
-
 def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     value = raw.strip().lower()
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
     return value
+
+
+# The settings whose value is one of a few words.
+_CHOICES = {"REALTIME_MODE": REALTIME_MODES, "S3_ADDRESSING_STYLE": ("auto", "path", "virtual")}
 
 
 def _storage_url(raw: str) -> str:
@@ -102,7 +99,8 @@ class Settings:
     SCRATCH_DIR: str = ""  # workers' local scratch with object storage; empty: the system temp dir
     QUEUE_NAME: str = "livedoc"
 
-    # Real-time: intervals in milliseconds, as the product card fixes them.
+    # Real-time: intervals in milliseconds, the unit of SSE's own `retry:` field, so all of them
+    # read alike and go to the client's timers as they are.
     SSE_POLL_INTERVAL: int = 2000
     SSE_PING_INTERVAL: int = 30000
     SSE_RETRY: int = 3000
@@ -194,10 +192,8 @@ class Settings:
             raw = env[f.name]
             kind = type(getattr(cls, f.name))
             try:
-                if f.name == "REALTIME_MODE":
-                    values[f.name] = _mode(raw)
-                elif f.name == "S3_ADDRESSING_STYLE":
-                    values[f.name] = _choice(f.name, raw, ("auto", "path", "virtual"))
+                if f.name in _CHOICES:
+                    values[f.name] = _choice(f.name, raw, _CHOICES[f.name])
                 elif f.name == "REDIS_URL":
                     values[f.name] = _redis_url(raw)
                 elif f.name == "STORAGE_URL":

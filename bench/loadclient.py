@@ -68,6 +68,11 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _failure(exc: BaseException) -> str:
+    """How a failed connect is counted: a connection error by its words, anything else by its class."""
+    return str(exc.args[0]) if isinstance(exc, ConnectionError) and exc.args else exc.__class__.__name__
+
+
 class Client:
     def __init__(self, host: str, port: int, headers: dict, wait_headers: bool, header_timeout: float,
                  kind: str = "sse"):
@@ -137,8 +142,7 @@ class Client:
             except Exception as exc:  # noqa: BLE001 - every failure is a counted outcome
                 if self.stopping:
                     return
-                self.failed[exc.__class__.__name__ if not isinstance(exc, ConnectionError)
-                            or not exc.args else str(exc.args[0])] += 1
+                self.failed[_failure(exc)] += 1
                 return
             if status != 200:
                 self.failed[f"http_{status}"] += 1
@@ -151,14 +155,7 @@ class Client:
             sock.settimeout(None)
             self._read(sock, chunked, rest, path)
         finally:
-            if not signalled:
-                ready()
-            if sock is not None:
-                self.socks.discard(sock)
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+            self._release(sock, signalled, ready)
 
     def _read(self, sock, chunked: bool, rest: bytes, path: str = "") -> None:
         raw = rest
@@ -317,6 +314,17 @@ class Client:
         elif kind == "error":
             self.ws_errors[str(msg.get("code"))] += 1
 
+    def _release(self, sock, signalled: bool, ready) -> None:
+        """A stream's end: report it to the ramp if it never was, and close its socket."""
+        if not signalled:
+            ready()
+        if sock is not None:
+            self.socks.discard(sock)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
     def ws_stream(self, target, ready) -> None:
         """One WebSocket for the whole run; open once `subscribed` arrives."""
         sock = None
@@ -328,8 +336,7 @@ class Client:
                 frames, ms = self._ws_until_subscribed(sock, buf, t0)
             except Exception as exc:  # noqa: BLE001 - every failure is a counted outcome
                 if not self.stopping:
-                    self.failed[exc.__class__.__name__ if not isinstance(exc, ConnectionError)
-                                or not exc.args else str(exc.args[0])] += 1
+                    self.failed[_failure(exc)] += 1
                 return
             self.handshake_ms.append(hs_ms)
             self.connect_ms.append(ms)
@@ -353,14 +360,7 @@ class Client:
         finally:
             if counted:
                 self.open_now -= 1
-            if not signalled:
-                ready()
-            if sock is not None:
-                self.socks.discard(sock)
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+            self._release(sock, signalled, ready)
 
     def ramp(self, targets: list, concurrency: int, deadline: float) -> float:
         sem = Semaphore(concurrency)
@@ -393,8 +393,7 @@ class Client:
                 else:
                     failed[f"http_{status}"] += 1
             except Exception as exc:  # noqa: BLE001
-                failed[exc.__class__.__name__ if not isinstance(exc, ConnectionError)
-                       or not exc.args else str(exc.args[0])] += 1
+                failed[_failure(exc)] += 1
             finally:
                 if sock is not None:
                     self.socks.discard(sock)

@@ -58,7 +58,7 @@ TARGETS = {
     "redis_ratio": "Redis cmds/s, 1,000 streams on 10 jobs <= 1.2x 10 streams on 10 jobs",
     "connect_p99": "connect p99 <= 50 ms with 1,000 streams open",
     "idle_cpu": "idle worker CPU with 1,000 streams < 2% of a core",
-    # issue J (streams at the floor)
+    # Streams at the floor: memory per connection against the naive poller, one worker's ceiling, fan-out.
     "mem_vs_naive": "MB/100 conns vs the naive poller, same N, same run: SSE <= 1.0x, multi <= 1.2x, "
                     "WS <= 1.5x",
     "conns_10000": "10,000 connections on one worker: 0 errors, p99 <= 50 ms at 1,000 events/s, "
@@ -137,7 +137,7 @@ def suite(name: str) -> list[Scenario]:
 
 
 def floor_suite() -> list[Scenario]:
-    """Issue J's one run: every transport and both peers at 1,000 and 5,000, heavy fan-out
+    """The floor run, in one go: every transport and both peers at 1,000 and 5,000, heavy fan-out
     (multi/ws 5000 x 10 documents at ~10,000 events/s) and 10,000 per worker at 1,000 events/s."""
     full = {s.name: s for s in suite("full")}
     names = ["livedoc push 1000", "livedoc nopush 1000", "livedoc multi 1000", "livedoc ws 1000",

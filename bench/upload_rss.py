@@ -1,4 +1,5 @@
-"""Web RSS while many clients upload big files at once (issue H: uploads never held whole in memory).
+"""Web RSS while many clients upload big files at once (uploads stream to storage: none may
+be held whole in the web process).
 
     .venv/bin/python bench/upload_rss.py [--clients 10] [--mb 45] [--root DIR]
 

@@ -14,10 +14,10 @@ from rq_dashboard import web as rq_web
 from werkzeug.exceptions import MethodNotAllowed
 
 from livedoc import flags, fleet, hub, jobs
+from livedoc.appctx import realtime_flags, redis_conn
 from livedoc.audit import audit
 from livedoc.errors import Forbidden, LivedocError, NotFound, error_response
 from livedoc.extensions import login_manager
-from livedoc.web import realtime_flags, redis_conn
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

@@ -7,9 +7,9 @@ from flask import Blueprint, current_app, flash, jsonify, redirect, render_templ
 from flask_login import current_user, login_required, logout_user
 
 from livedoc import documents, quotas, sessions
+from livedoc.appctx import redis_conn
 from livedoc.audit import audit
 from livedoc.extensions import db, limiter
-from livedoc.web import redis_conn
 
 bp = Blueprint("auth", __name__)
 

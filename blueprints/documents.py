@@ -16,11 +16,11 @@ from flask_login import current_user, login_required
 from werkzeug.datastructures import FileStorage
 
 from livedoc import documents
+from livedoc.appctx import file_storage, realtime_flags, redis_conn
 from livedoc.audit import audit
 from livedoc.errors import LivedocError, NotFound
 from livedoc.extensions import db, limiter
 from livedoc.models import Document
-from livedoc.web import realtime_flags, redis_conn
 
 bp = Blueprint("documents", __name__)
 
@@ -130,7 +130,7 @@ def _send(key: str, name: str, download_name: str | None = None) -> Response:
     """A stored file: sent from local disk, or a redirect to a short-lived object-storage URL."""
     from livedoc.storage import MIMETYPES
 
-    store = documents.storage()
+    store = file_storage()
     url = store.url(key, download_name)
     if url is not None:
         resp = redirect(url, code=302)

@@ -12,14 +12,15 @@ from flask import current_app
 from redis import Redis
 from redis.exceptions import RedisError
 
-from livedoc import capabilities, fleet, jobs, keys, progress, quotas
+from livedoc import capabilities, endings, fleet, jobs, progress, quotas
+from livedoc.appctx import file_storage
 from livedoc.audit import audit
 from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
 from livedoc.extensions import db
 from livedoc.ids import new_doc_id, valid_doc_id
 from livedoc.models import Document, User
 from livedoc.sniff import HEAD, TextCheck, kind_of_head
-from livedoc.storage import HD_KINDS, DocumentFiles, Storage
+from livedoc.storage import HD_KINDS, DocumentFiles
 
 log = logging.getLogger("livedoc")
 
@@ -31,14 +32,9 @@ def display_name(filename: str | None) -> str:
     return name.strip()[:200] or "untitled"
 
 
-def storage() -> Storage:
-    """The app's storage (one per process)."""
-    return current_app.extensions["livedoc.storage"]
-
-
 def files_of(doc: Document) -> DocumentFiles:
     """The document's files in the app's storage."""
-    return DocumentFiles(storage(), doc.id)
+    return DocumentFiles(file_storage(), doc.id)
 
 
 class _CheckedUpload:
@@ -113,9 +109,8 @@ def _enqueue(connection: Redis, config: Mapping, doc: Document, seq: int, attemp
 
 def _not_queued(seq: int, attempt: int) -> progress.Progress:
     prog = progress.initial(seq, attempt)
-    message = "The conversion could not be queued."
-    prog.update(state=progress.State.FAILED.value, stage="failed", message=message,
-                error={"code": "not_queued", "message": message, "retryable": True})
+    prog.update(state=progress.State.FAILED.value, stage="failed", message=endings.NOT_QUEUED.message,
+                error=endings.NOT_QUEUED.error())
     return prog
 
 
@@ -182,17 +177,18 @@ def _settle(connection: Redis, doc: Document, prog: progress.Progress | None) ->
     if prog is None:
         # The job's record is gone: its output decides the ending, or, after a grace period in
         # which a worker that rode out a Redis restart would have written again, it is lost.
-        seq = progress.vanished_seq(doc.last_seq)
         manifest = _finished_manifest(doc)
         if manifest is not None:
-            prog = progress.initial(seq, manifest["attempt"])
+            prog = progress.initial(progress.vanished_seq(doc.last_seq), manifest["attempt"])
             prog.update(state=progress.State.COMPLETE.value, stage="complete", percent=100,
                         pages=manifest["pages"], page=manifest["pages"], ready=manifest["pages"],
                         message="Ready")
-        elif _missing_for(connection, doc.job_id) < current_app.config["JOB_VANISH_GRACE"]:
-            return progress.initial(doc.last_seq, doc.attempt)  # not an ending yet
         else:
-            prog = progress.lost(progress.initial(seq - 1, doc.attempt))
+            last = progress.initial(doc.last_seq, doc.attempt)
+            prog = progress.vanished_endings(connection, {doc.job_id: last},
+                                             current_app.config["JOB_VANISH_GRACE"]).get(doc.job_id)
+            if prog is None:
+                return last  # not an ending yet
     if progress.is_terminal(prog) and prog["seq"] > doc.last_seq:
         manifest = files_of(doc).manifest(prog["attempt"]) if prog["state"] == "complete" else None
         _store_final(doc, prog, manifest)
@@ -209,15 +205,6 @@ def _finished_manifest(doc: Document) -> dict | None:
         if manifest is not None:
             return {**manifest, "attempt": attempt}
     return None
-
-
-def _missing_for(connection: Redis, job_id: str) -> float:
-    """Seconds since any reader first found this job's record missing (shared by all hosts)."""
-    key = keys.MISSING_JOB + job_id
-    now = time.time()
-    connection.set(key, now, nx=True, ex=7 * 24 * 3600)
-    first = connection.get(key)
-    return now - float(first) if first else 0.0
 
 
 def current_progress(connection: Redis, doc: Document) -> progress.Progress:

@@ -55,16 +55,13 @@ class RealtimeFlags:
             return Transport.POLL.value
         return Transport.WS.value if self.websocket and self.mode == Transport.SSE else self.mode
 
-    def allows(self, transport: str) -> bool:
+    def allows(self, transport: Transport) -> bool:
         """Whether connections of this transport may open (and stay open) under these flags.
 
         The chain is ws → sse → longpoll → poll. The mode caps it (a "poll" rollback stops
         WebSockets too); below the cap every fallback stays allowed, so a client whose WebSocket is
         blocked by a proxy can still stream. WebSockets sit on top only when the flag offers them.
         """
-        transport = "sse" if transport == "sse-multi" else transport
-        if transport not in CHAIN:
-            return False
         return CHAIN.index(Transport(transport)) >= CHAIN.index(Transport(self.transport))
 
     @classmethod

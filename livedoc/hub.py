@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from livedoc import flags as flagmod
 from livedoc import keys, metrics, progress
-from livedoc.flags import RealtimeFlags
+from livedoc.flags import RealtimeFlags, Transport
 
 log = logging.getLogger("livedoc.hub")
 
@@ -38,12 +38,13 @@ TIMER_MIN = 2.0    # s: shorter waits use their own gevent timeout
 class Connection:
     """One client connection (an SSE stream, a long-poll, a WebSocket) and the jobs it watches."""
 
-    __slots__ = ("hub", "user_id", "transport", "opened", "_event", "closed", "subs")
+    __slots__ = ("hub", "user_id", "transport", "label", "opened", "_event", "closed", "subs")
 
-    def __init__(self, hub: StreamHub, user_id: int, transport: str):
+    def __init__(self, hub: StreamHub, user_id: int, transport: Transport, label: str | None = None):
         self.hub = hub
         self.user_id = user_id
-        self.transport = transport
+        self.transport = Transport(transport)  # what the flags allow or close
+        self.label = label or self.transport.value  # its name in the stats and metrics ("sse-multi")
         self.opened = time.monotonic()
         self._event = Event()
         self.closed: str | None = None  # why the hub wants this connection to end, if it does
@@ -127,7 +128,7 @@ class _Watch:
         self.progress: progress.Progress | None = None
         self.subscribers: set[Subscription] = set()
         self._encoded: str | None = None
-        self.missing_since: float | None = None  # when the job's record was first seen missing
+        self.missing_since: float | None = None  # when this hub first saw the job's record missing
 
     def offer(self, candidate: progress.Progress | None) -> bool:
         """Keep the candidate if it is newer; True when subscribers should be woken."""
@@ -169,16 +170,17 @@ class StreamHub:
         self._timer: gevent.Greenlet | None = None
 
     # -- connections -----------------------------------------------------------------------------
-    def connect(self, user_id: int, transport: str) -> Connection:
-        """Open a connection; watch documents with conn.watch(), end it with disconnect()."""
+    def connect(self, user_id: int, transport: Transport, label: str | None = None) -> Connection:
+        """Open a connection (label: its stats name, when not the transport's); watch documents with
+        conn.watch(), end it with disconnect()."""
         self._ensure_running()
-        conn = Connection(self, user_id, transport)
+        conn = Connection(self, user_id, transport, label)
         # A worker that is stopping still finishes requests it accepted: a stream opened now must
         # end at once too, or it would hold the shutdown until the graceful timeout cuts it.
         conn.closed = self._closing
         self._conns.add(conn)
         self._per_user[user_id] += 1
-        metrics.OPEN_STREAMS.labels(transport).inc()
+        metrics.OPEN_STREAMS.labels(conn.label).inc()
         return conn
 
     def disconnect(self, conn: Connection) -> None:
@@ -191,7 +193,7 @@ class StreamHub:
         self._per_user[conn.user_id] -= 1
         if self._per_user[conn.user_id] <= 0:
             del self._per_user[conn.user_id]
-        metrics.OPEN_STREAMS.labels(conn.transport).dec()
+        metrics.OPEN_STREAMS.labels(conn.label).dec()
 
     def _add(self, sub: Subscription, current: progress.Progress | None) -> None:
         watch = self._watches.get(sub.job_id)
@@ -247,7 +249,7 @@ class StreamHub:
         by_transport: Counter = Counter()
         by_user: Counter = Counter()
         for conn in self._conns:
-            by_transport[conn.transport] += 1
+            by_transport[conn.label] += 1
             by_user[str(conn.user_id)] += 1
             for doc_id in conn.subs:
                 by_doc[doc_id] += 1
@@ -316,14 +318,14 @@ class StreamHub:
             rows = pipe.execute()
         metrics.HUB_POLLS.inc()
         self._apply_flags(flagmod.from_raw(self.defaults, rows[0]))
+        missing = []
         for job_id, row in zip(job_ids, rows[1:1 + len(job_ids)]):
             if all(value is None for value in row):
-                self._vanished(job_id)
+                missing.append(job_id)
             else:
-                watch = self._watches.get(job_id)
-                if watch is not None:
-                    watch.missing_since = None
+                self._found(job_id)
                 self._offer(job_id, progress.decode(*row))
+        self._vanished(missing)
         self._read_other_hosts([h.decode() for h in rows[-1] if h.decode() != self.host_id])
 
     def _read_other_hosts(self, hosts: list[str]) -> None:
@@ -335,20 +337,26 @@ class StreamHub:
                 others.update(json.loads(raw).get("connectionsByUser", {}))
         self._others_by_user = others
 
-    def _vanished(self, job_id: str) -> None:
-        # The job's record is gone from Redis (restarted empty, flushed). If no worker writes it
-        # again within vanish_grace (JOB_VANISH_GRACE), end the streams on "lost" rather than
-        # leave them on "running" forever; a reconnect then settles against the database and the
-        # document's output.
-        watch = self._watches.get(job_id)
-        if watch is None or watch.progress is None or progress.is_terminal(watch.progress):
-            return
-        now = time.monotonic()
-        watch.missing_since = watch.missing_since or now
-        if now - watch.missing_since >= self.vanish_grace:
-            ending = progress.lost(watch.progress)
-            ending["seq"] = progress.vanished_seq(watch.progress["seq"])
+    def _vanished(self, job_ids: list[str]) -> None:
+        # The jobs' records are gone from Redis (restarted empty, flushed). If no worker writes them
+        # again within vanish_grace (JOB_VANISH_GRACE, on the clock all hosts share), end the
+        # streams on "lost" rather than leave them on "running" forever; a reconnect then settles
+        # against the database and the document's output.
+        missing = {}
+        for job_id in job_ids:
+            watch = self._watches.get(job_id)
+            if watch is not None and watch.progress is not None and not progress.is_terminal(watch.progress):
+                watch.missing_since = watch.missing_since or time.monotonic()
+                missing[job_id] = watch.progress
+        for job_id, ending in progress.vanished_endings(self.connection, missing, self.vanish_grace).items():
             self._offer(job_id, ending)
+
+    def _found(self, job_id: str) -> None:
+        # A record seen missing is back (a worker rode out the restart): its next loss gets a new grace.
+        watch = self._watches.get(job_id)
+        if watch is not None and watch.missing_since is not None:
+            watch.missing_since = None
+            progress.found_again(self.connection, job_id)
 
     def _offer(self, job_id: str, candidate: progress.Progress | None) -> None:
         watch = self._watches.get(job_id)

@@ -83,7 +83,7 @@ class Document(db.Model):
     # The ending of the last attempt, copied from the job's progress once a reader sees it, so the
     # document outlives its RQ job (RQ expires finished jobs).
     state = db.Column(db.String(16), nullable=False, default="queued")
-    last_seq = db.Column(db.Integer, nullable=False, default=0)
+    last_seq = db.Column(db.BigInteger, nullable=False, default=0)  # vanished endings: ms since the epoch
     attempt = db.Column(db.Integer, nullable=False, default=1)
     pages = db.Column(db.Integer, nullable=False, default=0)
     error_code = db.Column(db.String(64), nullable=True)

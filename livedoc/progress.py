@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -25,7 +26,7 @@ from redis.exceptions import RedisError
 from rq.job import Job
 from rq.serializers import DefaultSerializer
 
-from livedoc import keys
+from livedoc import endings, keys
 from livedoc.storage import json_object
 
 META_KEY = "progress"
@@ -37,8 +38,6 @@ READ_FIELDS = (FIELD, "status", "meta")
 # The serializer of livedoc's jobs, their meta included: RQ's default, what `rq worker` expects.
 SERIALIZER = DefaultSerializer
 CHANNEL_PATTERN = keys.PROGRESS_PATTERN
-DELETED_CODE = "deleted"
-DELETED_MESSAGE = "This document was deleted."
 
 
 class State(StrEnum):
@@ -99,8 +98,8 @@ def lost(previous: Progress | None) -> Progress:
         seq=base["seq"] + 1,
         state=State.FAILED.value,
         stage="failed",
-        message="The conversion stopped unexpectedly.",
-        error={"code": "worker_lost", "message": "The conversion stopped unexpectedly.", "retryable": True},
+        message=endings.WORKER_LOST.message,
+        error=endings.WORKER_LOST.error(),
     )
     return base
 
@@ -108,9 +107,9 @@ def lost(previous: Progress | None) -> Progress:
 def deleted(previous: Progress | None) -> Progress:
     """The terminal event of a document its owner deleted (every open stream shows it and ends)."""
     base = dict(previous) if previous else initial(0, 1)
-    base.update(seq=vanished_seq(base["seq"]), state=State.FAILED.value, stage=DELETED_CODE,
-                message=DELETED_MESSAGE, updated_at=round(time.time(), 4),
-                error={"code": DELETED_CODE, "message": DELETED_MESSAGE, "retryable": False})
+    base.update(seq=vanished_seq(base["seq"]), state=State.FAILED.value, stage=endings.DELETED.code,
+                message=endings.DELETED.message, updated_at=round(time.time(), 4),
+                error=endings.DELETED.error())
     return base
 
 
@@ -136,6 +135,48 @@ def vanished_seq(floor: int) -> int:
     flushed, expired): the seq the job had reached is unknowable, so take one above any a job can
     reach by writing (milliseconds since the epoch) and every viewer applies the ending."""
     return max(floor + 1, int(time.time() * 1000))
+
+
+# How long a "first found missing" mark outlives its job: far beyond any grace, short of forever.
+MISSING_TTL = 7 * 24 * 3600
+
+
+def vanished(previous: Progress | None) -> Progress:
+    """The `lost` ending of a job whose record vanished from Redis, with a seq every viewer applies."""
+    ending = lost(previous)
+    ending["seq"] = vanished_seq(previous["seq"] if previous else 0)
+    return ending
+
+
+def vanished_endings(connection: Redis, missing: Mapping[str, Progress | None],
+                     grace: float) -> dict[str, Progress]:
+    """The endings of the jobs (id -> last progress known) whose record has been missing `grace`
+    seconds or more, in one pipelined round trip.
+
+    The clock is a Redis key per job that the first reader to find the record missing sets, so
+    every host and every request counts from the same moment, and Redis's own clock measures it
+    (the time gone by is what the key's TTL has lost), so the hosts' clocks need not agree. A
+    worker that rode out a Redis restart writes the record again within the grace, and its job
+    goes on (see `found_again`).
+    """
+    if not missing:
+        return {}
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in missing:
+            pipe.set(keys.MISSING_JOB + job_id, 1, nx=True, ex=MISSING_TTL)
+            pipe.pttl(keys.MISSING_JOB + job_id)
+        rows = pipe.execute()
+    out = {}
+    for (job_id, previous), left_ms in zip(missing.items(), rows[1::2]):
+        if left_ms > 0 and MISSING_TTL - left_ms / 1000 >= grace:
+            out[job_id] = vanished(previous)
+    return out
+
+
+
+def found_again(connection: Redis, job_id: str) -> None:
+    """Forget that a job's record was missing: it is back, and a later loss starts a new grace."""
+    connection.delete(keys.MISSING_JOB + job_id)
 
 
 def job_key(job_id: str) -> bytes:
@@ -199,11 +240,11 @@ def _rewrite(connection: Redis, job_id: str, changes: dict[str, Any]) -> Progres
     return updated
 
 
-def fail_unrunnable(connection: Redis, job_id: str, code: str, message: str) -> Progress:
+def fail_unrunnable(connection: Redis, job_id: str, message: str) -> Progress:
     """Record that no attempt could start (the worker could not load the job) and announce it."""
     return _rewrite(connection, job_id, {
         "state": State.FAILED.value, "stage": "failed", "message": message,
-        "error": {"code": code, "message": message, "retryable": True}})
+        "error": endings.WORKER_MISCONFIGURED.error(message)})
 
 
 def handed_back(connection: Redis, job_id: str) -> Progress:
@@ -285,9 +326,9 @@ class ProgressWriter:
                            "page": pages, "pages": pages, "ready": pages, "message": message})
 
     def fail(self, code: str, message: str, retryable: bool) -> Progress:
-        """Record the end of a conversion that failed for good."""
+        """Record the end of a conversion that failed for good (code: one of livedoc/endings.py)."""
         return self._save({"state": State.FAILED.value, "stage": "failed", "message": message,
-                           "error": {"code": code, "message": message, "retryable": retryable}})
+                           "error": endings.Ending(code, message, retryable).error()})
 
     def will_retry(self, message: str) -> Progress:
         """Record a transient failure after which RQ will run the job again."""

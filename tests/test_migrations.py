@@ -51,7 +51,7 @@ def test_upgrade_of_an_empty_database_gives_exactly_the_models_schema(tmp_path):
     engine = _engine(url)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == schema.head_revision() == "0002"
+        assert ctx.get_current_revision() == schema.head_revision() == "0003"
         diff = compare_metadata(ctx, db.metadata)
         tables = set(sa.inspect(conn).get_table_names())
     engine.dispose()
@@ -116,7 +116,7 @@ def test_app_on_an_unmigrated_database_says_so_and_creates_nothing(tmp_path, red
         assert "The database schema is not up to date: run `flask --app app db upgrade`." in page.get_data(
             as_text=True).replace("&#96;", "`")
         said = [r.getMessage() for r in caplog.records if schema.MESSAGE in r.getMessage()]
-        assert said == [f"database at revision None, code needs 0002: {schema.MESSAGE}"]
+        assert said == [f"database at revision None, code needs 0003: {schema.MESSAGE}"]
         cli = app.test_cli_runner().invoke(args=["users", "create", "x", "--password", "pass1"])
         assert cli.exit_code == 1 and schema.MESSAGE in cli.output
         engine = _engine(url)
@@ -157,5 +157,5 @@ def test_downgrade_to_0001_and_back(tmp_path):
     dbs.upgrade(url)
     engine = _engine(url)
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0002"
+        assert MigrationContext.configure(conn).get_current_revision() == "0003"
     engine.dispose()

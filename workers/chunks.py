@@ -30,7 +30,7 @@ from livedoc import jobs, keys, progress
 from livedoc.progress import Deleted
 from livedoc.storage import SOURCE_PDF, DocumentFiles, open_storage
 from workers import pdf
-from workers.errors import ConversionError
+from workers.errors import ConversionError, InternalError
 from workers.pages import RENDER_END, PageSink
 
 log = logging.getLogger("livedoc.worker")
@@ -101,7 +101,7 @@ class Plan:
 
     def record_error(self, error: ConversionError) -> None:
         """Remember the first permanent failure of any chunk, for the document job to report."""
-        self.connection.hsetnx(self.table, "error", json.dumps(error.as_dict()))
+        self.connection.hsetnx(self.table, "error", json.dumps(error.error))
 
 
 class _Chunking:
@@ -186,7 +186,7 @@ def run(source: Path, settings: Settings, sink: PageSink) -> None:
             chunking.work(source, sink.scratch, job.id)
             table = plan.read()
             if "error" in table:
-                raise ConversionError(**json.loads(table["error"]))
+                raise ConversionError.from_error(json.loads(table["error"]))
             if not chunking.pending(table):
                 break
             if connection.exists(keys.DELETED_JOB + job.id):
@@ -197,7 +197,7 @@ def run(source: Path, settings: Settings, sink: PageSink) -> None:
         sink.entries = {int(n): json.loads(v) for n, v in raw.items()}
         sink.ready = sink.pages
     except Abandoned as exc:
-        raise ConversionError("internal", "The conversion was interrupted.", retryable=True) from exc
+        raise InternalError("The conversion was interrupted.") from exc
     finally:
         connection.delete(*plan.all_keys(len(chunk_list)))
 

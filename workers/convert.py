@@ -27,6 +27,7 @@ from workers.errors import (
     ConversionError,
     ConversionTimeout,
     InternalError,
+    InvalidJob,
     StorageError,
     TransientError,
     UnsupportedDocument,
@@ -52,7 +53,7 @@ def convert_document(doc_id: str, kind: str) -> dict:
     sink: PageSink | None = None
     try:
         if not valid_doc_id(doc_id):
-            raise ConversionError("internal", "This conversion request is not valid.", retryable=False)
+            raise InvalidJob()
         converter = CONVERTERS.get(kind)
         if converter is None:
             raise UnsupportedDocument()
@@ -122,7 +123,7 @@ def _fail(job: Job, writer: ProgressWriter, error: ConversionError) -> None:
     elif isinstance(error, ConversionTimeout):
         # A job that ran out of time once will likely do so again: one more try, not JOB_RETRIES.
         job.retries_left = min(job.retries_left or 0, 1)
-    cap = getattr(error, "max_retries", None)
+    cap = error.max_retries
     if cap is not None:
         # Some failures earn fewer tries than JOB_RETRIES (a hung LibreOffice: one more, not three).
         job.retries_left = min(job.retries_left or 0, cap)

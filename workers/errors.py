@@ -1,110 +1,122 @@
-"""Every error the conversion job reports, in one module.
+"""Every exception the conversion job raises to report how it ended, in one module.
 
-A ConversionError carries what the viewer shows: a stable ``code``, a ``message`` for people (no
-paths, no stack traces, no internal detail) and ``retryable``: whether trying again can help.
-Permanent errors stop RQ's retries at once; transient ones let RQ run the job again.
+A ConversionError carries its ending from the catalogue (livedoc/endings.py: a stable ``code`` and
+whether a retry can help) and a ``message`` for people (no paths, no stack traces, no internal
+detail). Permanent errors stop RQ's retries at once; transient ones let RQ run the job again.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
+from livedoc import endings
+from livedoc.endings import Ending
+
 
 class ConversionError(Exception):
-    """A conversion failure with a code, a message for people, and whether a retry can help."""
+    """A conversion failure: its ending in the catalogue and a message for people."""
 
-    code = "conversion_failed"
-    message = "The document could not be converted."
-    retryable = False
+    ending: ClassVar[Ending] = endings.CONVERSION_FAILED
+    max_retries: ClassVar[int | None] = None  # set: this failure earns fewer tries than JOB_RETRIES
+    _by_code: ClassVar[dict[str, type[ConversionError]]] = {}
 
-    def __init__(self, code: str | None = None, message: str | None = None, retryable: bool | None = None):
-        self.code = code or type(self).code
-        self.message = message or type(self).message
-        self.retryable = type(self).retryable if retryable is None else retryable
-        super().__init__(self.message)
-
-    def as_dict(self) -> dict:
-        """The error as the progress contract stores it."""
-        return {"code": self.code, "message": self.message, "retryable": self.retryable}
-
-
-class _Known(ConversionError):
-    """A ConversionError whose code and retryability are fixed by its class; only the message varies."""
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        ConversionError._by_code[cls.ending.code] = cls
 
     def __init__(self, message: str | None = None):
-        super().__init__(message=message)
+        self.message = message or self.ending.message
+        super().__init__(self.message)
+
+    @property
+    def code(self) -> str:
+        """The ending's stable code."""
+        return self.ending.code
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a new attempt can help."""
+        return self.ending.retryable
+
+    @property
+    def error(self) -> dict:
+        """The error as the progress contract stores it."""
+        return self.ending.error(self.message)
+
+    @classmethod
+    def from_error(cls, error: dict) -> ConversionError:
+        """The exception a stored `error` field stands for (raised in a render process or a chunk job)."""
+        kind = ConversionError._by_code.get(str(error.get("code")), ConversionError)
+        return kind(error.get("message"))
 
 
 # Permanent: the same input fails the same way every time, so retrying only wastes the user's time.
 
-class CorruptDocument(_Known):
+class CorruptDocument(ConversionError):
     """The file is damaged or not what its type claims."""
 
-    code = "corrupt"
-    message = "The file is damaged and cannot be read."
+    ending = endings.CORRUPT
 
 
-class EncryptedDocument(_Known):
+class EncryptedDocument(ConversionError):
     """The PDF needs a password to open."""
 
-    code = "encrypted"
-    message = "This PDF is protected by a password. Upload a copy without a password."
+    ending = endings.ENCRYPTED
 
 
-class UnsupportedDocument(_Known):
+class UnsupportedDocument(ConversionError):
     """The kind of file (or a feature it relies on) is not supported."""
 
-    code = "unsupported"
-    message = "This kind of file cannot be converted."
+    ending = endings.UNSUPPORTED
 
 
-class TooManyPages(_Known):
+class TooManyPages(ConversionError):
     """The document has more pages than MAX_PAGES."""
 
-    code = "too_many_pages"
-    message = "The document has too many pages."
+    ending = endings.TOO_MANY_PAGES
 
 
-class PageTooLarge(_Known):
+class PageTooLarge(ConversionError):
     """A page would exceed MAX_PAGE_PIXELS when rendered."""
 
-    code = "page_too_large"
-    message = "A page is too large to display."
+    ending = endings.PAGE_TOO_LARGE
 
 
-class EmptyDocument(_Known):
+class EmptyDocument(ConversionError):
     """The document has no pages (or no content at all)."""
 
-    code = "empty"
-    message = "The document has no pages."
+    ending = endings.EMPTY
+
+
+class InvalidJob(ConversionError):
+    """The job's arguments are not valid (it was not enqueued by livedoc)."""
+
+    ending = endings.INVALID_JOB
 
 
 # Transient: the input is fine, something around it was not; RQ retries these.
 
-class TransientError(_Known):
+class TransientError(ConversionError):
     """A temporary problem; the same job may well succeed when run again."""
 
-    code = "temporary"
-    message = "A temporary problem interrupted the conversion."
-    retryable = True
+    ending = endings.TEMPORARY
 
 
 class StorageError(TransientError):
     """Reading the original or writing the output failed."""
 
-    code = "storage"
-    message = "A temporary storage problem interrupted the conversion."
+    ending = endings.STORAGE
 
 
 class ConversionTimeout(TransientError):
     """The job ran out of time."""
 
-    code = "timeout"
-    message = "The conversion took too long."
+    ending = endings.TIMEOUT
 
 
 class InternalError(TransientError):
     """An unexpected failure (a bug); details go to the log, never to the user."""
 
-    code = "internal"
-    message = "Something went wrong on our side while converting the document."
+    ending = endings.INTERNAL
 
 
 class WorkerMisconfigured(TransientError):
@@ -113,5 +125,4 @@ class WorkerMisconfigured(TransientError):
     Retryable: once the operator fixes or replaces the worker, the same document converts.
     """
 
-    code = "worker_misconfigured"
-    message = "A conversion worker could not run this job; the operator must fix the worker."
+    ending = endings.WORKER_MISCONFIGURED

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from config import ROOT, Settings
+from livedoc import endings
 from livedoc.storage import SOURCE_PDF
 from workers import pdf
 from workers.errors import CorruptDocument, EncryptedDocument, TransientError, UnsupportedDocument
@@ -63,24 +64,21 @@ OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 class OfficeHung(TransientError):
     """LibreOffice did not finish within OFFICE_TIMEOUT."""
 
-    code = "office_timeout"
-    message = "LibreOffice took too long to convert this document."
+    ending = endings.OFFICE_TIMEOUT
     max_retries = 1
 
 
 class OfficeCrashed(TransientError):
     """LibreOffice died (a crash, or the memory limit)."""
 
-    code = "office_crashed"
-    message = "LibreOffice stopped unexpectedly while converting this document."
+    ending = endings.OFFICE_CRASHED
     max_retries = 1
 
 
 class OfficeMissing(TransientError):
     """This worker host has no LibreOffice; another worker may have it."""
 
-    code = "office_missing"
-    message = "This worker cannot convert Office documents; trying another."
+    ending = endings.OFFICE_MISSING
 
 
 def available(settings: Settings) -> bool:

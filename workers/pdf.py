@@ -205,7 +205,7 @@ def _report_all(results: Iterable[tuple | None], stored: Stored, interval: float
                 announced, held = time.monotonic(), False
             continue
         if "error" in result[0]:
-            raise ConversionError(**result[0]["error"])
+            raise ConversionError.from_error(result[0]["error"])
         entry, size, pid = result
         pids.add(pid)
         now = time.monotonic()
@@ -271,13 +271,13 @@ def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -
                         write_page_files(Path(scratch), n, image, text, runs, thumb_width, thumb)),
                     thumb_width)
     except ConversionError as exc:
-        return ({"error": exc.as_dict()},)
+        return ({"error": exc.error},)
     entry, paths = pages[0]
     try:
         size = put_page_files(_child_files, _child_attempt, paths)
     except Exception:  # noqa: BLE001 - an object store's exceptions need not survive the trip back
         log.exception("storing page %d failed", index + 1)
-        return ({"error": StorageError().as_dict()},)
+        return ({"error": StorageError().error},)
     return entry, size, os.getpid()
 
 

@@ -17,7 +17,6 @@ from rq.exceptions import DeserializationError
 from rq.job import Job
 
 from livedoc import progress
-from workers.errors import WorkerMisconfigured
 
 log = logging.getLogger("livedoc.worker")
 
@@ -34,7 +33,7 @@ def report(job: Job, connection: Redis, exc_type: type[BaseException], exc: Base
         log.error("job %s: this worker cannot run livedoc's jobs: %s", job.id, message)
         # No retry: every retry would meet the same worker, and the viewer must learn why now.
         job.retries_left = 0
-        progress.fail_unrunnable(connection, job.id, WorkerMisconfigured.code, message)
+        progress.fail_unrunnable(connection, job.id, message)
     except Exception:  # noqa: BLE001 - a failing callback would break RQ's own failure handling
         log.exception("job %s: could not check why the job failed", job.id)
 

@@ -9,11 +9,11 @@ from flask import Blueprint, Response, current_app, request
 from flask_login import current_user
 
 from livedoc import metrics
+from livedoc.appctx import stream_hub
 from livedoc.audit import audit
 from livedoc.errors import LivedocError, TooManyRequests
 from livedoc.extensions import limiter
 from livedoc.flags import RealtimeFlags
-from livedoc.web import stream_hub
 
 bp = Blueprint("realtime", __name__)
 

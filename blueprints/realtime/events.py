@@ -8,6 +8,7 @@ from flask_login import current_user, login_required
 
 from blueprints.realtime import admit, bp, fall_back, limited
 from livedoc import documents, sse
+from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.audit import audit
 from livedoc.delivery import PING, Closed, Delivery, Event
 from livedoc.errors import LivedocError, NotFound
@@ -15,9 +16,8 @@ from livedoc.extensions import db
 from livedoc.flags import Transport
 from livedoc.hub import StreamHub
 from livedoc.progress import is_terminal
-from livedoc.web import realtime_flags, redis_conn, stream_hub
 
-SINGLE, MULTI = "sse", "sse-multi"  # their names in the stats
+SINGLE, MULTI = "sse", "sse-multi"  # their labels in the stats; both are the SSE transport
 
 
 @bp.route("/api/documents/<doc_id>/events")
@@ -88,7 +88,7 @@ def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, usernam
     audit("stream_open", user=username, document=",".join(i[0] for i in items), transport=name, ip=ip)
     try:
         yield sse.retry(retry_ms).encode()
-        conn = h.connect(user_id, name)
+        conn = h.connect(user_id, Transport.SSE, name)
         delivery = Delivery(h, conn, name)
         news = [e for e in (delivery.start(*item) for item in items) if e is not None]
         items.clear()  # the hub holds what is current from here on: keep no copy per stream

@@ -6,7 +6,7 @@ from flask import Response, current_app, jsonify, request
 from blueprints.admin import admin_required
 from blueprints.realtime import bp
 from livedoc import hub, metrics
-from livedoc.web import realtime_flags, redis_conn, stream_hub
+from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 
 
 @bp.route("/api/realtime/stats")

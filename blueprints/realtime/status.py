@@ -8,11 +8,11 @@ from flask_login import current_user, login_required
 
 from blueprints.realtime import MAX_SEQ, admit, bp, int_arg, limited, wait_arg
 from livedoc import documents
+from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.delivery import Delivery
 from livedoc.extensions import db
 from livedoc.flags import Transport
 from livedoc.progress import is_terminal
-from livedoc.web import realtime_flags, redis_conn, stream_hub
 
 
 @bp.route("/api/documents/<doc_id>/status")

@@ -12,13 +12,13 @@ from wsproto.utilities import LocalProtocolError
 
 from blueprints.realtime import admit, bp, limited
 from livedoc import documents, msgrate, origins, sse
+from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.audit import audit
 from livedoc.delivery import PING, Closed, Delivery, Event
 from livedoc.errors import Forbidden, LivedocError
 from livedoc.extensions import db
 from livedoc.flags import Transport
 from livedoc.hub import StreamHub
-from livedoc.web import realtime_flags, redis_conn, stream_hub
 
 
 class _WebSocketResponse(Response):

@@ -1,4 +1,10 @@
-"""Accessors for per-app objects that views need (the Redis client, the stream hub, the flags)."""
+"""The app's per-process objects, as views reach them: the Redis client, the stream hub, the file
+storage, and the real-time flags in force.
+
+create_app() makes them and keeps them in ``app.extensions``; views and services reach them through
+these accessors. Not in livedoc/extensions.py: that module holds the Flask extensions, which exist,
+unbound, before any app does, and stays importable without the stream hub (gevent).
+"""
 from __future__ import annotations
 
 from flask import current_app
@@ -6,6 +12,7 @@ from redis import Redis
 
 from livedoc import flags
 from livedoc.hub import StreamHub
+from livedoc.storage import Storage
 
 
 def redis_conn() -> Redis:
@@ -16,6 +23,11 @@ def redis_conn() -> Redis:
 def stream_hub() -> StreamHub:
     """This process's stream hub."""
     return current_app.extensions["livedoc.hub"]
+
+
+def file_storage() -> Storage:
+    """The app's storage of originals and page files (one per process)."""
+    return current_app.extensions["livedoc.storage"]
 
 
 def realtime_flags() -> flags.RealtimeFlags:
