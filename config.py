@@ -141,6 +141,9 @@ class Settings:
     CHUNK_PAGES: int = 200
     # Seconds a page-range job may go without storing a page before another worker takes it over.
     CHUNK_LEASE: int = 30
+    # Niceness of conversion workers (and their work horses and render processes): on a host shared
+    # with the web they give way to the streams. 0: as started.
+    WORKER_NICE: int = 10
 
     # Limits.
     RATELIMIT_ENABLED: bool = True
