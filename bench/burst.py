@@ -90,6 +90,7 @@ def main() -> None:
                 raise RuntimeError(out.stderr)
             return out.stdout
 
+        flask("db", "upgrade")
         flask("users", "create", "bench", "--password", "bench-password-long")
         token = flask("users", "token", "bench").split()[-1]
         sc = run.Scenario("burst", "livedoc", args.viewers, transport=args.transport)
