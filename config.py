@@ -106,6 +106,9 @@ class Settings:
     SSE_POLL_INTERVAL: int = 2000
     SSE_PING_INTERVAL: int = 30000
     SSE_RETRY: int = 3000
+    # A connection is woken for news at most once per this many ms (0: on every save); what its
+    # documents saved meanwhile goes out in one write. The first save after a quiet spell goes at once.
+    SSE_COALESCE_MS: int = 20
     REALTIME_ENABLED: bool = True
     REALTIME_MODE: str = "sse"
     REALTIME_PUSH: bool = True
