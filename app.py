@@ -88,7 +88,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["livedoc.redis"] = conn
     app.extensions["livedoc.hub"] = StreamHub(
         conn, flags.RealtimeFlags.from_config(cfg), cfg["SSE_POLL_INTERVAL"] / 1000,
-        stats_ttl=cfg["STATS_TTL"], vanish_grace=cfg["JOB_VANISH_GRACE"])
+        stats_ttl=cfg["STATS_TTL"], vanish_grace=cfg["JOB_VANISH_GRACE"],
+        coalesce=cfg["SSE_COALESCE_MS"] / 1000)
 
     # Pages hand their script the real-time settings: {{ realtime_client(flags)|tojson }}.
     app.jinja_env.globals["realtime_client"] = lambda f: flags.client_settings(f, app.config)

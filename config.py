@@ -104,6 +104,9 @@ class Settings:
     SSE_POLL_INTERVAL: int = 2000
     SSE_PING_INTERVAL: int = 30000
     SSE_RETRY: int = 3000
+    # A connection is woken for news at most once per this many ms (0: on every save); what its
+    # documents saved meanwhile goes out in one write. The first save after a quiet spell goes at once.
+    SSE_COALESCE_MS: int = 20
     REALTIME_ENABLED: bool = True
     REALTIME_MODE: str = "sse"
     REALTIME_PUSH: bool = True
@@ -142,6 +145,9 @@ class Settings:
     PROGRESS_INTERVAL: int = 50
     # Seconds a page-range job may go without storing a page before another worker takes it over.
     CHUNK_LEASE: int = 30
+    # Niceness of conversion workers (and their work horses and render processes): on a host shared
+    # with the web they give way to the streams. 0: as started.
+    WORKER_NICE: int = 10
 
     # Limits.
     RATELIMIT_ENABLED: bool = True

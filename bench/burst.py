@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run  # noqa: E402
 
+from config import Settings  # noqa: E402  (run puts the project root on sys.path)
+
 SYSTEM_PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
 
 
@@ -52,8 +54,8 @@ def main() -> None:
     parser.add_argument("--transport", choices=["sse", "ws"], default="sse")
     parser.add_argument("--pages", type=int, default=36, help="pages of the generated PDF (no system PDF)")
     parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--worker-nice", type=int, default=0,
-                        help="run the conversion workers under `nice -n N` (0: as scripts/run does)")
+    parser.add_argument("--worker-nice", type=int, default=None,
+                        help="WORKER_NICE of the conversion workers (0: not lowered; default: the setting's)")
     parser.add_argument("--json", default=str(run.BENCH / "results" / "burst.json"))
     args = parser.parse_args()
     import requests
@@ -77,6 +79,7 @@ def main() -> None:
             "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "11000",
             "WEBSOCKET_ENABLED": "true" if args.transport == "ws" else "false",
             "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+            **({} if args.worker_nice is None else {"WORKER_NICE": str(args.worker_nice)}),
             "PATH": f"{run.BIN}:{os.environ.get('PATH', '')}",
         }
         bench.base_env = env
@@ -87,6 +90,7 @@ def main() -> None:
                 raise RuntimeError(out.stderr)
             return out.stdout
 
+        flask("db", "upgrade")
         flask("users", "create", "bench", "--password", "bench-password-long")
         token = flask("users", "token", "bench").split()[-1]
         sc = run.Scenario("burst", "livedoc", args.viewers, transport=args.transport)
@@ -112,9 +116,8 @@ def main() -> None:
         cpu0 = server.worker.cpu_times()
         t0 = time.time()
         for i in range(args.docs):
-            nice = ["nice", "-n", str(args.worker_nice)] if args.worker_nice else []
             workers.append(subprocess.Popen(
-                [*nice, "bash", str(run.ROOT / "scripts" / "worker"), "--burst", "-n",
+                ["bash", str(run.ROOT / "scripts" / "worker"), "--burst", "-n",
                  f"burst-{os.getpid()}-{i}"],
                 cwd=run.ROOT, env=env, stdout=open(work / f"worker-{i}.log", "wb"), stderr=subprocess.STDOUT,
                 start_new_session=True))
@@ -144,7 +147,8 @@ def main() -> None:
                 right += 1
         summary = {
             "pdf": pdf_source, "docs": args.docs,
-            "worker_nice": args.worker_nice, "viewers": args.viewers, "transport": args.transport,
+            "worker_nice": Settings.from_env(env).WORKER_NICE, "viewers": args.viewers,
+            "transport": args.transport,
             "conversion_s": round(t1 - t0, 1),
             "final_states": {d: [b.get("state"), b.get("seq"), b.get("ready"), b.get("pages")]
                              for d, b in final.items()},

@@ -24,6 +24,20 @@ class Event:
     progress: progress.Progress
     encoded: str  # the progress as compact JSON, shared by every connection that sends it
     before: int = 0  # the seq the connection had seen of this document until now
+    # The hub's frames of this progress, shared by every connection that sends it (_Watch.frames);
+    # None for an event made for one connection only (its opening state).
+    frames: dict | None = None
+
+    def framed(self, key: str, make: Callable[[Event], bytes | str]) -> bytes | str:
+        """This event as one transport frames it: made once, then shared by every watcher."""
+        frames = self.frames
+        if frames is None:
+            return make(self)
+        key = (key, self.doc_id)
+        out = frames.get(key)
+        if out is None:
+            out = frames[key] = make(self)
+        return out
 
     @property
     def kind(self) -> str:
@@ -90,7 +104,7 @@ class Delivery:
             if prog["seq"] <= before:
                 continue
             seen[doc_id] = prog["seq"]
-            batch.append(Event(doc_id, prog, watch.encoded(), before))
+            batch.append(Event(doc_id, prog, watch.encoded(), before, watch.frames))
         if batch:
             self.hub.note_sent([e.progress for e in batch], self.transport)
             for e in batch:

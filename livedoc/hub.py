@@ -38,7 +38,7 @@ TIMER_MIN = 2.0    # s: shorter waits use their own gevent timeout
 class Connection:
     """One client connection (an SSE stream, a long-poll, a WebSocket) and the jobs it watches."""
 
-    __slots__ = ("hub", "user_id", "transport", "label", "opened", "_event", "closed", "subs")
+    __slots__ = ("hub", "user_id", "transport", "label", "opened", "_event", "closed", "subs", "woken")
 
     def __init__(self, hub: StreamHub, user_id: int, transport: Transport, label: str | None = None):
         self.hub = hub
@@ -49,6 +49,7 @@ class Connection:
         self._event = Event()
         self.closed: str | None = None  # why the hub wants this connection to end, if it does
         self.subs: dict[str, Subscription] = {}  # by document id
+        self.woken = -1  # the coalescing slot of the last news wake (see StreamHub._wake_watchers)
 
     def watch(self, job_id: str, doc_id: str, current: progress.Progress | None = None) -> Subscription:
         """Follow a document's job; `current` is the progress the caller just read itself."""
@@ -122,12 +123,16 @@ class Subscription:
 
 
 class _Watch:
-    __slots__ = ("progress", "subscribers", "_encoded", "missing_since")
+    __slots__ = ("progress", "subscribers", "_encoded", "frames", "missing_since")
 
     def __init__(self) -> None:
         self.progress: progress.Progress | None = None
         self.subscribers: set[Subscription] = set()
         self._encoded: str | None = None
+        # The current progress as each transport frames it (by transport and document), made by the
+        # first connection that sends it and written as is by the others: encoded once per save, not
+        # once per watcher. A new dict per progress, so a batch holding the old one stays right.
+        self.frames: dict = {}
         self.missing_since: float | None = None  # when this hub first saw the job's record missing
 
     def offer(self, candidate: progress.Progress | None) -> bool:
@@ -138,6 +143,7 @@ class _Watch:
             return False
         self.progress = candidate
         self._encoded = None
+        self.frames = {}
         return True
 
     def encoded(self) -> str | None:
@@ -150,8 +156,12 @@ class StreamHub:
     """Per-process fan-out of job progress to streams."""
 
     def __init__(self, connection: Redis, defaults: RealtimeFlags, poll_interval: float,
-                 stats_ttl: float = 15.0, host_id: str | None = None, vanish_grace: float = 45.0):
+                 stats_ttl: float = 15.0, host_id: str | None = None, vanish_grace: float = 45.0,
+                 coalesce: float = 0.0):
         self.connection = connection
+        self.coalesce = coalesce  # s: a connection is woken for news at most once per slot this long
+        self._later: set[Connection] = set()  # woken already in this slot: woken at the next one
+        self._flush: object | None = None  # the libev timer that wakes them
         self.defaults = defaults
         self.flags = defaults
         self.poll_interval = poll_interval
@@ -361,8 +371,40 @@ class StreamHub:
     def _offer(self, job_id: str, candidate: progress.Progress | None) -> None:
         watch = self._watches.get(job_id)
         if watch is not None and watch.offer(candidate):
-            for sub in list(watch.subscribers):
+            self._wake_watchers(watch)
+
+    def _wake_watchers(self, watch: _Watch) -> None:
+        # Coalescing: time is cut into slots of SSE_COALESCE_MS. A connection not yet woken in the
+        # current slot is woken at once (so the first save after a quiet spell arrives without
+        # delay); one woken already waits for the next slot's start, and whatever its documents saved
+        # meanwhile goes out in one batch, one write. A connection watching 10 busy documents is then
+        # woken at most once a slot, not once per save of each.
+        if not self.coalesce:
+            for sub in watch.subscribers:  # set() only schedules the switch: the set cannot change
                 sub.conn.wake()
+            return
+        slot = int(time.monotonic() / self.coalesce)
+        later = self._later
+        for sub in watch.subscribers:
+            conn = sub.conn
+            if conn.woken < slot:
+                conn.woken = slot
+                conn.wake()
+            else:
+                later.add(conn)
+        if later and self._flush is None:
+            delay = max(0.0, (slot + 1) * self.coalesce - time.monotonic())
+            self._flush = gevent.get_hub().loop.timer(delay)
+            self._flush.start(self._wake_later, slot + 1)
+
+    def _wake_later(self, slot: int) -> None:
+        # Runs in the gevent hub (a libev timer callback): only sets events, never blocks.
+        self._flush.close()
+        self._flush = None
+        later, self._later = self._later, set()
+        for conn in later:
+            conn.woken = slot
+            conn.wake()
 
     def _apply_flags(self, new: RealtimeFlags) -> None:
         old, self.flags = self.flags, new

@@ -95,7 +95,7 @@ def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, usernam
         if news:
             out = _frame(news, delivery, multi)
             news = None  # nor the opening progress (a dict per document) while parked
-            yield out.encode()
+            yield out
         while True:
             # Nothing of the last item stays referenced while parked in next().
             out = item = None
@@ -103,7 +103,7 @@ def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, usernam
             if item is None:
                 break
             if item is PING:
-                out = sse.comment("ping")
+                out = _PING
             elif isinstance(item, Closed):
                 if item.mode:
                     yield sse.message({"mode": item.mode}, event="mode").encode()
@@ -113,7 +113,7 @@ def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, usernam
                 return
             else:
                 out = _frame(item, delivery, multi)
-            yield out.encode()
+            yield out
         reason = "terminal"
     finally:
         # Runs when the stream ends, when a write to a vanished client fails, and on shutdown.
@@ -124,17 +124,29 @@ def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, usernam
               duration=round(time.monotonic() - started, 3), reason=reason)
 
 
-def _frame(batch: list[Event], delivery: Delivery, multi: bool) -> str:
-    """One write for everything a batch holds."""
+_PING = sse.comment("ping").encode()
+
+
+def _single(e: Event) -> bytes:
+    return sse.message(e.encoded, event=e.kind, id=e.progress["seq"]).encode()
+
+
+def _multi_data(e: Event) -> bytes:
+    return f'data: {{"document_id":"{e.doc_id}",{e.encoded[1:]}\n\n'.encode()
+
+
+def _frame(batch: list[Event], delivery: Delivery, multi: bool) -> bytes:
+    """One write for everything a batch holds; what every watcher sends alike is encoded once."""
     if not multi:
-        return "".join(sse.message(e.encoded, event=e.kind, id=e.progress["seq"]) for e in batch)
+        return b"".join(e.framed("sse", _single) for e in batch)
     # Each event names its document; its id is the cursor over all of them as of that event, so a
-    # stream cut inside a batch resumes with the events after the cut.
+    # stream cut inside a batch resumes with the events after the cut. Only that line is this
+    # connection's own: the data line is the hub's, shared by every stream watching the document.
     state = {**delivery.seen, **{e.doc_id: e.before for e in batch}}
     order = sorted(state)  # once per batch, not per event
     out = []
     for e in batch:
         state[e.doc_id] = e.progress["seq"]
-        out.append(sse.message(f'{{"document_id":"{e.doc_id}",{e.encoded[1:]}', event=e.kind,
-                               id=sse.encode_cursor(state, order)))
-    return "".join(out)
+        out.append(f"event: {e.kind}\nid: {sse.encode_cursor(state, order)}\n".encode())
+        out.append(e.framed("sse-multi", _multi_data))
+    return b"".join(out)

@@ -74,6 +74,23 @@ def websocket():
     return _WebSocketResponse(ws, session)
 
 
+def _event_frame(e: Event) -> bytes:
+    """An event as a complete WebSocket text frame.
+
+    A server's frames are not masked, so the bytes are the same on every socket: built here once per
+    save instead of once per watcher through wsproto. Uncompressed (RSV1 clear) is valid with or
+    without permessage-deflate (RFC 7692 5.1), and nothing else is ever fragmented on these sockets."""
+    payload = f'{{"type":"{e.kind}","document_id":"{e.doc_id}","data":{e.encoded}}}'.encode()
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
 class _NoThread:
     """simple_websocket's reader thread, never started: the session's one greenlet reads the socket
     (a parked reader greenlet per socket cost ~6 KiB of saved stack and thread state)."""
@@ -136,9 +153,9 @@ class _WsSession:
         self.ws.send(sse.json_text(payload))
 
     def send_events(self, batch: list[Event]) -> None:
-        """Write each event (the progress JSON is spliced in as encoded once by the hub)."""
-        for e in batch:
-            self.ws.send(f'{{"type":"{e.kind}","document_id":"{e.doc_id}","data":{e.encoded}}}')
+        """Write the batch in one write; each event's frame is made once by the hub for every socket."""
+        if batch:
+            self.ws.sock.sendall(b"".join(e.framed("ws", _event_frame) for e in batch))
 
     def run(self) -> None:
         """Serve the socket until it closes, goes stale, or the hub ends it."""
