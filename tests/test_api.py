@@ -4,8 +4,8 @@ from __future__ import annotations
 import io
 
 from livedoc import progress
-from tests.conftest import run_jobs
 from tests.pdfgen import make_pdf
+from tests.support.app import run_jobs
 
 PDF = make_pdf(["first page", "second page", "third page"])
 

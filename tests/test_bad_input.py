@@ -33,9 +33,11 @@ from hypothesis import strategies as st
 
 from livedoc.ids import valid_doc_id
 from tests import dbs
-from tests.conftest import ROOT, run_jobs
 from tests.live import api
 from tests.pdfgen import make_pdf
+from tests.support import ROOT, TERMINAL
+from tests.support.app import Users, run_jobs
+from tests.support.streams import wait_document
 
 STATS = {"test_client": 0, "live": 0, "5xx": 0, "5xx_known_bug": 0, "server_refusals": 0, "rate_limited": 0}
 RAN: set[str] = set()
@@ -47,7 +49,6 @@ BOUNDARY = "xYzZYbadinput"
 LEAK_MARKERS = ("Traceback", 'File "', "/work/", "STORAGE", "site-packages", "/tmp/", "/home/", "/usr/",
                 str(ROOT))
 CSRF_TOKEN = re.compile(r'"[\w-]+\.[\w-]+\.[\w-]+"')  # itsdangerous: payload.timestamp.signature
-TERMINAL = ("complete", "failed")
 PERMANENT_CODES = {"corrupt", "unsupported", "empty", "encrypted", "too_many_pages", "page_too_large"}
 
 # Routes that take a document id, with the method they answer to.
@@ -819,7 +820,6 @@ def test_max_upload_mb_is_enforced_by_default(redis_url, storage_dir, worker_env
                       "STORAGE_DIR": str(storage_dir), "RATELIMIT_ENABLED": False, "MAX_UPLOAD_MB": 1,
                       "SQLALCHEMY_DATABASE_URI": dbs.fresh(tmp_path / "limit")})
     try:
-        from tests.conftest import Users
 
         client = app.test_client()
         token = Users(app, client).create("limited")
@@ -870,13 +870,8 @@ class LiveWorld:
 
 def _wait_terminal(session, base: str, doc: str, timeout: float = 60) -> dict:
     """Poll the (not rate-limited) document endpoint until the conversion has ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        prog = session.get(f"{base}/api/documents/{doc}", timeout=10).json()["progress"]
-        if prog["state"] in TERMINAL:
-            return prog
-        time.sleep(0.2)
-    raise AssertionError(f"document {doc} did not finish")
+    return wait_document(session, base, doc, lambda body: body["progress"]["state"] in TERMINAL, timeout,
+                         what="finished")["progress"]
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 while a document converts and viewers watch it over SSE.
 
 Every test runs its own stack; tests that restart Redis run their own redis-server too. Viewers are
-threads that behave like EventSource plus static/livedoc.js: they keep the last event id, send it as
-Last-Event-ID when they reconnect, wait the server's `retry:` between attempts, ignore events whose
-seq is not newer than what they already applied, and stop at the first newer complete/error event.
+threads (tests/support/streams.py Viewer) that behave like EventSource plus static/js/feed.js: they
+keep the last event id, send it as Last-Event-ID when they reconnect, wait the server's `retry:`
+between attempts, ignore events whose seq is not newer than what they already applied, and stop at
+the first newer complete/error event.
 A viewer ends on the true final state when that last event has the state and seq that
 GET /api/documents/<id>/status reports once the document is terminal and stays so.
 
@@ -18,7 +19,7 @@ stopping server (StreamHub.close_all covers later connections too).
 """
 from __future__ import annotations
 
-import json
+import functools
 import os
 import signal
 import socket
@@ -37,15 +38,18 @@ from redis.exceptions import RedisError
 
 from livedoc import progress
 from livedoc.redis_client import connect
-from tests.live import Proc, Stack, api, sse_events
+from tests import support
+from tests.live import Proc, Stack, api
 from tests.pdfgen import make_pdf
-from tests.test_live import upload
+from tests.support import TRANSIENT
+from tests.support.streams import Viewer, settled_status, slow_pdf, upload
 
 pytestmark = pytest.mark.faults
 
-TERMINAL = ("complete", "failed")
 # No stream or status request of these tests may be refused by the connection limits.
 SETTINGS = {"RATELIMIT_STREAM": "100000 per minute", "MAX_STREAMS_PER_USER": "1000"}
+# Every wait here rides over the refused connections and missing keys of processes being killed.
+wait_for = functools.partial(support.wait_for, ignore=TRANSIENT)
 PROMPT = 3.0  # seconds: "promptly", well under GRACEFUL_TIMEOUT (10 s)
 
 
@@ -104,20 +108,6 @@ def _tally_report(request):
     yield
     if os.environ.get("FAULTS_REPORT"):
         Path(os.environ["FAULTS_REPORT"]).write_text(TALLY.report() + "\n")
-
-
-def wait_for(predicate, timeout=10.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (requests.RequestException, ValueError, KeyError, RedisError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s (last value: {value!r})")
 
 
 # -- processes ---------------------------------------------------------------------------------------
@@ -206,110 +196,8 @@ def own_db(redis_url):
 
 
 # -- viewers -----------------------------------------------------------------------------------------
-class Viewer(threading.Thread):
-    """An EventSource-like SSE client in a thread (one browser: its own HTTP connection pool)."""
-
-    def __init__(self, name: str, token: str, bases, events_url: str, deadline: float = 120,
-                 read_timeout: float = 5.0):
-        super().__init__(name=name, daemon=True)
-        self.session = api(token)
-        self.bases = bases if callable(bases) else (lambda: bases)
-        self.events_url = events_url
-        self.deadline = time.monotonic() + deadline
-        self.read_timeout = read_timeout
-        self.retry = 3.0
-        self.last_id: str | None = None
-        self.seq = 0
-        self.applied: list[dict] = []
-        self.received: list[tuple[float, dict]] = []  # (wall-clock time of arrival, progress)
-        self.ignored: list[dict] = []  # events whose seq was not above the newest applied one
-        self.connects = 0
-        self.connected = False
-        self.stream_ends: list[float] = []  # monotonic times at which an open stream ended
-        self.failures: list[str] = []
-        self.final: dict | None = None
-        self.stopped = threading.Event()
-        self.opened = threading.Event()
-
-    @property
-    def latest(self) -> dict | None:
-        return self.applied[-1] if self.applied else None
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.is_set() and time.monotonic() < self.deadline:
-                if self._connect_once():
-                    return
-                time.sleep(self.retry)
-        finally:
-            self.session.close()
-
-    def _connect_once(self) -> bool:
-        """One connection; True when the viewer is done (terminal event, or a 204)."""
-        headers = {"Accept": "text/event-stream"}
-        if self.last_id is not None:
-            headers["Last-Event-ID"] = self.last_id
-        try:
-            resp = self.session.get(self.bases() + self.events_url, headers=headers, stream=True,
-                                    timeout=(3, self.read_timeout))
-        except requests.RequestException as exc:
-            self.failures.append(type(exc).__name__)
-            return False
-        if resp.status_code != 200:
-            self.failures.append(str(resp.status_code))
-            resp.close()
-            return resp.status_code == 204  # EventSource gives up for good on a 204
-        self.connects += 1
-        self.connected = True
-        self.opened.set()
-        try:
-            for msg in sse_events(resp, until_terminal=False):
-                if "retry" in msg:
-                    self.retry = int(msg["retry"]) / 1000
-                if "id" in msg:
-                    self.last_id = msg["id"]
-                if msg.get("event") in ("progress", "complete", "error") and "data" in msg:
-                    prog = json.loads(msg["data"])
-                    self.received.append((time.time(), prog))
-                    if prog["seq"] <= self.seq:
-                        self.ignored.append(prog)  # livedoc.js drops it as a replay
-                        continue
-                    self.seq = prog["seq"]
-                    self.applied.append(prog)
-                    if prog["state"] in TERMINAL:
-                        self.final = prog
-                        return True
-                if self.stopped.is_set():
-                    return True
-        except (requests.RequestException, OSError):
-            self.failures.append("read")
-        finally:
-            self.connected = False
-            self.stream_ends.append(time.monotonic())
-            resp.close()
-        return False
-
-    def finish(self, timeout: float) -> dict | None:
-        self.join(timeout)
-        self.stopped.set()
-        return self.final
-
-
 def viewers_done(viewers: list[Viewer]) -> bool:
     return all(not v.is_alive() for v in viewers)
-
-
-def settled_status(session: requests.Session, base: str, body: dict, timeout: float = 60) -> dict:
-    """The document's status once it is terminal and stays so: the true final state."""
-    def terminal():
-        status = session.get(base + body["status_url"], timeout=5).json()
-        return status if status["state"] in TERMINAL else None
-
-    first = wait_for(terminal, timeout, 0.25, what=f"document {body['id']} terminal")
-    time.sleep(1.0)  # anything still moving would change seq within a poll interval or two
-    again = session.get(base + body["status_url"], timeout=5).json()
-    assert (again["state"], again["seq"]) == (first["state"], first["seq"]), (first, again)
-    return again
 
 
 def on_truth(test: str, viewers: list[Viewer], truth: dict | None) -> list[str]:
@@ -326,10 +214,6 @@ def on_truth(test: str, viewers: list[Viewer], truth: dict | None) -> list[str]:
                          f"truth {truth and (truth['state'], truth['seq'])}, ignored "
                          f"{[(p['state'], p['seq']) for p in v.ignored][-3:]}, failures {v.failures[-4:]}")
     return wrong
-
-
-def slow_pdf(pages: int) -> bytes:
-    return make_pdf([f"Page {i} of a long document\n" + "text " * 40 for i in range(1, pages + 1)])
 
 
 def rendering_page(viewer: Viewer, page: int) -> bool:

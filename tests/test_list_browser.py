@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 import requests
+from playwright.sync_api import Page, expect
 
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("Debian chromium is not installed at /usr/bin/chromium", allow_module_level=True)
-
-from playwright.sync_api import Page, expect  # noqa: E402
-
-from livedoc import flags  # noqa: E402
-from livedoc.redis_client import connect  # noqa: E402
-from tests.browser_support import login  # noqa: E402
-from tests.live import api  # noqa: E402
-from tests.pdfgen import make_pdf  # noqa: E402
+from livedoc import flags
+from tests.live import api
+from tests.pdfgen import make_pdf
+from tests.support.browser import assert_not_reloaded, login, mark_page
 
 pytestmark = pytest.mark.browser
 
@@ -58,7 +52,6 @@ RECORDER = """() => {
   snap();
   new MutationObserver(snap).observe(document.querySelector('#doc-page'),
     {subtree: true, childList: true, attributes: true, characterData: true});
-  window.__marker = 1;  // gone if the page ever reloads or navigates
 }"""
 
 
@@ -66,22 +59,6 @@ RECORDER = """() => {
 @pytest.fixture(params=["sse", "ws"])
 def transport(request) -> str:
     return request.param
-
-
-@pytest.fixture
-def flag_conn(make_stack):
-    """A Redis client on make_stack's database, for the real-time flags; the override is cleared after."""
-    conn = None
-
-    def get(stack):
-        nonlocal conn
-        conn = conn or connect(stack.redis_url)
-        return conn
-
-    yield get
-    if conn is not None:
-        flags.clear_override(conn)
-        conn.connection_pool.disconnect()
 
 
 @pytest.fixture
@@ -155,16 +132,13 @@ def open_list(page: Page, name: str, transport: str) -> None:
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     assert page.evaluate("() => window.livedoc.mode()") == transport
     page.evaluate(RECORDER)
+    mark_page(page)
 
 
 def wait_all_complete(page: Page, n: int, timeout: float = 120_000) -> None:
     page.wait_for_function(f"() => {{ const s = ({ROW_STATES})(); "
                            f"return s.length === {n} && s.every((x) => x === 'complete'); }}",
                            timeout=timeout, polling=100)
-
-
-def assert_not_reloaded(page: Page) -> None:
-    assert page.evaluate("() => window.__marker") == 1, "the page reloaded or navigated"
 
 
 def assert_one_connection(traffic: Traffic, transport: str) -> None:
@@ -293,12 +267,11 @@ def test_upload_from_list_joins_the_live_feed(deploy, transport, open_context, c
     console.assert_clean()
 
 
-def test_upload_error_is_shown_on_the_list(make_stack, open_context, console):
+def test_upload_error_is_shown_on_the_list(make_stack, signed_in, console):
     stack = make_stack(**SETTINGS)
-    stack.user("cal")
-    page = open_context(stack, "cal").new_page()
-    login(page, "cal")
+    page = signed_in(stack, "cal")
     page.evaluate(RECORDER)
+    mark_page(page)
     console.allow(r"Failed to load resource: the server responded with a status of 4\d\d")
     page.set_input_files("#file", files=[{"name": "notes.exe", "mimeType": "application/octet-stream",
                                           "buffer": b"MZ\x90\x00 not a document"}])
@@ -373,6 +346,7 @@ def test_refused_websocket_falls_back_to_one_sse_stream(make_stack, flag_conn, o
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     assert page.evaluate("() => window.livedoc.mode()") == "sse"
     page.evaluate(RECORDER)
+    mark_page(page)
     stack.start_worker()
     wait_all_complete(page, 3, timeout=90_000)
     # One refused socket, then one stream for the whole list (a second /api/events request here

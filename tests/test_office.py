@@ -19,7 +19,7 @@ from livedoc.ids import new_doc_id
 from livedoc.sniff import sniff
 from livedoc.storage import DocumentFiles, LocalStorage, page_names
 from tests import officegen
-from tests.conftest import run_jobs
+from tests.support.app import run_jobs
 from workers import office
 from workers.rqworker import LivedocWorker
 

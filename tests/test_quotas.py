@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from tests.conftest import csrf_from, run_jobs
+from tests.support.app import csrf_from, run_jobs
 
 MB = 1024 * 1024
 

@@ -12,7 +12,7 @@ from livedoc import jobs, progress
 from livedoc.ids import new_doc_id
 from livedoc.storage import DocumentFiles, LocalStorage, page_names
 from tests import pdfgen
-from tests.conftest import run_jobs
+from tests.support.app import run_jobs
 from workers import pdf
 
 TEXTS = [f"Page {n} says wombat{n}." for n in range(1, 13)]

@@ -78,9 +78,9 @@ def test_ctrl_c_in_scripts_run_mid_conversion_stops_everything_within_10_s(tmp_p
 
     import psutil
 
-    from tests.conftest import ROOT
     from tests.dbs import FLASK, fresh
     from tests.live import wait_http
+    from tests.support import ROOT
 
     port = devredis.free_port()
     env = {**os.environ, "BIND": f"127.0.0.1:{port}", "RENDER_DPI": "300", "DATABASE_URL": fresh(tmp_path),

@@ -12,15 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page, expect
 
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("Debian chromium is not installed at /usr/bin/chromium", allow_module_level=True)
-
-from playwright.sync_api import Page, expect  # noqa: E402
-
-from tests.browser_support import login  # noqa: E402
-from tests.live import api  # noqa: E402
-from tests.pdfgen import make_pdf  # noqa: E402
+from tests.live import api
+from tests.pdfgen import make_pdf
+from tests.support import streams
+from tests.support.browser import login
 
 pytestmark = pytest.mark.browser
 
@@ -45,9 +42,7 @@ KEYS_FOCUS = """() => {
 
 # -- helpers ---------------------------------------------------------------------------------------
 def upload(stack, token: str, data: bytes = BOOK, name: str = "book.pdf") -> str:
-    resp = api(token).post(stack.base_url + "/api/documents", files={"file": (name, data, "application/pdf")})
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"]
+    return streams.upload(api(token), stack.base_url, data, name)["id"]
 
 
 def doc_json(stack, token: str, doc_id: str) -> tuple[int, dict]:
@@ -56,13 +51,9 @@ def doc_json(stack, token: str, doc_id: str) -> tuple[int, dict]:
 
 
 def wait_complete(stack, token: str, doc_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, body = doc_json(stack, token, doc_id)
-        if body["progress"]["state"] == "complete":
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"{doc_id} did not complete: {body}\n{stack.logs()}")
+    return streams.wait_document(api(token), stack.base_url, doc_id,
+                                 lambda body: body["progress"]["state"] == "complete", timeout,
+                                 what="complete")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from livedoc.ids import new_doc_id
 from livedoc.progress import ProgressWriter
 from livedoc.storage import DocumentFiles, LocalStorage
 from tests import pdfgen
-from tests.conftest import run_jobs
+from tests.support.app import run_jobs
 from workers.convert import _fail
 from workers.errors import CorruptDocument
 
