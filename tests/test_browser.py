@@ -23,7 +23,8 @@ from tests.pdfgen import make_pdf
 from tests.support import ROOT
 from tests.support.browser import assert_not_reloaded, login, mark_page
 
-pytestmark = pytest.mark.browser
+# Sixty-page conversions at 250 DPI watched to the end, some across a server restart.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 DOCS = ROOT / "docs"
 SETTINGS = {"RENDER_DPI": "250"}

@@ -154,6 +154,7 @@ def _worker_running_a_chunk(stack, conn: Redis, job_id: str, timeout: float = 60
     raise AssertionError("no worker picked up a chunk")
 
 
+@pytest.mark.timeout(300)  # the killed chunk is taken over only after its lease runs out
 def test_a_chunk_whose_worker_is_killed_is_taken_over(stack_conn):
     stack, conn = stack_conn(RENDER_DPI="250", CHUNK_LEASE="3")
     _start_workers(stack, 2, conn)

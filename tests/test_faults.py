@@ -44,7 +44,8 @@ from tests.pdfgen import make_pdf
 from tests.support import TRANSIENT
 from tests.support.streams import Viewer, settled_status, slow_pdf, upload
 
-pytestmark = pytest.mark.faults
+# Each test kills and restarts processes and waits out their grace periods: minutes, not seconds.
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 # No stream or status request of these tests may be refused by the connection limits.
 SETTINGS = {"RATELIMIT_STREAM": "100000 per minute", "MAX_STREAMS_PER_USER": "1000"}

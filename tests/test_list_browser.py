@@ -21,7 +21,8 @@ from tests.live import api
 from tests.pdfgen import make_pdf
 from tests.support.browser import assert_not_reloaded, login, mark_page
 
-pytestmark = pytest.mark.browser
+# Ten conversions watched to the end, some across a server restart.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 SETTINGS = {"RENDER_DPI": "250"}  # a conversion takes a couple of seconds: progress is visible
 DOCS = 10

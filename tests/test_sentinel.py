@@ -102,6 +102,7 @@ def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path, database_u
 
 @pytest.mark.live
 @needs_sentinel
+@pytest.mark.timeout(300)  # a failover, then the master killed: each waits out the sentinels
 def test_viewers_survive_a_failover_and_the_master_dying_mid_conversion(tmp_path):
     group = SentinelGroup(tmp_path / "sentinels").start()
     stack = Stack(group.url, tmp_path / "stack", RENDER_DPI="300")

@@ -14,7 +14,8 @@ from livedoc.redis_client import connect
 from tests.live import api, sse_events
 from tests.pdfgen import make_pdf
 
-pytestmark = pytest.mark.live
+# scripts/run brings a whole deployment up and down (up to 120 s to start).
+pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 
 SLOW_PDF = make_pdf([f"Page {i} of a long document\n" + "text " * 40 for i in range(1, 61)])
 
