@@ -14,9 +14,26 @@ import devredis  # noqa: E402
 
 from livedoc.redis_client import connect  # noqa: E402
 from tests import dbs  # noqa: E402
+from tests.support import budget  # noqa: E402
 from tests.support.app import Users  # noqa: E402
 
 pytest_plugins = ["tests.support.browser"]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The bad-input suite's request count (tests/support/budget.py)."""
+    line = budget.report()
+    if line:
+        terminalreporter.write_sep("-", "bad-input request budget")
+        terminalreporter.write_line(line)
+        if budget.shortfall():
+            terminalreporter.write_line("FAILED: " + budget.shortfall(), red=True)
+
+
+def pytest_sessionfinish(session) -> None:
+    """Fail the run when the bad-input suite ran whole and sent too few requests."""
+    if budget.shortfall() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items) -> None:
