@@ -271,7 +271,7 @@ def _redis_restart(tmp_path, test: str, persistent: bool, worker_args: tuple[str
         redis.kill(signal.SIGKILL)
         during = Viewer("opened-during-outage", token, stack.base_url, body["events_url"])
         during.start()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the length of the outage, not a wait for something
         redis.start()
         restarted = time.monotonic()
         # A page that saw everything up to the outage and reconnects now (EventSource after a
@@ -633,6 +633,7 @@ def test_stream_reopened_on_a_dying_server_ends_promptly(tmp_path, own_db):
         web.send(signal.SIGTERM)
         wait_for(lambda: viewer.stream_ends, 10, 0.02, what="stream ends on SIGTERM")
         time.sleep(PROMPT + 0.5)
+        # A window in which no reconnect may stay held by the dying server, so a fixed wait.
         held = viewer.connected and viewer.connects > 1
         TALLY.fault("dying-server-keepalive", "reconnect over a kept-alive connection to a server on SIGTERM",
                     not held)

@@ -19,6 +19,7 @@ from playwright.sync_api import Page, expect
 from livedoc import flags
 from tests.live import api
 from tests.pdfgen import make_pdf
+from tests.support import wait_for
 from tests.support.browser import assert_not_reloaded, login, mark_page
 
 # Ten conversions watched to the end, some across a server restart.
@@ -182,7 +183,7 @@ def test_ten_conversions_update_live_over_one_connection(deploy, transport, open
             break
         stats = server_stats(stack, admin)
         samples.append((states, stats["connectionsByTransport"], stats["local"]["connectionsByTransport"]))
-        page.wait_for_timeout(300)
+        page.wait_for_timeout(300)  # the sampling period
     wait_all_complete(page, DOCS, timeout=1_000)
     converting = [s for s in samples if "running" in s[0]]
     print(f"{len(samples)} stats samples, {len(converting)} while a row was running; "
@@ -214,7 +215,8 @@ def test_ten_conversions_update_live_over_one_connection(deploy, transport, open
     assert sorted(announced) == sorted(f"doc-{i:02d}.pdf: conversion complete, {PAGES} pages"
                                        for i in range(DOCS)), announced
     expect(page.locator("#connection")).to_have_text("Up to date")
-    # Done: the connection is closed, not left open or reconnecting.
+    # Done: the connection is closed, not left open or reconnecting. A window in which the page must
+    # not reconnect (checked by the traffic below), so a fixed wait.
     page.wait_for_timeout(1500)
     assert server_stats(stack, admin)["connectionsByTransport"] == {}
     assert_one_connection(traffic, transport)
@@ -262,7 +264,7 @@ def test_upload_from_list_joins_the_live_feed(deploy, transport, open_context, c
         assert new_id not in streams[0] and new_id in streams[1]
         assert "cursor=" not in streams[0] and "cursor=" in streams[1]
     assert traffic.single_streams == 0 and traffic.list_polls == 0
-    page.wait_for_timeout(1500)
+    page.wait_for_timeout(1500)  # a window in which the page must not open another connection
     assert server_stats(stack, admin)["connectionsByTransport"] == {}
     assert_not_reloaded(page)
     console.assert_clean()
@@ -302,7 +304,8 @@ def test_server_restart_loses_no_final_state(deploy, transport, open_context, co
                            timeout=60_000, polling=50)
     stack.webs[0].stop()
     expect(page.locator("#connection")).not_to_have_attribute("data-state", "live", timeout=15_000)
-    # Conversions go on while the server is away: their final states must still reach the page.
+    # Conversions go on while the server is away: their final states must still reach the page. The
+    # length of the outage, not a wait for something.
     time.sleep(2)
     stack.start_web(port=stack.ports[0])
     wait_all_complete(page, 6, timeout=120_000)
@@ -374,8 +377,9 @@ def test_operator_switch_moves_the_list_down_and_it_still_completes(make_stack, 
     flags.set_override(conn, websocket=False)
     page.wait_for_function("() => window.livedoc.mode() === 'sse' && window.livedoc.connection() === 'live'",
                            timeout=10_000)
-    page.wait_for_timeout(1500)  # the hub publishes its stats every poll tick
-    assert server_stats(stack, admin)["connectionsByTransport"] == {"sse-multi": 1}
+    # The hub publishes its stats every poll tick.
+    wait_for(lambda: server_stats(stack, admin)["connectionsByTransport"] == {"sse-multi": 1}, 10,
+             what="one multiplexed stream counted")
     assert len(traffic.sockets) == 1 and traffic.multi_streams == 1
 
     flags.set_override(conn, mode="off")

@@ -117,7 +117,7 @@ def test_longpoll_returns_early_on_change_and_after_wait_otherwise(paused_stack)
 
     thread = threading.Thread(target=longpoll)
     thread.start()
-    time.sleep(1.0)
+    time.sleep(1.0)  # a window in which the long-poll must not answer, so a fixed wait
     assert thread.is_alive(), "the long-poll waits while nothing changes"
     paused_stack.start_worker()
     thread.join(30)

@@ -80,7 +80,7 @@ def test_conversion_on_s3_serves_pages_while_running_and_delete_removes_every_ob
     assert s.delete(f"{stack.base_url}/api/documents/{doc}", timeout=10).status_code == 204
     # The worker stops at its next page and removes what it stored meanwhile.
     wait_for(lambda: keys_under(moto_server, s3_settings, doc) == [], 20, 0.05, what="every object deleted")
-    time.sleep(1.5)
+    time.sleep(1.5)  # a window: a worker that was not stopped would store another page within it
     assert keys_under(moto_server, s3_settings, doc) == []
     # Nothing was ever written to a local STORAGE_DIR.
     assert not (stack.dir / "storage").exists()

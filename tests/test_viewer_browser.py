@@ -8,7 +8,6 @@ viewer-phone.png, viewer-phone-sidebar.png).
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from playwright.sync_api import Page, expect
 
 from tests.live import api
 from tests.pdfgen import make_pdf
-from tests.support import streams
+from tests.support import streams, wait_for
 from tests.support.browser import login
 
 pytestmark = pytest.mark.browser
@@ -209,10 +208,7 @@ def test_page_box_keys_fragment_and_last_page_read(reader, console):
         page.evaluate("() => scrollBy(0, document.querySelector('#page-30').getBoundingClientRect().top - 9)")
         assert_at_page(page, 30)
     assert put.value.url.endswith(f"/api/documents/{doc_id}/position")
-    deadline = time.monotonic() + 5
-    while doc_json(stack, token, doc_id)[1]["last_page"] != 30 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert doc_json(stack, token, doc_id)[1]["last_page"] == 30
+    wait_for(lambda: doc_json(stack, token, doc_id)[1]["last_page"] == 30, 5, what="last page saved")
 
     # Back later, without a fragment: the viewer opens where the reader stopped.
     page.goto("/documents")
