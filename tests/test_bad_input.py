@@ -1,4 +1,4 @@
-"""Hundreds of generated bad requests against every route (issue C.6): never a 5xx, never a leak.
+"""Hundreds of generated bad requests against every route: never a 5xx, never a leak.
 
 Every request goes through `send` (Flask test client) or `live_send` (a raw socket to the real gunicorn
 server), which count it and check what must hold for any input at all:

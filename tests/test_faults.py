@@ -1,11 +1,9 @@
-"""Faults injected into real processes (issue C.5): Redis, rq workers and gunicorn die or restart
-while a document converts and viewers watch it over SSE.
+"""Faults injected into real processes: Redis, rq workers and gunicorn die or restart while a
+document converts and viewers watch it over SSE. A deployment meets them in production sooner or
+later, and a viewer must never be left on a wrong final state by one.
 
 Every test runs its own stack; tests that restart Redis run their own redis-server too. Viewers are
-threads (tests/support/streams.py Viewer) that behave like EventSource plus static/js/feed.js: they
-keep the last event id, send it as Last-Event-ID when they reconnect, wait the server's `retry:`
-between attempts, ignore events whose seq is not newer than what they already applied, and stop at
-the first newer complete/error event.
+threads (tests/support/streams.py Viewer) that behave like EventSource plus static/js/feed.js.
 A viewer ends on the true final state when that last event has the state and seq that
 GET /api/documents/<id>/status reports once the document is terminal and stays so.
 

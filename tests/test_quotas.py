@@ -1,4 +1,4 @@
-"""Per-user quotas and streamed uploads (issue H, item 2)."""
+"""Per-user quotas and streamed uploads: one user cannot fill the disk or the queue for everyone."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,4 @@
-"""Sessions, login throttling, passwords, API tokens and the metrics token (issue H, items 4 and 6)."""
+"""Sessions, login throttling, passwords, API tokens and the metrics token: who may act, and for how long."""
 from __future__ import annotations
 
 import statistics
