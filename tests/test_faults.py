@@ -220,6 +220,24 @@ def rendering_page(viewer: Viewer, page: int) -> bool:
     return bool(latest) and latest["stage"] == "rendering" and latest["page"] >= page
 
 
+def watch_rendering(stack: Stack, viewers: list[Viewer], page: int) -> None:
+    """Start the viewers, then a worker, and wait until every viewer has seen that page rendering."""
+    for v in viewers:
+        v.start()
+    for v in viewers:
+        assert v.opened.wait(10)
+    stack.start_worker()
+    wait_for(lambda: all(rendering_page(v, page) for v in viewers), 40, what=f"rendering page {page}")
+
+
+def sigterm_ends_streams(web: Proc, viewers: list[Viewer]) -> tuple[float, float]:
+    """SIGTERM to a gunicorn master: (its monotonic time, seconds until every open stream had ended)."""
+    term = time.monotonic()
+    web.send(signal.SIGTERM)
+    wait_for(lambda: all(v.stream_ends for v in viewers), 10, 0.02, what="streams end on SIGTERM")
+    return term, max(v.stream_ends[0] for v in viewers) - term
+
+
 def rq_status(conn: Redis, job_id: str) -> str | None:
     raw = conn.hget(f"rq:job:{job_id}", "status")
     return raw.decode() if raw else None
@@ -440,18 +458,10 @@ def test_web_restarted_and_recycled(tmp_path, own_db):
         body = upload(s, stack.base_url, slow_pdf(250))
         viewers = [Viewer(f"viewer{i}", token, stack.base_url, body["events_url"], deadline=150)
                    for i in range(3)]
-        for v in viewers:
-            v.start()
-        for v in viewers:
-            assert v.opened.wait(10)
-        stack.start_worker()
-        wait_for(lambda: all(rendering_page(v, 5) for v in viewers), 40, what="rendering page 5")
+        watch_rendering(stack, viewers, 5)
 
         # Stop (SIGTERM to the master) and start again on the same port.
-        term = time.monotonic()
-        web.send(signal.SIGTERM)
-        wait_for(lambda: all(v.stream_ends for v in viewers), 10, 0.02, what="streams end on SIGTERM")
-        term_ends = max(v.stream_ends[0] for v in viewers) - term
+        term, term_ends = sigterm_ends_streams(web, viewers)
         web.popen.wait(15)
         down = time.monotonic() - term
         page_at_restart = max(v.latest["page"] for v in viewers)
@@ -595,15 +605,8 @@ def test_sigterm_moves_streams_to_another_server(tmp_path, own_db):
         for v in viewers:
             # A load balancer's choice: server 0 until it ends a stream on shutdown, then server 1.
             v.bases = lambda v=v: stack.url(1 if v.stream_ends else 0)
-            v.start()
-        for v in viewers:
-            assert v.opened.wait(10)
-        stack.start_worker()
-        wait_for(lambda: all(rendering_page(v, 10) for v in viewers), 40, what="rendering page 10")
-        term = time.monotonic()
-        doomed.send(signal.SIGTERM)
-        wait_for(lambda: all(v.stream_ends for v in viewers), 10, 0.02, what="streams end on SIGTERM")
-        ended = max(v.stream_ends[0] for v in viewers) - term
+        watch_rendering(stack, viewers, 10)
+        _, ended = sigterm_ends_streams(doomed, viewers)
         for v in viewers:
             v.finish(60)
         truth = settled_status(s, stack.url(1), body, 10)
@@ -630,8 +633,8 @@ def test_stream_reopened_on_a_dying_server_ends_promptly(tmp_path, own_db):
         term = time.monotonic()
         web.send(signal.SIGTERM)
         wait_for(lambda: viewer.stream_ends, 10, 0.02, what="stream ends on SIGTERM")
-        time.sleep(PROMPT + 0.5)
         # A window in which no reconnect may stay held by the dying server, so a fixed wait.
+        time.sleep(PROMPT + 0.5)
         held = viewer.connected and viewer.connects > 1
         TALLY.fault("dying-server-keepalive", "reconnect over a kept-alive connection to a server on SIGTERM",
                     not held)
