@@ -32,7 +32,7 @@ def wait_status(session: requests.Session, base: str, body: dict, test: Callable
                 timeout: float = 90, interval: float = 0.05, what: str = "the state wanted") -> dict:
     """Poll the document's status until test(status) holds; returns that status."""
     return wait_for(lambda: (lambda st: st if test(st) else None)(status_of(session, base, body)),
-                    timeout, interval, what=f"document {body['id']}: {what}")
+                    timeout, interval, what=f"{body['status_url']}: {what}")
 
 
 def poll_until_terminal(session: requests.Session, base: str, body: dict, timeout: float = 60) -> dict:
