@@ -8,15 +8,32 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import devredis  # noqa: E402
 
 from livedoc.redis_client import connect  # noqa: E402
 from tests import dbs  # noqa: E402
+from tests.support import budget  # noqa: E402
+from tests.support.app import Users  # noqa: E402
 
-pytest_plugins = ["tests.browser_support"]
+pytest_plugins = ["tests.support.browser"]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The bad-input suite's request count (tests/support/budget.py)."""
+    line = budget.report()
+    if line:
+        terminalreporter.write_sep("-", "bad-input request budget")
+        terminalreporter.write_line(line)
+        if budget.shortfall():
+            terminalreporter.write_line("FAILED: " + budget.shortfall(), red=True)
+
+
+def pytest_sessionfinish(session) -> None:
+    """Fail the run when the bad-input suite ran whole and sent too few requests."""
+    if budget.shortfall() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -113,58 +130,10 @@ def client(app):
     return app.test_client()
 
 
-class Users:
-    """Creates users and logs them in (the flaskr tutorial's `auth` helper, grown up)."""
-
-    def __init__(self, app, client):
-        self.app = app
-        self.client = client
-
-    def create(self, name: str = "alice", password: str | None = None, admin: bool = False) -> str:
-        """Create a user and return an API token for it."""
-        from livedoc.extensions import db
-        from livedoc.models import User
-
-        with self.app.app_context():
-            user = User(username=name, is_admin=admin)
-            user.set_password(password or f"pw-{name}")
-            token = user.new_token()
-            db.session.add(user)
-            db.session.commit()
-        return token
-
-    def login(self, name: str = "alice", password: str | None = None):
-        """Log the test client in through the real login form (CSRF token included)."""
-        page = self.client.get("/login")
-        token = csrf_from(page.get_data(as_text=True))
-        return self.client.post("/login", data={"username": name, "password": password or f"pw-{name}",
-                                                "csrf_token": token})
-
-
-def csrf_from(html: str) -> str:
-    """The CSRF token embedded in a page."""
-    import re
-
-    match = re.search(r'name="csrf[-_]token"[^>]*(?:value|content)="([^"]+)"', html)
-    assert match, "page has no CSRF token"
-    return match.group(1)
-
-
 @pytest.fixture
 def users(app, client) -> Users:
     """Helper to create and log in users."""
     return Users(app, client)
-
-
-def run_jobs(connection: Redis, queue_name: str = "livedoc") -> None:
-    """Run every queued job in this process until the queue is empty (RQ's burst mode)."""
-    from rq import SimpleWorker
-
-    from livedoc import jobs
-
-    worker = SimpleWorker([jobs.queue(connection, queue_name)], connection=connection,
-                          serializer=jobs.SERIALIZER)
-    worker.work(burst=True, with_scheduler=False)
 
 
 @pytest.fixture(scope="session")
@@ -222,6 +191,24 @@ def make_stack(redis_url, tmp_path):
         stack.stop()
     conn.flushdb()
     conn.connection_pool.disconnect()
+
+
+@pytest.fixture
+def flag_conn(make_stack):
+    """Factory of the Redis client of make_stack's stacks, for the real-time flags; override cleared after."""
+    conn = None
+
+    def get(stack) -> Redis:
+        nonlocal conn
+        conn = conn or connect(stack.redis_url)
+        return conn
+
+    yield get
+    if conn is not None:
+        from livedoc import flags
+
+        flags.clear_override(conn)
+        conn.connection_pool.disconnect()
 
 
 @pytest.fixture

@@ -86,16 +86,26 @@ def template() -> str:
         return _template
 
 
+def _new_postgres(prefix: str, template_name: str | None = None) -> str:
+    """Create a PostgreSQL database of this process (a copy of template_name, when given); its URL."""
+    name = f"livedoc_{prefix}{os.getpid()}_{next(_counter)}"
+    admin_execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template_name}" if template_name else ""))
+    return _with_database(server_url(), name)
+
+
+def _sqlite_file(directory: Path | None) -> Path:
+    """Where a new SQLite database goes: livedoc.db in `directory` (created), else in a fresh one."""
+    directory = Path(directory) if directory else _tmp_dir() / f"db{next(_counter)}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / "livedoc.db"
+
+
 def fresh(directory: Path | None = None) -> str:
     """The URL of a new, migrated, empty database (in `directory` on SQLite)."""
     source = template()
     if is_postgres():
-        name = f"livedoc_t{os.getpid()}_{next(_counter)}"
-        admin_execute(f"CREATE DATABASE {name} TEMPLATE {source.rpartition('/')[2]}")
-        return _with_database(server_url(), name)
-    directory = Path(directory) if directory else _tmp_dir() / f"db{next(_counter)}"
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / "livedoc.db"
+        return _new_postgres("t", source.rpartition("/")[2])
+    target = _sqlite_file(directory)
     shutil.copyfile(source.removeprefix("sqlite:///"), target)
     return f"sqlite:///{target}"
 
@@ -103,9 +113,5 @@ def fresh(directory: Path | None = None) -> str:
 def empty(directory: Path | None = None) -> str:
     """The URL of a new database with no tables at all (not migrated)."""
     if is_postgres():
-        name = f"livedoc_e{os.getpid()}_{next(_counter)}"
-        admin_execute(f"CREATE DATABASE {name}")
-        return _with_database(server_url(), name)
-    directory = Path(directory) if directory else _tmp_dir() / f"db{next(_counter)}"
-    directory.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{directory / 'livedoc.db'}"
+        return _new_postgres("e")
+    return f"sqlite:///{_sqlite_file(directory)}"

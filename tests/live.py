@@ -47,9 +47,10 @@ class Proc:
         self.popen: subprocess.Popen | None = None
 
     def start(self) -> Proc:
-        log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        # The child writes to its own copy of the descriptor; this process's copy is closed at once.
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def send(self, sig: int) -> None:

@@ -27,6 +27,13 @@ FILLER = ("The quick brown fox jumps over the lazy dog while the committee revie
 FLAT = {"docx": "fodt", "odt": "fodt", "pptx": "fodp", "xlsx": "fods"}
 
 
+def _document(kind: str, body: str, styles: str = "") -> str:
+    """A flat OpenDocument of a kind (text, presentation, spreadsheet) around its body's content."""
+    return (f'<?xml version="1.0" encoding="UTF-8"?><office:document {NS} office:version="1.2" '
+            f'office:mimetype="application/vnd.oasis.opendocument.{kind}">{styles}'
+            f'<office:body><office:{kind}>{body}</office:{kind}></office:body></office:document>')
+
+
 def _text(words: list[str]) -> str:
     styles = ('<office:automatic-styles><style:style style:name="brk" style:family="paragraph">'
               '<style:paragraph-properties fo:break-before="page"/></style:style></office:automatic-styles>')
@@ -35,9 +42,7 @@ def _text(words: list[str]) -> str:
         style = ' text:style-name="brk"' if i else ""
         body.append(f"<text:h{style} text:outline-level=\"1\">{escape(word)} heading</text:h>")
         body += [f"<text:p>{FILLER * 3}</text:p>" for _ in range(3)]
-    return (f'<?xml version="1.0" encoding="UTF-8"?><office:document {NS} office:version="1.2" '
-            f'office:mimetype="application/vnd.oasis.opendocument.text">{styles}'
-            f'<office:body><office:text>{"".join(body)}</office:text></office:body></office:document>')
+    return _document("text", "".join(body), styles)
 
 
 def _slides(words: list[str]) -> str:
@@ -46,9 +51,7 @@ def _slides(words: list[str]) -> str:
         pages.append(f'<draw:page draw:name="s{i + 1}"><draw:frame svg:x="2cm" svg:y="2cm" svg:width="20cm" '
                      f'svg:height="3cm"><draw:text-box><text:p>{escape(word)} slide title</text:p>'
                      f'<text:p>{FILLER}</text:p></draw:text-box></draw:frame></draw:page>')
-    return (f'<?xml version="1.0" encoding="UTF-8"?><office:document {NS} office:version="1.2" '
-            f'office:mimetype="application/vnd.oasis.opendocument.presentation"><office:body>'
-            f'<office:presentation>{"".join(pages)}</office:presentation></office:body></office:document>')
+    return _document("presentation", "".join(pages))
 
 
 def _sheets(words: list[str]) -> str:
@@ -57,9 +60,7 @@ def _sheets(words: list[str]) -> str:
         rows = f"<table:table-row><table:table-cell><text:p>{escape(word)} cell</text:p></table:table-cell>" \
                f"<table:table-cell><text:p>{i + 1}</text:p></table:table-cell></table:table-row>"
         tables.append(f'<table:table table:name="Sheet{i + 1}">{rows}</table:table>')
-    return (f'<?xml version="1.0" encoding="UTF-8"?><office:document {NS} office:version="1.2" '
-            f'office:mimetype="application/vnd.oasis.opendocument.spreadsheet"><office:body>'
-            f'<office:spreadsheet>{"".join(tables)}</office:spreadsheet></office:body></office:document>')
+    return _document("spreadsheet", "".join(tables))
 
 
 def make(kind: str, words: list[str], dest: Path) -> Path:

@@ -47,8 +47,10 @@ class SentinelGroup:
         return f"redis+sentinel://{hosts}/{MASTER}/0"
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = open(self.base / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # The child writes to its own copy of the descriptor; this process's copy is closed at once.
+        with open(self.base / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
 
     def start(self) -> SentinelGroup:
         self.base.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import io
 
 from livedoc import progress
-from tests.conftest import run_jobs
 from tests.pdfgen import make_pdf
+from tests.support.app import run_jobs
 
 PDF = make_pdf(["first page", "second page", "third page"])
 
@@ -43,11 +43,12 @@ def test_upload_returns_urls_and_converts(client, users, redis_conn):
 
     doc = client.get(f"/api/documents/{doc_id}", headers=_auth(token)).get_json()
     assert [p["n"] for p in doc["pages"]] == [1, 2, 3]
-    image = client.get(doc["pages"][1]["image"], headers=_auth(token))
-    assert image.status_code == 200 and image.mimetype == "image/jpeg"
-    assert image.data[:3] == b"\xff\xd8\xff"
-    text = client.get(doc["pages"][1]["text"], headers=_auth(token))
-    assert "second page" in text.get_data(as_text=True)
+    # Closed after use: a file response holds its file open until then.
+    with client.get(doc["pages"][1]["image"], headers=_auth(token)) as image:
+        assert image.status_code == 200 and image.mimetype == "image/jpeg"
+        assert image.data[:3] == b"\xff\xd8\xff"
+    with client.get(doc["pages"][1]["text"], headers=_auth(token)) as text:
+        assert "second page" in text.get_data(as_text=True)
 
     listing = client.get("/api/documents", headers=_auth(token)).get_json()
     assert [(d["id"], d["progress"]["state"]) for d in listing["documents"]] == [(doc_id, "complete")]

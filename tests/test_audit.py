@@ -40,6 +40,6 @@ def test_login_upload_denied_lines(app, client, users, caplog, storage_dir):
 
 
 def _csrf(client) -> str:
-    from tests.conftest import csrf_from
+    from tests.support.app import csrf_from
 
     return csrf_from(client.get("/documents").get_data(as_text=True))

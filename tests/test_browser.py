@@ -1,6 +1,6 @@
 """The app as a person uses it: Playwright (sync API) driving Debian chromium against real processes.
 
-Every test starts its own deployment with `make_stack` (gunicorn gevent, Redis, no worker) and starts
+Every test starts its own deployment (the `stack` fixture: gunicorn gevent, Redis, no worker) and starts
 the worker only when the conversion should begin, so what the browser sees is deterministic. PDFs are
 rendered at 250 DPI so that a few dozen pages take long enough for the progress bar to move visibly.
 
@@ -12,25 +12,20 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page, expect
+from rq.job import Job
 
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("Debian chromium is not installed at /usr/bin/chromium", allow_module_level=True)
+from livedoc import flags, jobs, progress
+from tests.live import password_for
+from tests.pdfgen import make_pdf
+from tests.support import ROOT
+from tests.support.browser import assert_not_reloaded, login, mark_page
 
-from playwright.sync_api import Page, expect  # noqa: E402
-from rq.job import Job  # noqa: E402
+# Sixty-page conversions at 250 DPI watched to the end, some across a server restart.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-from livedoc import flags, jobs, progress  # noqa: E402
-from livedoc.redis_client import connect  # noqa: E402
-from tests.browser_support import login  # noqa: E402
-from tests.live import password_for  # noqa: E402
-from tests.pdfgen import make_pdf  # noqa: E402
-
-pytestmark = pytest.mark.browser
-
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SETTINGS = {"RENDER_DPI": "250"}
 PAGES = 60
@@ -59,7 +54,6 @@ RECORDER = """() => {
   snap();
   new MutationObserver(snap).observe($('#viewer'), {subtree: true, childList: true, attributes: true,
                                                      characterData: true});
-  window.__marker = 1;  // gone if the page ever reloads or navigates
 }"""
 
 FOCUS_STYLE = """() => {
@@ -72,19 +66,9 @@ FOCUS_STYLE = """() => {
 
 # -- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture
-def stack_conn(make_stack):
-    """A Redis client for stacks made by make_stack (database 2); real-time override cleared after."""
-    holder = {}
-
-    def get(stack):
-        if "conn" not in holder:
-            holder["conn"] = connect(stack.redis_url)
-        return holder["conn"]
-
-    yield get
-    if "conn" in holder:
-        flags.clear_override(holder["conn"])
-        holder["conn"].connection_pool.disconnect()
+def stack(make_stack):
+    """This module's deployment: a web server only, until the test starts the worker."""
+    return make_stack(**SETTINGS)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -105,10 +89,19 @@ def upload(page: Page, data: bytes, name: str = "report.pdf") -> str:
     return DOC_URL.search(page.url).group(1)
 
 
+def watch_upload(page: Page, data: bytes, name: str) -> str:
+    """Upload through the form, wait for the viewer's live connection and record what it shows."""
+    doc_id = upload(page, data, name)
+    wait_connection(page, "live")
+    record(page)
+    return doc_id
+
+
 def record(page: Page) -> None:
     """Start recording what the viewer shows (after its script has started)."""
     page.wait_for_function("() => !!window.livedoc")
     page.evaluate(RECORDER)
+    mark_page(page)
 
 
 def recorded(page: Page) -> dict:
@@ -117,10 +110,6 @@ def recorded(page: Page) -> dict:
 
 def wait_connection(page: Page, state: str, timeout: float = 15_000) -> None:
     expect(page.locator("#connection")).to_have_attribute("data-state", state, timeout=timeout)
-
-
-def assert_not_reloaded(page: Page) -> None:
-    assert page.evaluate("() => window.__marker") == 1, "the page reloaded or navigated"
 
 
 def assert_complete_with_pages(page: Page, pages: int, timeout: float = 60_000) -> None:
@@ -168,8 +157,7 @@ def tab_to(page: Page, selector: str, limit: int = 40, every_stop_visible: bool 
 
 
 # -- 1. the happy path ------------------------------------------------------------------------------
-def test_upload_shows_live_progress_then_pages_without_reload(make_stack, open_context, console):
-    stack = make_stack(**SETTINGS)
+def test_upload_shows_live_progress_then_pages_without_reload(stack, open_context, console):
     stack.user("alice")
     # Reduced motion: the bar's width is not animated, so the screenshots show the exact value.
     page = open_context(stack, "alice", reduced_motion="reduce").new_page()
@@ -234,14 +222,9 @@ def test_upload_shows_live_progress_then_pages_without_reload(make_stack, open_c
 
 
 # -- 2. failures ------------------------------------------------------------------------------------
-def test_corrupt_pdf_shows_message_without_retry(make_stack, open_context, console):
-    stack = make_stack(**SETTINGS)
-    stack.user("bea")
-    page = open_context(stack, "bea").new_page()
-    login(page, "bea")
-    upload(page, CORRUPT_PDF, "broken.pdf")
-    wait_connection(page, "live")
-    record(page)
+def test_corrupt_pdf_shows_message_without_retry(stack, signed_in, console):
+    page = signed_in(stack, "bea")
+    watch_upload(page, CORRUPT_PDF, "broken.pdf")
     stack.start_worker()
 
     expect(page.locator("#viewer")).to_have_attribute("data-state", "failed", timeout=30_000)
@@ -260,16 +243,11 @@ def test_corrupt_pdf_shows_message_without_retry(make_stack, open_context, conso
     console.assert_clean()
 
 
-def test_retryable_failure_offers_retry_and_the_retry_completes(make_stack, open_context, console,
-                                                                 stack_conn):
-    stack = make_stack(**SETTINGS)
-    conn = stack_conn(stack)
-    stack.user("cyd")
-    page = open_context(stack, "cyd").new_page()
-    login(page, "cyd")
-    doc_id = upload(page, SMALL_PDF, "three.pdf")
-    wait_connection(page, "live")
-    record(page)
+def test_retryable_failure_offers_retry_and_the_retry_completes(stack, signed_in, console,
+                                                                 flag_conn):
+    conn = flag_conn(stack)
+    page = signed_in(stack, "cyd")
+    doc_id = watch_upload(page, SMALL_PDF, "three.pdf")
 
     fail_like_a_dead_worker(stack, conn, doc_id)
     expect(page.locator("#viewer")).to_have_attribute("data-state", "failed")
@@ -296,17 +274,14 @@ def test_retryable_failure_offers_retry_and_the_retry_completes(make_stack, open
 
 
 # -- 3. real-time switched off or changed at runtime ------------------------------------------------
-def test_realtime_off_at_runtime_viewer_completes_by_polling(make_stack, open_context, console,
-                                                             stack_conn):
-    stack = make_stack(**SETTINGS)
-    conn = stack_conn(stack)
+def test_realtime_off_at_runtime_viewer_completes_by_polling(stack, open_context, console,
+                                                             flag_conn):
+    conn = flag_conn(stack)
     stack.user("dan")
     ctx = open_context(stack, "dan")
     page = ctx.new_page()
     login(page, "dan")
-    doc_id = upload(page, SMALL_PDF, "three.pdf")
-    wait_connection(page, "live")
-    record(page)
+    doc_id = watch_upload(page, SMALL_PDF, "three.pdf")
     try:
         flags.set_override(conn, mode="off")  # the operator's rollback, with the page open
         wait_connection(page, "polling", timeout=5_000)
@@ -327,43 +302,35 @@ def test_realtime_off_at_runtime_viewer_completes_by_polling(make_stack, open_co
     console.assert_clean()
 
 
-def test_admin_mode_switch_reaches_every_open_viewer(make_stack, open_context, console, stack_conn):
-    stack = make_stack(**SETTINGS)
-    conn = stack_conn(stack)
+def test_admin_mode_switch_reaches_every_open_viewer(stack, open_context, console, flag_conn):
+    conn = flag_conn(stack)
     viewers = []
     for name in ("eve", "fay"):
         stack.user(name)
         page = open_context(stack, name).new_page()
         login(page, name)
-        upload(page, SMALL_PDF, f"{name}.pdf")
-        wait_connection(page, "live")
-        record(page)
+        watch_upload(page, SMALL_PDF, f"{name}.pdf")
         viewers.append(page)
     stack.user("root", admin=True)
     admin = open_context(stack, "root").new_page()
     login(admin, "root")
 
-    def switch(mode: str) -> None:
+    def switch(mode: str, transport: str, state: str, timeout: float) -> float:
+        """Set the mode on the admin page; seconds until every viewer's connection is in state."""
+        t0 = time.monotonic()
         admin.goto("/admin/")
         admin.check(f"input[name=mode][value={mode}]")
         admin.click("form[action$='/admin/realtime'] button[type=submit]")
         expect(admin.locator(".flash")).to_have_text(f"Real-time mode set to {mode}.")
+        expect(admin.locator("#flags-transport")).to_have_text(transport)
+        for page in viewers:
+            wait_connection(page, state, timeout=timeout)
+        return time.monotonic() - t0
 
     try:
-        t0 = time.monotonic()
-        switch("poll")
-        expect(admin.locator("#flags-transport")).to_have_text("poll")
-        for page in viewers:
-            wait_connection(page, "polling", timeout=5_000)
-        down = time.monotonic() - t0
-
-        t0 = time.monotonic()
-        switch("default")
-        expect(admin.locator("#flags-transport")).to_have_text("sse")
+        down = switch("poll", "poll", "polling", 5_000)
         # Climbing back waits a jittered quiet period (5–15 s here) so a crowd does not stampede.
-        for page in viewers:
-            wait_connection(page, "live", timeout=45_000)
-        up = time.monotonic() - t0
+        up = switch("default", "sse", "live", 45_000)
         print(f"viewers followed the switch down in {down:.1f} s and back up in {up:.1f} s")
         for page in viewers:
             conns = recorded(page)["conn"]
@@ -379,14 +346,9 @@ def test_admin_mode_switch_reaches_every_open_viewer(make_stack, open_context, c
 
 
 # -- 4. server restart ------------------------------------------------------------------------------
-def test_server_restart_mid_conversion_is_survived_without_reload(make_stack, open_context, console):
-    stack = make_stack(**SETTINGS)
-    stack.user("gus")
-    page = open_context(stack, "gus").new_page()
-    login(page, "gus")
-    upload(page, BIG_PDF, "restart.pdf")
-    wait_connection(page, "live")
-    record(page)
+def test_server_restart_mid_conversion_is_survived_without_reload(stack, signed_in, console):
+    page = signed_in(stack, "gus")
+    watch_upload(page, BIG_PDF, "restart.pdf")
     # While the server is away the browser reports its failed connection attempts. The stream cut
     # at the old server's graceful timeout was a bug, pinned by the test below.
     console.allow(r"net::ERR_CONNECTION_(REFUSED|RESET)|net::ERR_EMPTY_RESPONSE"
@@ -405,11 +367,8 @@ def test_server_restart_mid_conversion_is_survived_without_reload(make_stack, op
     console.assert_clean()
 
 
-def test_graceful_stop_ends_every_open_stream_at_once(make_stack, open_context, console):
-    stack = make_stack(**SETTINGS)
-    stack.user("ike")
-    page = open_context(stack, "ike").new_page()
-    login(page, "ike")
+def test_graceful_stop_ends_every_open_stream_at_once(stack, signed_in, console):
+    page = signed_in(stack, "ike")
     upload(page, SMALL_PDF, "three.pdf")
     wait_connection(page, "live")
     console.allow(r"net::ERR_CONNECTION_(REFUSED|RESET)|net::ERR_EMPTY_RESPONSE")
@@ -417,16 +376,15 @@ def test_graceful_stop_ends_every_open_stream_at_once(make_stack, open_context, 
     t0 = time.monotonic()
     stack.webs[0].stop()
     took = time.monotonic() - t0
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(500)  # a window for a cut stream's console error to arrive, so a fixed wait
     print(f"the old server took {took:.1f} s to stop")
     console.assert_clean()  # no stream cut mid-chunk (net::ERR_INCOMPLETE_CHUNKED_ENCODING)
     assert took < 5, f"an open stream kept the stopping server alive for {took:.1f} s"
 
 
 # -- 5. keyboard only -------------------------------------------------------------------------------
-def test_keyboard_only_login_upload_view_and_retry(make_stack, open_context, console, stack_conn):
-    stack = make_stack(**SETTINGS)
-    conn = stack_conn(stack)
+def test_keyboard_only_login_upload_view_and_retry(stack, open_context, console, flag_conn):
+    conn = flag_conn(stack)
     stack.user("hal")
     page = open_context(stack, "hal").new_page()
     page.goto("/login")

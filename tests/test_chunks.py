@@ -17,6 +17,7 @@ from livedoc import jobs, progress
 from livedoc.redis_client import connect
 from tests.live import api
 from tests.pdfgen import make_pdf
+from tests.support import wait_for
 
 pytestmark = pytest.mark.live
 
@@ -50,7 +51,9 @@ class Events:
         while time.monotonic() < deadline:
             got = self.by_job.get(job_id, [])
             if got and progress.is_terminal(got[-1]):
-                time.sleep(0.5)  # anything published after the end would be a defect: give it a chance
+                # A window in which nothing may happen, so a fixed wait: anything published after
+                # the end would be a defect.
+                time.sleep(0.5)
                 self.stop = True
                 self.thread.join(5)
                 return list(self.by_job[job_id])
@@ -73,9 +76,7 @@ def _assert_contract(events: list[dict], pages: int) -> None:
 def _start_workers(stack, count: int, conn: Redis) -> None:
     for _ in range(count):
         stack.start_worker()
-    deadline = time.monotonic() + 30
-    while len(Worker.all(connection=conn)) < count and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: len(Worker.all(connection=conn)) >= count, 30, what=f"{count} workers registered")
     assert len(Worker.all(connection=conn)) == count
 
 
@@ -159,17 +160,17 @@ def _horses(pid: int) -> list[int]:
 
 
 def _worker_running_a_chunk(stack, conn: Redis, job_id: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def running():
         for worker in Worker.all(connection=conn):
             current = worker.get_current_job_id()
             if current and current.startswith(f"{job_id}-a1-c"):
-                proc = next(p for p in stack.workers if p.popen.pid == worker.pid)
-                return proc, current
-        time.sleep(0.05)
-    raise AssertionError("no worker picked up a chunk")
+                return next(p for p in stack.workers if p.popen.pid == worker.pid), current
+        return None
+
+    return wait_for(running, timeout, 0.05, what="a worker running a chunk")
 
 
+@pytest.mark.timeout(300)  # the killed chunk is taken over only after its lease runs out
 def test_a_chunk_whose_worker_is_killed_is_taken_over(stack_conn):
     stack, conn = stack_conn(RENDER_DPI="250", CHUNK_LEASE="3")
     _start_workers(stack, 2, conn)
@@ -178,7 +179,12 @@ def test_a_chunk_whose_worker_is_killed_is_taken_over(stack_conn):
     body = _upload(session, stack.base_url)
     job_id = _doc_job(conn, body["id"])
     proc, chunk_job = _worker_running_a_chunk(stack, conn, job_id)
-    time.sleep(1.0)  # mid-chunk: some of its pages are stored
+    # Mid-chunk: some pages of its range are stored (chunk c<i> renders pages i*CHUNK+1 to (i+1)*CHUNK).
+    index = int(chunk_job.rsplit("-c", 1)[1])
+    stored = stack.dir / "storage" / body["id"] / "a1"
+    wait_for(lambda: any((stored / f"page-{n:04d}.jpg").exists()
+                         for n in range(index * CHUNK + 1, (index + 1) * CHUNK + 1)), 60, 0.05,
+             what=f"a page of chunk {index} stored")
     for horse in _horses(proc.popen.pid):
         os.killpg(horse, signal.SIGKILL)
     proc.popen.send_signal(signal.SIGKILL)
@@ -199,12 +205,11 @@ def test_deleting_a_long_document_stops_every_chunk(stack_conn):
     job_id = _doc_job(conn, body["id"])
     _worker_running_a_chunk(stack, conn, job_id)
     assert session.delete(f"{stack.base_url}/api/documents/{body['id']}", timeout=10).status_code == 204
-    deadline = time.monotonic() + 30
     registry = StartedJobRegistry(jobs.queue(conn, "livedoc").name, connection=conn)
-    while time.monotonic() < deadline and (registry.get_job_ids() or any(
-            w.get_current_job_id() for w in Worker.all(connection=conn))):
-        time.sleep(0.1)
-    assert not registry.get_job_ids() and not any(w.get_current_job_id() for w in Worker.all(connection=conn))
-    time.sleep(1.0)
-    assert not (stack.dir / "storage" / body["id"]).exists(), "a chunk left files of a deleted document"
+    wait_for(lambda: not registry.get_job_ids() and not any(w.get_current_job_id()
+                                                            for w in Worker.all(connection=conn)),
+             30, what="every chunk stopped")
+    # The last horse to stop removes what it stored meanwhile (it waits at most 5 s for the others).
+    wait_for(lambda: not (stack.dir / "storage" / body["id"]).exists(), 10,
+             what="no file of the deleted document left")
     assert session.get(f"{stack.base_url}/api/documents/{body['id']}", timeout=10).status_code == 404

@@ -13,7 +13,7 @@ from livedoc.progress import ProgressWriter
 from livedoc.redis_client import connect
 from tests.live import api
 from tests.pdfgen import make_pdf
-from tests.test_live import upload
+from tests.support.streams import upload
 
 pytestmark = pytest.mark.live
 

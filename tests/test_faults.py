@@ -1,10 +1,9 @@
-"""Faults injected into real processes (issue C.5): Redis, rq workers and gunicorn die or restart
-while a document converts and viewers watch it over SSE.
+"""Faults injected into real processes: Redis, rq workers and gunicorn die or restart while a
+document converts and viewers watch it over SSE. A deployment meets them in production sooner or
+later, and a viewer must never be left on a wrong final state by one.
 
 Every test runs its own stack; tests that restart Redis run their own redis-server too. Viewers are
-threads that behave like EventSource plus static/livedoc.js: they keep the last event id, send it as
-Last-Event-ID when they reconnect, wait the server's `retry:` between attempts, ignore events whose
-seq is not newer than what they already applied, and stop at the first newer complete/error event.
+threads (tests/support/streams.py Viewer) that behave like EventSource plus static/js/feed.js.
 A viewer ends on the true final state when that last event has the state and seq that
 GET /api/documents/<id>/status reports once the document is terminal and stays so.
 
@@ -18,7 +17,7 @@ stopping server (StreamHub.close_all covers later connections too).
 """
 from __future__ import annotations
 
-import json
+import functools
 import os
 import signal
 import socket
@@ -37,15 +36,19 @@ from redis.exceptions import RedisError
 
 from livedoc import progress
 from livedoc.redis_client import connect
-from tests.live import Proc, Stack, api, sse_events
+from tests import support
+from tests.live import Proc, Stack, api
 from tests.pdfgen import make_pdf
-from tests.test_live import upload
+from tests.support import TRANSIENT
+from tests.support.streams import Viewer, settled_status, slow_pdf, upload
 
-pytestmark = pytest.mark.faults
+# Each test kills and restarts processes and waits out their grace periods: minutes, not seconds.
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
-TERMINAL = ("complete", "failed")
 # No stream or status request of these tests may be refused by the connection limits.
 SETTINGS = {"RATELIMIT_STREAM": "100000 per minute", "MAX_STREAMS_PER_USER": "1000"}
+# Every wait here rides over the refused connections and missing keys of processes being killed.
+wait_for = functools.partial(support.wait_for, ignore=TRANSIENT)
 PROMPT = 3.0  # seconds: "promptly", well under GRACEFUL_TIMEOUT (10 s)
 
 
@@ -104,20 +107,6 @@ def _tally_report(request):
     yield
     if os.environ.get("FAULTS_REPORT"):
         Path(os.environ["FAULTS_REPORT"]).write_text(TALLY.report() + "\n")
-
-
-def wait_for(predicate, timeout=10.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (requests.RequestException, ValueError, KeyError, RedisError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s (last value: {value!r})")
 
 
 # -- processes ---------------------------------------------------------------------------------------
@@ -206,110 +195,8 @@ def own_db(redis_url):
 
 
 # -- viewers -----------------------------------------------------------------------------------------
-class Viewer(threading.Thread):
-    """An EventSource-like SSE client in a thread (one browser: its own HTTP connection pool)."""
-
-    def __init__(self, name: str, token: str, bases, events_url: str, deadline: float = 120,
-                 read_timeout: float = 5.0):
-        super().__init__(name=name, daemon=True)
-        self.session = api(token)
-        self.bases = bases if callable(bases) else (lambda: bases)
-        self.events_url = events_url
-        self.deadline = time.monotonic() + deadline
-        self.read_timeout = read_timeout
-        self.retry = 3.0
-        self.last_id: str | None = None
-        self.seq = 0
-        self.applied: list[dict] = []
-        self.received: list[tuple[float, dict]] = []  # (wall-clock time of arrival, progress)
-        self.ignored: list[dict] = []  # events whose seq was not above the newest applied one
-        self.connects = 0
-        self.connected = False
-        self.stream_ends: list[float] = []  # monotonic times at which an open stream ended
-        self.failures: list[str] = []
-        self.final: dict | None = None
-        self.stopped = threading.Event()
-        self.opened = threading.Event()
-
-    @property
-    def latest(self) -> dict | None:
-        return self.applied[-1] if self.applied else None
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.is_set() and time.monotonic() < self.deadline:
-                if self._connect_once():
-                    return
-                time.sleep(self.retry)
-        finally:
-            self.session.close()
-
-    def _connect_once(self) -> bool:
-        """One connection; True when the viewer is done (terminal event, or a 204)."""
-        headers = {"Accept": "text/event-stream"}
-        if self.last_id is not None:
-            headers["Last-Event-ID"] = self.last_id
-        try:
-            resp = self.session.get(self.bases() + self.events_url, headers=headers, stream=True,
-                                    timeout=(3, self.read_timeout))
-        except requests.RequestException as exc:
-            self.failures.append(type(exc).__name__)
-            return False
-        if resp.status_code != 200:
-            self.failures.append(str(resp.status_code))
-            resp.close()
-            return resp.status_code == 204  # EventSource gives up for good on a 204
-        self.connects += 1
-        self.connected = True
-        self.opened.set()
-        try:
-            for msg in sse_events(resp, until_terminal=False):
-                if "retry" in msg:
-                    self.retry = int(msg["retry"]) / 1000
-                if "id" in msg:
-                    self.last_id = msg["id"]
-                if msg.get("event") in ("progress", "complete", "error") and "data" in msg:
-                    prog = json.loads(msg["data"])
-                    self.received.append((time.time(), prog))
-                    if prog["seq"] <= self.seq:
-                        self.ignored.append(prog)  # livedoc.js drops it as a replay
-                        continue
-                    self.seq = prog["seq"]
-                    self.applied.append(prog)
-                    if prog["state"] in TERMINAL:
-                        self.final = prog
-                        return True
-                if self.stopped.is_set():
-                    return True
-        except (requests.RequestException, OSError):
-            self.failures.append("read")
-        finally:
-            self.connected = False
-            self.stream_ends.append(time.monotonic())
-            resp.close()
-        return False
-
-    def finish(self, timeout: float) -> dict | None:
-        self.join(timeout)
-        self.stopped.set()
-        return self.final
-
-
 def viewers_done(viewers: list[Viewer]) -> bool:
     return all(not v.is_alive() for v in viewers)
-
-
-def settled_status(session: requests.Session, base: str, body: dict, timeout: float = 60) -> dict:
-    """The document's status once it is terminal and stays so: the true final state."""
-    def terminal():
-        status = session.get(base + body["status_url"], timeout=5).json()
-        return status if status["state"] in TERMINAL else None
-
-    first = wait_for(terminal, timeout, 0.25, what=f"document {body['id']} terminal")
-    time.sleep(1.0)  # anything still moving would change seq within a poll interval or two
-    again = session.get(base + body["status_url"], timeout=5).json()
-    assert (again["state"], again["seq"]) == (first["state"], first["seq"]), (first, again)
-    return again
 
 
 def on_truth(test: str, viewers: list[Viewer], truth: dict | None) -> list[str]:
@@ -328,13 +215,27 @@ def on_truth(test: str, viewers: list[Viewer], truth: dict | None) -> list[str]:
     return wrong
 
 
-def slow_pdf(pages: int) -> bytes:
-    return make_pdf([f"Page {i} of a long document\n" + "text " * 40 for i in range(1, pages + 1)])
-
-
 def rendering_page(viewer: Viewer, page: int) -> bool:
     latest = viewer.latest
     return bool(latest) and latest["stage"] == "rendering" and latest["page"] >= page
+
+
+def watch_rendering(stack: Stack, viewers: list[Viewer], page: int) -> None:
+    """Start the viewers, then a worker, and wait until every viewer has seen that page rendering."""
+    for v in viewers:
+        v.start()
+    for v in viewers:
+        assert v.opened.wait(10)
+    stack.start_worker()
+    wait_for(lambda: all(rendering_page(v, page) for v in viewers), 40, what=f"rendering page {page}")
+
+
+def sigterm_ends_streams(web: Proc, viewers: list[Viewer]) -> tuple[float, float]:
+    """SIGTERM to a gunicorn master: (its monotonic time, seconds until every open stream had ended)."""
+    term = time.monotonic()
+    web.send(signal.SIGTERM)
+    wait_for(lambda: all(v.stream_ends for v in viewers), 10, 0.02, what="streams end on SIGTERM")
+    return term, max(v.stream_ends[0] for v in viewers) - term
 
 
 def rq_status(conn: Redis, job_id: str) -> str | None:
@@ -386,7 +287,7 @@ def _redis_restart(tmp_path, test: str, persistent: bool, worker_args: tuple[str
         redis.kill(signal.SIGKILL)
         during = Viewer("opened-during-outage", token, stack.base_url, body["events_url"])
         during.start()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the length of the outage, not a wait for something
         redis.start()
         restarted = time.monotonic()
         # A page that saw everything up to the outage and reconnects now (EventSource after a
@@ -557,18 +458,10 @@ def test_web_restarted_and_recycled(tmp_path, own_db):
         body = upload(s, stack.base_url, slow_pdf(250))
         viewers = [Viewer(f"viewer{i}", token, stack.base_url, body["events_url"], deadline=150)
                    for i in range(3)]
-        for v in viewers:
-            v.start()
-        for v in viewers:
-            assert v.opened.wait(10)
-        stack.start_worker()
-        wait_for(lambda: all(rendering_page(v, 5) for v in viewers), 40, what="rendering page 5")
+        watch_rendering(stack, viewers, 5)
 
         # Stop (SIGTERM to the master) and start again on the same port.
-        term = time.monotonic()
-        web.send(signal.SIGTERM)
-        wait_for(lambda: all(v.stream_ends for v in viewers), 10, 0.02, what="streams end on SIGTERM")
-        term_ends = max(v.stream_ends[0] for v in viewers) - term
+        term, term_ends = sigterm_ends_streams(web, viewers)
         web.popen.wait(15)
         down = time.monotonic() - term
         page_at_restart = max(v.latest["page"] for v in viewers)
@@ -712,15 +605,8 @@ def test_sigterm_moves_streams_to_another_server(tmp_path, own_db):
         for v in viewers:
             # A load balancer's choice: server 0 until it ends a stream on shutdown, then server 1.
             v.bases = lambda v=v: stack.url(1 if v.stream_ends else 0)
-            v.start()
-        for v in viewers:
-            assert v.opened.wait(10)
-        stack.start_worker()
-        wait_for(lambda: all(rendering_page(v, 10) for v in viewers), 40, what="rendering page 10")
-        term = time.monotonic()
-        doomed.send(signal.SIGTERM)
-        wait_for(lambda: all(v.stream_ends for v in viewers), 10, 0.02, what="streams end on SIGTERM")
-        ended = max(v.stream_ends[0] for v in viewers) - term
+        watch_rendering(stack, viewers, 10)
+        _, ended = sigterm_ends_streams(doomed, viewers)
         for v in viewers:
             v.finish(60)
         truth = settled_status(s, stack.url(1), body, 10)
@@ -747,6 +633,7 @@ def test_stream_reopened_on_a_dying_server_ends_promptly(tmp_path, own_db):
         term = time.monotonic()
         web.send(signal.SIGTERM)
         wait_for(lambda: viewer.stream_ends, 10, 0.02, what="stream ends on SIGTERM")
+        # A window in which no reconnect may stay held by the dying server, so a fixed wait.
         time.sleep(PROMPT + 0.5)
         held = viewer.connected and viewer.connects > 1
         TALLY.fault("dying-server-keepalive", "reconnect over a kept-alive connection to a server on SIGTERM",

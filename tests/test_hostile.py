@@ -161,7 +161,7 @@ def test_a_timed_out_job_is_retried_once(redis_conn, storage_dir, worker_env, mo
     from livedoc import jobs, progress
     from livedoc.ids import new_doc_id
     from livedoc.storage import DocumentFiles, LocalStorage
-    from tests.conftest import run_jobs
+    from tests.support.app import run_jobs
     from workers import convert
 
     calls = []
@@ -170,7 +170,7 @@ def test_a_timed_out_job_is_retried_once(redis_conn, storage_dir, worker_env, mo
         calls.append(1)
         import time
 
-        time.sleep(5)
+        time.sleep(5)  # a converter that runs past JOB_TIMEOUT (1 s)
         return []
 
     monkeypatch.setitem(convert.CONVERTERS, "text", too_slow)

@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 import requests
+from playwright.sync_api import Page, expect
 
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("Debian chromium is not installed at /usr/bin/chromium", allow_module_level=True)
+from livedoc import flags
+from tests.live import api
+from tests.pdfgen import make_pdf
+from tests.support import wait_for
+from tests.support.browser import assert_not_reloaded, login, mark_page
 
-from playwright.sync_api import Page, expect  # noqa: E402
-
-from livedoc import flags  # noqa: E402
-from livedoc.redis_client import connect  # noqa: E402
-from tests.browser_support import login  # noqa: E402
-from tests.live import api  # noqa: E402
-from tests.pdfgen import make_pdf  # noqa: E402
-
-pytestmark = pytest.mark.browser
+# Ten conversions watched to the end, some across a server restart.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 SETTINGS = {"RENDER_DPI": "250"}  # a conversion takes a couple of seconds: progress is visible
 DOCS = 10
@@ -58,7 +54,6 @@ RECORDER = """() => {
   snap();
   new MutationObserver(snap).observe(document.querySelector('#doc-page'),
     {subtree: true, childList: true, attributes: true, characterData: true});
-  window.__marker = 1;  // gone if the page ever reloads or navigates
 }"""
 
 
@@ -66,22 +61,6 @@ RECORDER = """() => {
 @pytest.fixture(params=["sse", "ws"])
 def transport(request) -> str:
     return request.param
-
-
-@pytest.fixture
-def flag_conn(make_stack):
-    """A Redis client on make_stack's database, for the real-time flags; the override is cleared after."""
-    conn = None
-
-    def get(stack):
-        nonlocal conn
-        conn = conn or connect(stack.redis_url)
-        return conn
-
-    yield get
-    if conn is not None:
-        flags.clear_override(conn)
-        conn.connection_pool.disconnect()
 
 
 @pytest.fixture
@@ -155,16 +134,13 @@ def open_list(page: Page, name: str, transport: str) -> None:
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     assert page.evaluate("() => window.livedoc.mode()") == transport
     page.evaluate(RECORDER)
+    mark_page(page)
 
 
 def wait_all_complete(page: Page, n: int, timeout: float = 120_000) -> None:
     page.wait_for_function(f"() => {{ const s = ({ROW_STATES})(); "
                            f"return s.length === {n} && s.every((x) => x === 'complete'); }}",
                            timeout=timeout, polling=100)
-
-
-def assert_not_reloaded(page: Page) -> None:
-    assert page.evaluate("() => window.__marker") == 1, "the page reloaded or navigated"
 
 
 def assert_one_connection(traffic: Traffic, transport: str) -> None:
@@ -207,7 +183,7 @@ def test_ten_conversions_update_live_over_one_connection(deploy, transport, open
             break
         stats = server_stats(stack, admin)
         samples.append((states, stats["connectionsByTransport"], stats["local"]["connectionsByTransport"]))
-        page.wait_for_timeout(300)
+        page.wait_for_timeout(300)  # the sampling period
     wait_all_complete(page, DOCS, timeout=1_000)
     converting = [s for s in samples if "running" in s[0]]
     print(f"{len(samples)} stats samples, {len(converting)} while a row was running; "
@@ -239,7 +215,8 @@ def test_ten_conversions_update_live_over_one_connection(deploy, transport, open
     assert sorted(announced) == sorted(f"doc-{i:02d}.pdf: conversion complete, {PAGES} pages"
                                        for i in range(DOCS)), announced
     expect(page.locator("#connection")).to_have_text("Up to date")
-    # Done: the connection is closed, not left open or reconnecting.
+    # Done: the connection is closed, not left open or reconnecting. A window in which the page must
+    # not reconnect (checked by the traffic below), so a fixed wait.
     page.wait_for_timeout(1500)
     assert server_stats(stack, admin)["connectionsByTransport"] == {}
     assert_one_connection(traffic, transport)
@@ -287,18 +264,17 @@ def test_upload_from_list_joins_the_live_feed(deploy, transport, open_context, c
         assert new_id not in streams[0] and new_id in streams[1]
         assert "cursor=" not in streams[0] and "cursor=" in streams[1]
     assert traffic.single_streams == 0 and traffic.list_polls == 0
-    page.wait_for_timeout(1500)
+    page.wait_for_timeout(1500)  # a window in which the page must not open another connection
     assert server_stats(stack, admin)["connectionsByTransport"] == {}
     assert_not_reloaded(page)
     console.assert_clean()
 
 
-def test_upload_error_is_shown_on_the_list(make_stack, open_context, console):
+def test_upload_error_is_shown_on_the_list(make_stack, signed_in, console):
     stack = make_stack(**SETTINGS)
-    stack.user("cal")
-    page = open_context(stack, "cal").new_page()
-    login(page, "cal")
+    page = signed_in(stack, "cal")
     page.evaluate(RECORDER)
+    mark_page(page)
     console.allow(r"Failed to load resource: the server responded with a status of 4\d\d")
     page.set_input_files("#file", files=[{"name": "notes.exe", "mimeType": "application/octet-stream",
                                           "buffer": b"MZ\x90\x00 not a document"}])
@@ -328,7 +304,8 @@ def test_server_restart_loses_no_final_state(deploy, transport, open_context, co
                            timeout=60_000, polling=50)
     stack.webs[0].stop()
     expect(page.locator("#connection")).not_to_have_attribute("data-state", "live", timeout=15_000)
-    # Conversions go on while the server is away: their final states must still reach the page.
+    # Conversions go on while the server is away: their final states must still reach the page. The
+    # length of the outage, not a wait for something.
     time.sleep(2)
     stack.start_web(port=stack.ports[0])
     wait_all_complete(page, 6, timeout=120_000)
@@ -373,6 +350,7 @@ def test_refused_websocket_falls_back_to_one_sse_stream(make_stack, flag_conn, o
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     assert page.evaluate("() => window.livedoc.mode()") == "sse"
     page.evaluate(RECORDER)
+    mark_page(page)
     stack.start_worker()
     wait_all_complete(page, 3, timeout=90_000)
     # One refused socket, then one stream for the whole list (a second /api/events request here
@@ -399,8 +377,9 @@ def test_operator_switch_moves_the_list_down_and_it_still_completes(make_stack, 
     flags.set_override(conn, websocket=False)
     page.wait_for_function("() => window.livedoc.mode() === 'sse' && window.livedoc.connection() === 'live'",
                            timeout=10_000)
-    page.wait_for_timeout(1500)  # the hub publishes its stats every poll tick
-    assert server_stats(stack, admin)["connectionsByTransport"] == {"sse-multi": 1}
+    # The hub publishes its stats every poll tick.
+    wait_for(lambda: server_stats(stack, admin)["connectionsByTransport"] == {"sse-multi": 1}, 10,
+             what="one multiplexed stream counted")
     assert len(traffic.sockets) == 1 and traffic.multi_streams == 1
 
     flags.set_override(conn, mode="off")

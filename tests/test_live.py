@@ -12,35 +12,11 @@ from livedoc import flags
 from livedoc.redis_client import connect
 from tests.live import api, sse_events
 from tests.pdfgen import make_pdf
+from tests.support.streams import open_stream, poll_until_terminal, upload
 
 pytestmark = pytest.mark.live
 
 BIG_PDF = make_pdf([f"Page {i} of the long test document" for i in range(1, 41)])
-SMALL_PDF = make_pdf(["one", "two", "three"])
-
-
-def upload(session: requests.Session, base: str, data: bytes = SMALL_PDF) -> dict:
-    resp = session.post(f"{base}/api/documents", files={"file": ("doc.pdf", data, "application/pdf")},
-                        timeout=10)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-def poll_until_terminal(session: requests.Session, base: str, body: dict, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = session.get(base + body["status_url"], timeout=10).json()
-        if status["state"] in ("complete", "failed"):
-            return status
-        time.sleep(0.2)
-    raise AssertionError("document did not finish")
-
-
-def open_stream(session, base, body, last_event_id=None, timeout=30):
-    headers = {"Accept": "text/event-stream"}
-    if last_event_id is not None:
-        headers["Last-Event-ID"] = str(last_event_id)
-    return session.get(base + body["events_url"], headers=headers, stream=True, timeout=timeout)
 
 
 def test_sse_streams_ordered_progress_ending_in_complete(live):
@@ -141,7 +117,7 @@ def test_longpoll_returns_early_on_change_and_after_wait_otherwise(paused_stack)
 
     thread = threading.Thread(target=longpoll)
     thread.start()
-    time.sleep(1.0)
+    time.sleep(1.0)  # a window in which the long-poll must not answer, so a fixed wait
     assert thread.is_alive(), "the long-poll waits while nothing changes"
     paused_stack.start_worker()
     thread.join(30)

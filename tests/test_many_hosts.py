@@ -15,10 +15,11 @@ from redis import Redis
 
 from livedoc.redis_client import connect
 from tests.live import Stack, api
-from tests.test_faults import Viewer, settled_status, slow_pdf, wait_for
-from tests.test_live import upload
+from tests.support import wait_for
+from tests.support.streams import Viewer, settled_status, slow_pdf, upload
 
-pytestmark = pytest.mark.live
+# Four processes on one document, one of them stopped halfway: viewers may take up to 150 s.
+pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 
 
 def host(base: Path, name: str) -> tuple[Path, dict[str, str]]:

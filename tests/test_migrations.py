@@ -15,7 +15,7 @@ from alembic.migration import MigrationContext
 
 from livedoc import schema
 from tests import dbs
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 pytestmark = pytest.mark.db
 

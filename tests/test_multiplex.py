@@ -12,8 +12,8 @@ from livedoc import flags, sse
 from livedoc.redis_client import connect
 from tests.live import api, sse_events
 from tests.pdfgen import make_pdf
-from tests.test_live import poll_until_terminal, upload
-from tests.test_scale import wait_for
+from tests.support import wait_for
+from tests.support.streams import poll_until_terminal, upload
 
 PDF = make_pdf(["one", "two", "three", "four"])
 

@@ -20,7 +20,7 @@ from livedoc.ids import new_doc_id
 from livedoc.sniff import sniff
 from livedoc.storage import SOURCE_PDF, DocumentFiles, LocalStorage, hd_name, page_names
 from tests import officegen
-from tests.conftest import run_jobs
+from tests.support.app import run_jobs
 from workers import office, render
 from workers.rqworker import LivedocWorker
 

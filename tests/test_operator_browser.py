@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page, expect
 
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("Debian chromium is not installed at /usr/bin/chromium", allow_module_level=True)
-
-from playwright.sync_api import Page, expect  # noqa: E402
-
-from livedoc import jobs  # noqa: E402
-from tests.browser_support import login  # noqa: E402
-from tests.live import api  # noqa: E402
-from tests.pdfgen import make_pdf  # noqa: E402
+from livedoc import jobs
+from tests.live import api
+from tests.pdfgen import make_pdf
+from tests.support import streams
+from tests.support.browser import login
 
 pytestmark = pytest.mark.browser
 
@@ -33,20 +29,13 @@ CORRUPT_PDF = b"%PDF-1.7\n garbage"
 
 
 def upload(stack, token: str, data: bytes, name: str) -> dict:
-    resp = api(token).post(stack.base_url + "/api/documents", files={"file": (name, data)})
-    assert resp.status_code == 201, resp.text
-    return resp.json()
+    return streams.upload(api(token), stack.base_url, data, name)
 
 
 def wait_state(stack, token: str, doc_id: str, states: set[str], timeout: float = 60) -> dict:
-    session = api(token)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = session.get(f"{stack.base_url}/api/documents/{doc_id}/status").json()
-        if body["state"] in states:
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{doc_id} never reached {states}: {body}\n{stack.logs()}")
+    body = {"id": doc_id, "status_url": f"/api/documents/{doc_id}/status"}
+    return streams.wait_status(api(token), stack.base_url, body, lambda st: st["state"] in states, timeout,
+                               0.1, what=f"one of {sorted(states)}")
 
 
 @pytest.fixture

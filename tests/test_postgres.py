@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests import dbs
 from tests.live import api, sse_events
 from tests.pdfgen import make_pdf
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.db, pytest.mark.live,
               pytest.mark.skipif(not dbs.is_postgres(), reason="needs PostgreSQL (TEST_DATABASE_URL)")]
@@ -47,9 +47,9 @@ def test_open_streams_hold_no_database_connection(make_stack):
             assert next(events) == {"retry": "500"}
             assert next(events)["event"] == "progress"
             streams.append((resp, events))
-        time.sleep(1.0)  # every stream is parked now, past its first event
-        held = [b for b in backends(database) if b[1] == "client backend" and b[0] != "idle"]
-        assert held == []
+        # Every stream is parked past its first event: then none holds a database connection.
+        wait_for(lambda: not [b for b in backends(database) if b[1] == "client backend" and b[0] != "idle"],
+                 10, what="no stream holds a database connection")
         assert len([b for b in backends(database) if b[1] == "client backend"]) <= 2
         # The pool is free for everyone else while the streams stay open.
         listing = s.get(f"{stack.base_url}/api/documents", timeout=10)

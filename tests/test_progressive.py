@@ -9,12 +9,13 @@ import json
 import time
 
 import pytest
-import requests
 
 from livedoc import jobs
 from livedoc.redis_client import connect
 from tests.live import api, sse_events
 from tests.pdfgen import make_pdf
+from tests.support import TERMINAL
+from tests.support.streams import upload, wait_status
 
 pytestmark = pytest.mark.live
 
@@ -35,27 +36,11 @@ def slow_stack(make_stack):
     return stack
 
 
-def upload(s: requests.Session, base: str, data: bytes, name: str = "book.pdf") -> dict:
-    resp = s.post(f"{base}/api/documents", files={"file": (name, data, "application/pdf")}, timeout=10)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-def wait_for(s: requests.Session, base: str, body: dict, test, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = s.get(base + body["status_url"], timeout=10).json()
-        if test(status):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"never reached the state wanted: {status}")
-
-
 def test_first_page_is_served_while_the_rest_converts(slow_stack):
     s = api(slow_stack.user("early-reader"))
     base = slow_stack.base_url
     body = upload(s, base, BOOK)
-    status = wait_for(s, base, body, lambda st: st["ready"] >= 1)
+    status = wait_status(s, base, body, lambda st: st["ready"] >= 1)
     assert status["state"] == "running" and status["ready"] < PAGES, status
 
     doc = s.get(f"{base}/api/documents/{body['id']}", timeout=10).json()
@@ -85,7 +70,7 @@ def test_first_page_is_served_while_the_rest_converts(slow_stack):
                                                       {"title": "Chapter 2", "page": 10, "children": []}]},
         {"title": "Part two", "page": 31, "children": []}]
 
-    final = wait_for(s, base, body, lambda st: st["state"] == "complete")
+    final = wait_status(s, base, body, lambda st: st["state"] == "complete")
     assert final["ready"] == final["pages"] == PAGES
     done = s.get(f"{base}/api/documents/{body['id']}", timeout=10).json()
     assert len(done["pages"]) == PAGES
@@ -119,7 +104,7 @@ def test_every_transport_carries_ready_and_a_reconnect_restores_it(slow_stack):
     first_multi = next(json.loads(m["data"]) for m in sse_events(multi, until_terminal=False) if "data" in m)
     multi.close()
     assert first_multi["document_id"] == body["id"] and first_multi["ready"] >= polled["ready"]
-    wait_for(s, base, body, lambda st: st["state"] == "complete")
+    wait_status(s, base, body, lambda st: st["state"] == "complete")
 
 
 def test_search_finds_a_word_on_its_page_and_says_how_much_was_searched(slow_stack):
@@ -127,7 +112,7 @@ def test_search_finds_a_word_on_its_page_and_says_how_much_was_searched(slow_sta
     base = slow_stack.base_url
     body = upload(s, base, BOOK)
     url = f"{base}/api/documents/{body['id']}/search"
-    status = wait_for(s, base, body, lambda st: st["ready"] >= 4)
+    status = wait_status(s, base, body, lambda st: st["ready"] >= 4)
     early = s.get(url, params={"q": "Damson3 Keyword"}, timeout=10).json()
     if not early["complete"]:
         assert early["searched_pages"] < PAGES and early["pages"] == PAGES
@@ -138,7 +123,7 @@ def test_search_finds_a_word_on_its_page_and_says_how_much_was_searched(slow_sta
     x, y, w, h = hits[0]["rects"][0]
     assert 0 < x < 1 and 0 < y < 1 and 0 < w < 1 and 0 < h < 0.1
 
-    wait_for(s, base, body, lambda st: st["state"] == "complete")
+    wait_status(s, base, body, lambda st: st["state"] == "complete")
     done = s.get(url, params={"q": "juniper59"}, timeout=10).json()
     assert done["complete"] and done["searched_pages"] == PAGES
     assert [h["page"] for h in done["hits"]] == [59]
@@ -191,7 +176,7 @@ def test_delete_mid_conversion_stops_it_ends_the_stream_and_leaves_no_files(slow
     time.sleep(1.5)  # a horse that was not stopped would write another page within this time
     assert not storage.exists()
     nxt = upload(s, base, make_pdf(["after the delete"]))
-    assert wait_for(s, base, nxt, lambda st: st["state"] in ("complete", "failed"))["state"] == "complete"
+    assert wait_status(s, base, nxt, lambda st: st["state"] in TERMINAL)["state"] == "complete"
     assert doc_id not in [d["id"] for d in s.get(f"{base}/api/documents", timeout=10).json()["documents"]]
     conn.connection_pool.disconnect()
 
@@ -205,7 +190,7 @@ def test_a_sharper_page_is_rendered_on_demand_once(slow_stack):
     s = api(slow_stack.user("zoomer"))
     base = slow_stack.base_url
     body = upload(s, base, make_pdf(["zoom into me", "and me"]))
-    wait_for(s, base, body, lambda st: st["state"] == "complete")
+    wait_status(s, base, body, lambda st: st["state"] == "complete")
     doc = s.get(f"{base}/api/documents/{body['id']}", timeout=10).json()
     hd = s.get(base + doc["pages"][0]["hd"], timeout=30)
     assert hd.status_code == 200 and hd.headers["Content-Type"] == "image/jpeg"
@@ -220,7 +205,7 @@ def test_a_sharper_page_is_rendered_on_demand_once(slow_stack):
     assert stored.is_file() and not (stored.parent / "hd-0002.jpg").exists()
     assert s.get(base + doc["pages"][0]["hd"], timeout=30).content == hd.content
     text = upload(s, base, b"plain text has no sharper rendition\n", name="t.txt")
-    wait_for(s, base, text, lambda st: st["state"] == "complete")
+    wait_status(s, base, text, lambda st: st["state"] == "complete")
     tdoc = s.get(f"{base}/api/documents/{text['id']}", timeout=10).json()
     assert s.get(base + tdoc["pages"][0]["hd"], timeout=30).status_code == 404
 
@@ -229,7 +214,7 @@ def test_download_and_reading_position(slow_stack):
     s = api(slow_stack.user("keeper"))
     base = slow_stack.base_url
     body = upload(s, base, make_pdf(["one", "two", "three"]), name='weird "name"; ü.pdf')
-    wait_for(s, base, body, lambda st: st["state"] == "complete")
+    wait_status(s, base, body, lambda st: st["state"] == "complete")
     got = s.get(base + body["download_url"], timeout=10)
     assert got.status_code == 200 and got.content[:5] == b"%PDF-"
     disposition = got.headers["Content-Disposition"]

@@ -6,8 +6,8 @@ import json
 import pytest
 import requests
 
-from tests.conftest import csrf_from
 from tests.live import password_for
+from tests.support.app import csrf_from
 
 pytestmark = pytest.mark.live
 

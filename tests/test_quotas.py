@@ -1,11 +1,11 @@
-"""Per-user quotas and streamed uploads (issue H, item 2)."""
+"""Per-user quotas and streamed uploads: one user cannot fill the disk or the queue for everyone."""
 from __future__ import annotations
 
 import io
 
 import pytest
 
-from tests.conftest import csrf_from, run_jobs
+from tests.support.app import csrf_from, run_jobs
 
 MB = 1024 * 1024
 

@@ -2,43 +2,26 @@
 end the document failed with the cause instead of leaving it queued."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from livedoc import fleet, progress
 from livedoc.redis_client import connect
 from tests.live import api
-from tests.pdfgen import make_pdf
+from tests.support import TERMINAL, wait_for
+from tests.support.streams import upload, wait_document
 
 pytestmark = pytest.mark.live
 
-PDF = make_pdf(["one", "two", "three"])
 NO_WORKER = "No conversion worker is running. The document will be converted when one starts."
 
 
-def upload(session, base: str) -> dict:
-    resp = session.post(f"{base}/api/documents", files={"file": ("doc.pdf", PDF, "application/pdf")},
-                        timeout=10)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
 def wait_terminal(session, base: str, doc_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = session.get(f"{base}/api/documents/{doc_id}", timeout=10).json()
-        if body["progress"]["state"] in progress.TERMINAL:
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"document {doc_id} did not finish")
+    return wait_document(session, base, doc_id, lambda body: body["progress"]["state"] in TERMINAL, timeout,
+                         what="finished")
 
 
 def wait_workers(conn, n: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while fleet.workers_alive(conn, "livedoc") != n:
-        assert time.monotonic() < deadline, f"never saw {n} live workers"
-        time.sleep(0.1)
+    wait_for(lambda: fleet.workers_alive(conn, "livedoc") == n, timeout, what=f"{n} live workers")
 
 
 def test_queued_documents_show_their_place_and_that_no_worker_runs(paused_stack):

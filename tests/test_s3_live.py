@@ -8,22 +8,12 @@ import requests
 
 from tests.live import api
 from tests.pdfgen import make_pdf
-from tests.test_live import poll_until_terminal, upload
+from tests.support import wait_for
+from tests.support.streams import poll_until_terminal, slow_pdf, upload
 
 pytestmark = pytest.mark.live
 
-SLOW_PDF = make_pdf([f"Page {i} of a long document\n" + "text " * 40 for i in range(1, 61)])
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout} s (last value: {value!r})")
+SLOW_PDF = slow_pdf(60)
 
 
 def keys_under(moto_server, settings: dict, doc_id: str) -> list[str]:
@@ -45,7 +35,7 @@ def test_conversion_on_s3_serves_pages_while_running_and_delete_removes_every_ob
         st = s.get(stack.base_url + body["status_url"], timeout=5).json()
         return st if st["state"] == "running" and st["ready"] >= 1 else None
 
-    running = wait_for(page_one_ready, what="page 1 ready")
+    running = wait_for(page_one_ready, 30, 0.05, what="page 1 ready")
     page_url = f"{stack.base_url}/documents/{doc}/files/1/page-0001.jpg"
     before = len(moto_server.requests())
     resp = s.get(page_url, allow_redirects=False, timeout=5)
@@ -89,8 +79,8 @@ def test_conversion_on_s3_serves_pages_while_running_and_delete_removes_every_ob
 
     assert s.delete(f"{stack.base_url}/api/documents/{doc}", timeout=10).status_code == 204
     # The worker stops at its next page and removes what it stored meanwhile.
-    wait_for(lambda: keys_under(moto_server, s3_settings, doc) == [], 20, "every object deleted")
-    time.sleep(1.5)
+    wait_for(lambda: keys_under(moto_server, s3_settings, doc) == [], 20, 0.05, what="every object deleted")
+    time.sleep(1.5)  # a window: a worker that was not stopped would store another page within it
     assert keys_under(moto_server, s3_settings, doc) == []
     # Nothing was ever written to a local STORAGE_DIR.
     assert not (stack.dir / "storage").exists()

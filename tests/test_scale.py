@@ -9,20 +9,10 @@ import requests
 
 from tests.live import api, sse_events
 from tests.pdfgen import make_pdf
-from tests.test_live import open_stream, upload
+from tests.support import wait_for
+from tests.support.streams import open_stream, upload
 
 pytestmark = pytest.mark.live
-
-
-def wait_for(predicate, timeout=10.0, interval=0.2):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
 
 
 def test_two_hosts_share_progress_and_stats(make_stack):

@@ -6,11 +6,11 @@ from redis import Redis
 
 from config import Settings
 from livedoc.redis_client import ResilientRedis, SentinelBlockingConnectionPool, SentinelURL, connect
-from tests.conftest import csrf_from
 from tests.live import Stack, api
 from tests.sentinels import MASTER, SentinelGroup, sentinel_binary
-from tests.test_faults import Viewer, settled_status, slow_pdf, wait_for
-from tests.test_live import upload
+from tests.support import wait_for
+from tests.support.app import Users, csrf_from
+from tests.support.streams import Viewer, settled_status, slow_pdf, upload
 
 needs_sentinel = pytest.mark.skipif(sentinel_binary() is None,
                                     reason="redis-sentinel is not installed (Debian: redis-sentinel)")
@@ -102,6 +102,7 @@ def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path, database_u
 
 @pytest.mark.live
 @needs_sentinel
+@pytest.mark.timeout(300)  # a failover, then the master killed: each waits out the sentinels
 def test_viewers_survive_a_failover_and_the_master_dying_mid_conversion(tmp_path):
     group = SentinelGroup(tmp_path / "sentinels").start()
     stack = Stack(group.url, tmp_path / "stack", RENDER_DPI="300")
@@ -145,7 +146,6 @@ def test_viewers_survive_a_failover_and_the_master_dying_mid_conversion(tmp_path
 @needs_sentinel
 def test_rq_dashboard_reads_queues_through_the_sentinels(group, tmp_path, database_url):
     from app import create_app
-    from tests.conftest import Users
 
     app = create_app({"TESTING": True, "SECRET_KEY": "t", "REDIS_URL": group.url.rsplit("/", 1)[0] + "/3",
                       "STORAGE_DIR": str(tmp_path / "s"),

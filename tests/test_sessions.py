@@ -1,4 +1,4 @@
-"""Sessions, login throttling, passwords, API tokens and the metrics token (issue H, items 4 and 6)."""
+"""Sessions, login throttling, passwords, API tokens and the metrics token: who may act, and for how long."""
 from __future__ import annotations
 
 import statistics
@@ -8,7 +8,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from tests.conftest import csrf_from
+from tests.support.app import csrf_from
 
 LONG = "a-long-password-1"
 
@@ -104,7 +104,7 @@ def limited_app(redis_conn, redis_url, storage_dir, worker_env, database_url):
 
 
 def test_login_is_throttled_per_username_from_any_address(limited_app):
-    from tests.conftest import Users
+    from tests.support.app import Users
 
     client = limited_app.test_client()
     Users(limited_app, client).create("alice")

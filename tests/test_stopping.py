@@ -14,7 +14,8 @@ from livedoc.redis_client import connect
 from tests.live import api, sse_events
 from tests.pdfgen import make_pdf
 
-pytestmark = pytest.mark.live
+# scripts/run brings a whole deployment up and down (up to 120 s to start).
+pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 
 SLOW_PDF = make_pdf([f"Page {i} of a long document\n" + "text " * 40 for i in range(1, 61)])
 
@@ -78,9 +79,9 @@ def test_ctrl_c_in_scripts_run_mid_conversion_stops_everything_within_10_s(tmp_p
 
     import psutil
 
-    from tests.conftest import ROOT
     from tests.dbs import FLASK, fresh
     from tests.live import wait_http
+    from tests.support import ROOT
 
     port = devredis.free_port()
     env = {**os.environ, "BIND": f"127.0.0.1:{port}", "RENDER_DPI": "300", "DATABASE_URL": fresh(tmp_path),

@@ -8,19 +8,15 @@ viewer-phone.png, viewer-phone-sidebar.png).
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page, expect
 
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("Debian chromium is not installed at /usr/bin/chromium", allow_module_level=True)
-
-from playwright.sync_api import Page, expect  # noqa: E402
-
-from tests.browser_support import login  # noqa: E402
-from tests.live import api  # noqa: E402
-from tests.pdfgen import make_pdf  # noqa: E402
+from tests.live import api
+from tests.pdfgen import make_pdf
+from tests.support import streams, wait_for
+from tests.support.browser import login
 
 pytestmark = pytest.mark.browser
 
@@ -45,9 +41,7 @@ KEYS_FOCUS = """() => {
 
 # -- helpers ---------------------------------------------------------------------------------------
 def upload(stack, token: str, data: bytes = BOOK, name: str = "book.pdf") -> str:
-    resp = api(token).post(stack.base_url + "/api/documents", files={"file": (name, data, "application/pdf")})
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"]
+    return streams.upload(api(token), stack.base_url, data, name)["id"]
 
 
 def doc_json(stack, token: str, doc_id: str) -> tuple[int, dict]:
@@ -56,13 +50,9 @@ def doc_json(stack, token: str, doc_id: str) -> tuple[int, dict]:
 
 
 def wait_complete(stack, token: str, doc_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, body = doc_json(stack, token, doc_id)
-        if body["progress"]["state"] == "complete":
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"{doc_id} did not complete: {body}\n{stack.logs()}")
+    return streams.wait_document(api(token), stack.base_url, doc_id,
+                                 lambda body: body["progress"]["state"] == "complete", timeout,
+                                 what="complete")
 
 
 @pytest.fixture
@@ -218,10 +208,7 @@ def test_page_box_keys_fragment_and_last_page_read(reader, console):
         page.evaluate("() => scrollBy(0, document.querySelector('#page-30').getBoundingClientRect().top - 9)")
         assert_at_page(page, 30)
     assert put.value.url.endswith(f"/api/documents/{doc_id}/position")
-    deadline = time.monotonic() + 5
-    while doc_json(stack, token, doc_id)[1]["last_page"] != 30 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert doc_json(stack, token, doc_id)[1]["last_page"] == 30
+    wait_for(lambda: doc_json(stack, token, doc_id)[1]["last_page"] == 30, 5, what="last page saved")
 
     # Back later, without a fragment: the viewer opens where the reader stopped.
     page.goto("/documents")

@@ -6,8 +6,8 @@ import hashlib
 import io
 import re
 
-from tests.conftest import csrf_from, run_jobs
 from tests.pdfgen import make_pdf
+from tests.support.app import csrf_from, run_jobs
 
 
 def test_rq_dashboard_is_for_admins_only(app, client, users):

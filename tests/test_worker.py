@@ -22,7 +22,7 @@ from livedoc.ids import new_doc_id
 from livedoc.progress import ProgressWriter
 from livedoc.storage import DocumentFiles, LocalStorage
 from tests import pdfgen
-from tests.conftest import run_jobs
+from tests.support.app import run_jobs
 from workers.convert import _fail
 from workers.errors import CorruptDocument
 
@@ -322,20 +322,27 @@ def test_truncated_image_is_corrupt(redis_conn, storage_dir, worker_env):
     _assert_failed_once(redis_conn, files, job_id, messages, "corrupt", data)
 
 
-def test_image_over_the_pixel_cap(redis_conn, storage_dir, worker_env, monkeypatch):
-    monkeypatch.setenv("MAX_PAGE_PIXELS", "10000")
-    data = _png((200, 100))
+# The three checks that stop a large image, each with the case only it can stop and its own message:
+# Pillow's bomb guard refuses past twice the cap from the header alone, the explicit cap refuses the
+# rest before a pixel is decoded, and the side limit refuses what libjpeg could not write.
+@pytest.mark.parametrize("cap, size, message", [
+    pytest.param("1000", (300, 300), "The image is too large; the limit is 0.001 million pixels.",
+                 id="pillow-bomb-guard"),
+    # 20,000 pixels is exactly twice the cap: Pillow only warns, the explicit check refuses it.
+    pytest.param("10000", (200, 100),
+                 "The image is 200 x 100 pixels; the limit is 0.01 million pixels and 65500 pixels a side.",
+                 id="pixel-cap"),
+    pytest.param("40000000", (1, 70_000),
+                 "The image is 1 x 70000 pixels; the limit is 40 million pixels and 65500 pixels a side.",
+                 id="side-limit"),
+])
+def test_image_too_large_is_stopped_by_its_own_check(redis_conn, storage_dir, worker_env, monkeypatch, cap,
+                                                     size, message):
+    monkeypatch.setenv("MAX_PAGE_PIXELS", cap)
+    data = _png(size)
     files, job_id, messages = _convert(redis_conn, storage_dir, data, "image")
     final = _assert_failed_once(redis_conn, files, job_id, messages, "page_too_large", data)
-    assert "200 x 100 pixels" in final["error"]["message"]
-
-
-def test_image_far_over_the_cap_is_stopped_by_pillow_bomb_guard(redis_conn, storage_dir, worker_env,
-                                                                 monkeypatch):
-    monkeypatch.setenv("MAX_PAGE_PIXELS", "1000")
-    data = _png((300, 300))
-    files, job_id, messages = _convert(redis_conn, storage_dir, data, "image")
-    _assert_failed_once(redis_conn, files, job_id, messages, "page_too_large", data)
+    assert final["error"]["message"] == message
 
 
 def test_text_paginates(redis_conn, storage_dir, worker_env):

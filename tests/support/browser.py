@@ -1,8 +1,8 @@
 """Browser-test support shared by the Playwright modules: Debian chromium, console watching, contexts.
 
 tests/conftest.py loads this module as a pytest plugin, so its fixtures (browser, console,
-open_context) are there for every test module; the browser modules skip themselves when chromium is
-absent, before any browser is launched.
+open_context, signed_in) are there for every test module. Without Debian chromium the `browser`
+fixture skips the test; being module-scoped it is set up first, before the test starts any process.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-ru
 @pytest.fixture(scope="module")
 def browser():
     """One headless Debian chromium for the module (Playwright never downloads a browser here)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian chromium is not installed at {CHROMIUM}")
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         yield b
@@ -117,6 +119,33 @@ def open_context(browser: Browser, console: Console):
     yield make
     for ctx in contexts:
         ctx.close()
+
+
+@pytest.fixture
+def signed_in(open_context):
+    """Factory: create a user on a stack, open a fresh context and a page, and log in through the form."""
+
+    def make(stack, name: str, admin: bool = False, requests: bool = False, **options) -> Page:
+        stack.user(name, admin=admin)
+        page = open_context(stack, name, requests=requests, **options).new_page()
+        login(page, name)
+        return page
+
+    return make
+
+
+# Set in a page by mark_page: a reload or a navigation starts a new window object without it.
+MARKER = "() => { window.__livedocTestMarker = 1; }"
+
+
+def mark_page(page: Page) -> None:
+    """Mark the page's window, so that assert_not_reloaded can tell it is still the same document."""
+    page.evaluate(MARKER)
+
+
+def assert_not_reloaded(page: Page) -> None:
+    """The page has not reloaded or navigated since mark_page."""
+    assert page.evaluate("() => window.__livedocTestMarker") == 1, "the page reloaded or navigated"
 
 
 def login(page: Page, name: str) -> None:
