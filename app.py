@@ -1,4 +1,5 @@
 """livedoc: create_app() and the Flask CLI (users, realtime flags)."""
+
 from __future__ import annotations
 
 import json
@@ -24,16 +25,19 @@ from livedoc.redis_client import SentinelURL, connect, is_sentinel
 from livedoc.storage import open_storage
 
 # Only the app's own files; inline script/style are refused, pages embed data as data-* attributes.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"
+)
 
 
 def content_security_policy(storage_origin: str | None) -> str:
     """The CSP; page images (and files scripts fetch) may come from the object store's origin."""
     if storage_origin is None:
         return CSP
-    return (CSP.replace("img-src 'self' data:", f"img-src 'self' data: {storage_origin}")
-            .replace("connect-src 'self'", f"connect-src 'self' {storage_origin}"))
+    return CSP.replace("img-src 'self' data:", f"img-src 'self' data: {storage_origin}").replace(
+        "connect-src 'self'", f"connect-src 'self' {storage_origin}"
+    )
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -51,8 +55,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     if not cfg["SECRET_KEY"]:
         cfg["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
-    cfg.setdefault("SQLALCHEMY_DATABASE_URI",
-                   cfg["DATABASE_URL"] or f"sqlite:///{Path(app.instance_path) / 'livedoc.db'}")
+    cfg.setdefault(
+        "SQLALCHEMY_DATABASE_URI",
+        cfg["DATABASE_URL"] or f"sqlite:///{Path(app.instance_path) / 'livedoc.db'}",
+    )
     cfg.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(cfg))
     # Room for the multipart envelope around a file of exactly MAX_UPLOAD_MB. (Flask's defaults hold
     # the key with None, so setdefault would never set it.)
@@ -87,14 +93,19 @@ def create_app(test_config: dict | None = None) -> Flask:
     conn = connect(cfg["REDIS_URL"], max_connections=cfg["REDIS_MAX_CONNECTIONS"])
     app.extensions["livedoc.redis"] = conn
     app.extensions["livedoc.hub"] = StreamHub(
-        conn, flags.RealtimeFlags.from_config(cfg), cfg["SSE_POLL_INTERVAL"] / 1000,
-        stats_ttl=cfg["STATS_TTL"], vanish_grace=cfg["JOB_VANISH_GRACE"],
-        coalesce=cfg["SSE_COALESCE_MS"] / 1000)
+        conn,
+        flags.RealtimeFlags.from_config(cfg),
+        cfg["SSE_POLL_INTERVAL"] / 1000,
+        stats_ttl=cfg["STATS_TTL"],
+        vanish_grace=cfg["JOB_VANISH_GRACE"],
+        coalesce=cfg["SSE_COALESCE_MS"] / 1000,
+    )
 
     # Pages hand their script the real-time settings: {{ realtime_client(flags)|tojson }}.
     app.jinja_env.globals["realtime_client"] = lambda f: flags.client_settings(f, app.config)
-    app.jinja_env.globals["office_accept"] = lambda: capabilities.OFFICE_ACCEPT if capabilities.offered(
-        app.extensions["livedoc.redis"], "office") else ""
+    app.jinja_env.globals["office_accept"] = lambda: (
+        capabilities.OFFICE_ACCEPT if capabilities.offered(app.extensions["livedoc.redis"], "office") else ""
+    )
     register_error_handlers(app)
     # Before the auth hooks: loading a user needs the tables.
     schema.install(app, lambda: db.engine)
@@ -118,9 +129,13 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def _engine_options(cfg) -> dict:
     """The database pool from the DB_POOL_* settings (PostgreSQL: postgresql+psycopg://...)."""
-    return {"pool_size": cfg["DB_POOL_SIZE"], "max_overflow": cfg["DB_MAX_OVERFLOW"],
-            "pool_timeout": cfg["DB_POOL_TIMEOUT"], "pool_recycle": cfg["DB_POOL_RECYCLE"],
-            "pool_pre_ping": cfg["DB_POOL_PRE_PING"]}
+    return {
+        "pool_size": cfg["DB_POOL_SIZE"],
+        "max_overflow": cfg["DB_MAX_OVERFLOW"],
+        "pool_timeout": cfg["DB_POOL_TIMEOUT"],
+        "pool_recycle": cfg["DB_POOL_RECYCLE"],
+        "pool_pre_ping": cfg["DB_POOL_PRE_PING"],
+    }
 
 
 class LivedocRequest(Request):
@@ -269,8 +284,9 @@ def users_passwd(name: str, password: str) -> None:
 def users_token(name: str, token_name: str, expires_days: int | None) -> None:
     """Issue a new API token for a user and print it (it is shown only this once)."""
     user = _user_named(name)
-    expires_at = (datetime.now(UTC).replace(tzinfo=None) + timedelta(days=expires_days)
-                  if expires_days else None)
+    expires_at = (
+        datetime.now(UTC).replace(tzinfo=None) + timedelta(days=expires_days) if expires_days else None
+    )
     token = user.new_token(token_name, expires_at)
     db.session.commit()
     audit("token_issued", user=name, token_name=token_name, expires_at=expires_at)
@@ -284,10 +300,18 @@ def users_tokens(name: str) -> None:
     user = _user_named(name)
     click.echo("id\tname\tcreated_at\texpires_at\trevoked_at")
     for row in sorted(user.tokens, key=lambda t: t.id):
-        click.echo("\t".join(str(v) if v is not None else "-" for v in
-                             (row.id, row.name, row.created_at.replace(microsecond=0),
-                              row.expires_at and row.expires_at.replace(microsecond=0),
-                              row.revoked_at and row.revoked_at.replace(microsecond=0))))
+        click.echo(
+            "\t".join(
+                str(v) if v is not None else "-"
+                for v in (
+                    row.id,
+                    row.name,
+                    row.created_at.replace(microsecond=0),
+                    row.expires_at and row.expires_at.replace(microsecond=0),
+                    row.revoked_at and row.revoked_at.replace(microsecond=0),
+                )
+            )
+        )
 
 
 @users_cli.command("revoke-token")

@@ -3,6 +3,7 @@
 The web app and the RQ worker both read their settings through `Settings.from_env()`, so one set of
 environment variables configures every process on every host.
 """
+
 from __future__ import annotations
 
 import os
@@ -214,8 +215,9 @@ class Settings:
                 raise ValueError(f"bad value for {f.name}: {exc}") from None
         if values.get("REDIS_SENTINELS"):
             master = values.get("REDIS_SENTINEL_MASTER", cls.REDIS_SENTINEL_MASTER)
-            values["REDIS_URL"] = _sentinel_redis_url(values.get("REDIS_URL", cls.REDIS_URL),
-                                                      values["REDIS_SENTINELS"], master)
+            values["REDIS_URL"] = _sentinel_redis_url(
+                values.get("REDIS_URL", cls.REDIS_URL), values["REDIS_SENTINELS"], master
+            )
         return cls(**values)
 
     @classmethod

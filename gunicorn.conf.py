@@ -1,6 +1,7 @@
 """gunicorn settings for livedoc: gevent workers sized for thousands of long-lived streams.
 
 The values come from config.py (one home for every setting, read from the environment there)."""
+
 import os
 import resource
 import signal

@@ -13,6 +13,7 @@ event (the `updated_at` in the event is the worker's save time, same clock), and
 ends on `complete` with the document's final seq. The PDF is /usr/share/doc/libtasn1-doc/libtasn1.pdf
 (36 pages) when present, else a 36-page PDF made by tests/pdfgen.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,15 +48,20 @@ def the_pdf(work: Path, pages: int) -> tuple[bytes, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--docs", type=int, default=4)
     parser.add_argument("--viewers", type=int, default=200)
     parser.add_argument("--transport", choices=["sse", "ws"], default="sse")
     parser.add_argument("--pages", type=int, default=36, help="pages of the generated PDF (no system PDF)")
     parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--worker-nice", type=int, default=None,
-                        help="WORKER_NICE of the conversion workers (0: not lowered; default: the setting's)")
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="WORKER_NICE of the conversion workers (0: not lowered; default: the setting's)",
+    )
     parser.add_argument("--json", default=str(run.BENCH / "results" / "burst.json"))
     args = parser.parse_args()
     import requests
@@ -71,21 +77,36 @@ def main() -> None:
         bench.redis_proc = run.devredis.start(port, work / "redis", work / "redis.log")
         bench.redis_url = f"redis://127.0.0.1:{port}/0"
         env = {
-            **os.environ, "REDIS_URL": bench.redis_url, "DATABASE_URL": f"sqlite:///{work / 'livedoc.db'}",
-            "STORAGE_DIR": str(work / "storage"), "SECRET_KEY": "bench-secret",
-            "SSE_POLL_INTERVAL": str(run.POLL_MS), "SSE_PING_INTERVAL": str(run.PING_MS),
-            "RATELIMIT_STREAM": "100000 per minute", "RATELIMIT_UPLOAD": "100000 per minute",
-            "MAX_STREAMS_PER_USER": "100000", "MAX_CONVERSIONS_PER_USER": "100000",
-            "WEB_CONCURRENCY": "1", "WORKER_CONNECTIONS": "11000",
+            **os.environ,
+            "REDIS_URL": bench.redis_url,
+            "DATABASE_URL": f"sqlite:///{work / 'livedoc.db'}",
+            "STORAGE_DIR": str(work / "storage"),
+            "SECRET_KEY": "bench-secret",
+            "SSE_POLL_INTERVAL": str(run.POLL_MS),
+            "SSE_PING_INTERVAL": str(run.PING_MS),
+            "RATELIMIT_STREAM": "100000 per minute",
+            "RATELIMIT_UPLOAD": "100000 per minute",
+            "MAX_STREAMS_PER_USER": "100000",
+            "MAX_CONVERSIONS_PER_USER": "100000",
+            "WEB_CONCURRENCY": "1",
+            "WORKER_CONNECTIONS": "11000",
             "WEBSOCKET_ENABLED": "true" if args.transport == "ws" else "false",
-            "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
             **({} if args.worker_nice is None else {"WORKER_NICE": str(args.worker_nice)}),
             "PATH": f"{run.BIN}:{os.environ.get('PATH', '')}",
         }
         bench.base_env = env
+
         def flask(*cli: str) -> str:
-            out = subprocess.run([str(run.BIN / "flask"), "--app", "app", *cli], cwd=run.ROOT, env=env,
-                                 capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                [str(run.BIN / "flask"), "--app", "app", *cli],
+                cwd=run.ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if out.returncode:
                 raise RuntimeError(out.stderr)
             return out.stdout
@@ -100,8 +121,9 @@ def main() -> None:
         pdf, pdf_source = the_pdf(work, args.pages)
         ids = []
         for i in range(args.docs):
-            resp = session.post(f"{bench.url}/api/documents",
-                                files={"file": (f"burst-{i}.pdf", pdf, "application/pdf")})
+            resp = session.post(
+                f"{bench.url}/api/documents", files={"file": (f"burst-{i}.pdf", pdf, "application/pdf")}
+            )
             resp.raise_for_status()
             ids.append(resp.json()["id"])
         per_doc = [ids[v % len(ids)] for v in range(args.viewers)]
@@ -109,18 +131,36 @@ def main() -> None:
             paths, subscribe, kind = ["/api/ws"] * args.viewers, [[d] for d in per_doc], "ws"
         else:
             paths, subscribe, kind = [f"/api/documents/{d}/events" for d in per_doc], None, "sse"
-        client = run.LoadClient(bench.port, paths, {"Authorization": f"Bearer {token}"}, work / "client.json",
-                                wait_headers=True, kind=kind, subscribe=subscribe)
+        client = run.LoadClient(
+            bench.port,
+            paths,
+            {"Authorization": f"Bearer {token}"},
+            work / "client.json",
+            wait_headers=True,
+            kind=kind,
+            subscribe=subscribe,
+        )
         ramped = client.expect("RAMPED", 240)
         run.log(f"{args.viewers} viewers open on {args.docs} queued documents: {ramped}")
         cpu0 = server.worker.cpu_times()
         t0 = time.time()
         for i in range(args.docs):
-            workers.append(subprocess.Popen(
-                ["bash", str(run.ROOT / "scripts" / "worker"), "--burst", "-n",
-                 f"burst-{os.getpid()}-{i}"],
-                cwd=run.ROOT, env=env, stdout=open(work / f"worker-{i}.log", "wb"), stderr=subprocess.STDOUT,
-                start_new_session=True))
+            workers.append(
+                subprocess.Popen(
+                    [
+                        "bash",
+                        str(run.ROOT / "scripts" / "worker"),
+                        "--burst",
+                        "-n",
+                        f"burst-{os.getpid()}-{i}",
+                    ],
+                    cwd=run.ROOT,
+                    env=env,
+                    stdout=open(work / f"worker-{i}.log", "wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         final: dict[str, dict] = {}
         deadline = time.monotonic() + args.timeout
         while len(final) < len(ids) and time.monotonic() < deadline:
@@ -146,18 +186,25 @@ def main() -> None:
             if state == "complete" and final.get(doc, {}).get("seq") == seq:
                 right += 1
         summary = {
-            "pdf": pdf_source, "docs": args.docs,
-            "worker_nice": Settings.from_env(env).WORKER_NICE, "viewers": args.viewers,
+            "pdf": pdf_source,
+            "docs": args.docs,
+            "worker_nice": Settings.from_env(env).WORKER_NICE,
+            "viewers": args.viewers,
             "transport": args.transport,
             "conversion_s": round(t1 - t0, 1),
-            "final_states": {d: [b.get("state"), b.get("seq"), b.get("ready"), b.get("pages")]
-                             for d, b in final.items()},
-            "events": len(lat), "saves_seen_per_doc": round(len(lat) / max(1, args.viewers), 1),
-            "lat_p50_ms": run.pct(lat, 50), "lat_p99_ms": run.pct(lat, 99),
+            "final_states": {
+                d: [b.get("state"), b.get("seq"), b.get("ready"), b.get("pages")] for d, b in final.items()
+            },
+            "events": len(lat),
+            "saves_seen_per_doc": round(len(lat) / max(1, args.viewers), 1),
+            "lat_p50_ms": run.pct(lat, 50),
+            "lat_p99_ms": run.pct(lat, 99),
             "lat_max_ms": max(lat) if lat else None,
             "viewers_ending_complete_with_final_seq": right,
             "web_worker_cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 2),
-            "failed": result["failed"], "dropped": result["dropped"], "open_at_end": status["open"],
+            "failed": result["failed"],
+            "dropped": result["dropped"],
+            "open_at_end": status["open"],
             "loadavg": [round(x, 2) for x in os.getloadavg()],
         }
         ok = right == args.viewers and len(final) == len(ids)

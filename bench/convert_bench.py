@@ -7,6 +7,7 @@ Office documents from upload to first page. Real gunicorn, real `rq worker`s, a 
 
 Prints a Markdown table (paste into BENCHMARKS.md) and writes bench/results/convert.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,12 @@ def upload_and_time(stack: Stack, session, path: Path, timeout: float = 900) -> 
             if session.get(stack.base_url + page["image"], timeout=10).status_code == 200:
                 first = time.monotonic() - started
         if status["state"] in ("complete", "failed"):
-            return {"first_page_s": round(first if first is not None else now, 2),
-                    "complete_s": round(now, 2), "state": status["state"], "pages": status["pages"]}
+            return {
+                "first_page_s": round(first if first is not None else now, 2),
+                "complete_s": round(now, 2),
+                "state": status["state"],
+                "pages": status["pages"],
+            }
         time.sleep(0.05)
     raise RuntimeError("conversion did not finish")
 
@@ -98,23 +103,42 @@ def main() -> None:
     port = devredis.free_port()
     redis = devredis.start(port, tmp / "redis")
     url = f"redis://127.0.0.1:{port}/0"
-    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dpi": DPI,
-                     "host": f"{platform.machine()}, {os.cpu_count()} cores", "rows": []}
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "dpi": DPI,
+        "host": f"{platform.machine()}, {os.cpu_count()} cores",
+        "rows": [],
+    }
     try:
         if "pdf" in runs:
             big = tmp / "big.pdf"
-            big.write_bytes(pdfgen.make_pdf([f"Page {n}: the quick brown fox jumps over the lazy dog. " * 8
-                                             for n in range(1, args.pages + 1)]))
+            big.write_bytes(
+                pdfgen.make_pdf(
+                    [
+                        f"Page {n}: the quick brown fox jumps over the lazy dog. " * 8
+                        for n in range(1, args.pages + 1)
+                    ]
+                )
+            )
             if shutil.which("pdftoppm"):
-                results["rows"].append({"what": f"pdftoppm -r {DPI} -jpeg, {args.pages} pages (one process)",
-                                        "complete_s": pdftoppm(big, tmp / "ppm"), "first_page_s": None})
+                results["rows"].append(
+                    {
+                        "what": f"pdftoppm -r {DPI} -jpeg, {args.pages} pages (one process)",
+                        "complete_s": pdftoppm(big, tmp / "ppm"),
+                        "first_page_s": None,
+                    }
+                )
                 shutil.rmtree(tmp / "ppm")
             for label, workers, settings in (
-                    ("1 worker, 1 render process (before this change)", 1,
-                     {"RENDER_PROCESSES": "1", "CHUNK_PAGES": "0"}),
-                    ("1 worker, every core (RENDER_PROCESSES=0)", 1, {}),
-                    ("2 workers, 1 render process each, chunks of 200", 2, {"RENDER_PROCESSES": "1"}),
-                    ("2 workers, every core each, chunks of 200", 2, {})):
+                (
+                    "1 worker, 1 render process (before this change)",
+                    1,
+                    {"RENDER_PROCESSES": "1", "CHUNK_PAGES": "0"},
+                ),
+                ("1 worker, every core (RENDER_PROCESSES=0)", 1, {}),
+                ("2 workers, 1 render process each, chunks of 200", 2, {"RENDER_PROCESSES": "1"}),
+                ("2 workers, every core each, chunks of 200", 2, {}),
+            ):
                 row = run_stack(tmp / f"s{len(results['rows'])}", url, workers, [big], **settings)[0]
                 results["rows"].append({"what": f"livedoc, {label}, {args.pages} pages", **row})
                 print(results["rows"][-1], flush=True)
@@ -131,8 +155,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     out = ROOT / "bench" / "results" / "convert.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nOne run on this machine ({results['host']}), {results['date']}, "
-          "`python bench/convert_bench.py`:\n")
+    print(
+        f"\nOne run on this machine ({results['host']}), {results['date']}, "
+        "`python bench/convert_bench.py`:\n"
+    )
     print("| what | upload → first page served (s) | upload → complete (s) |")
     print("|---|---|---|")
     for row in results["rows"]:

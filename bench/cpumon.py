@@ -7,6 +7,7 @@ Follows every child of the given pid (bench/run.py) and writes one line a second
 `kind:pid:cpu%` for the load client, the gunicorn processes and Redis (100 = one core). A worker well
 under 100% while latencies grow means it is waiting for a core, not working.
 """
+
 from __future__ import annotations
 
 import sys

@@ -9,6 +9,7 @@ octave-doc package, fetched with `apt-get download` into bench/.cache: nobody he
 The clock starts before the upload request is sent; "first page" is when GET page-0001.jpg first
 answers 200 (polling the status every 10 ms, then the file).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,15 @@ OCTAVE = "usr/share/doc/octave/octave.pdf"
 
 def generated(pages: int) -> bytes:
     """A text PDF of `pages` pages (each with a few lines, like a plain manual)."""
-    return make_pdf([f"Page {i} of the generated book\n" + "\n".join(
-        f"Line {j} of page {i}: the quick brown fox jumps over the lazy dog." for j in range(1, 30))
-        for i in range(1, pages + 1)])
+    return make_pdf(
+        [
+            f"Page {i} of the generated book\n"
+            + "\n".join(
+                f"Line {j} of page {i}: the quick brown fox jumps over the lazy dog." for j in range(1, 30)
+            )
+            for i in range(1, pages + 1)
+        ]
+    )
 
 
 def real_book() -> Path:
@@ -120,9 +127,15 @@ def _measure(stack: Stack, token: str, name: str, data: bytes) -> dict:
     out = stack.dir / "storage" / body["id"] / f"a{status['attempt']}"
     stored = sum(p.stat().st_size for p in out.iterdir())
     s.delete(f"{base}/api/documents/{body['id']}", timeout=30)
-    return {"document": name, "pages": status["pages"], "upload_s": round(uploaded, 3),
-            "first_page_s": round(first, 3), "complete_s": round(complete, 3),
-            "first_share": round(first / complete, 4), "bytes_per_page": round(stored / status["pages"])}
+    return {
+        "document": name,
+        "pages": status["pages"],
+        "upload_s": round(uploaded, 3),
+        "first_page_s": round(first, 3),
+        "complete_s": round(complete, 3),
+        "first_share": round(first / complete, 4),
+        "bytes_per_page": round(stored / status["pages"]),
+    }
 
 
 def main() -> None:
@@ -136,40 +149,61 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="livedoc-first-page-"))
     port = devredis.free_port()
     redis = devredis.start(port, work / "redis", work / "redis.log")
-    stack = Stack(f"redis://127.0.0.1:{port}/0", work / "stack", RATELIMIT_STREAM="100000 per minute",
-                  RATELIMIT_UPLOAD="1000 per minute", MAX_UPLOAD_MB="200", LOG_LEVEL="WARNING")
+    stack = Stack(
+        f"redis://127.0.0.1:{port}/0",
+        work / "stack",
+        RATELIMIT_STREAM="100000 per minute",
+        RATELIMIT_UPLOAD="1000 per minute",
+        MAX_UPLOAD_MB="200",
+        LOG_LEVEL="WARNING",
+    )
     try:
         stack.start_web()
         for _ in range(args.workers):
             stack.start_worker()
         token = stack.user("bench")
-        inputs = [(f"generated {args.pages} pages", generated(args.pages)),
-                  ("GNU Octave manual (Debian octave-doc)", real_book().read_bytes())]
+        inputs = [
+            (f"generated {args.pages} pages", generated(args.pages)),
+            ("GNU Octave manual (Debian octave-doc)", real_book().read_bytes()),
+        ]
         time.sleep(2)  # the workers register
         rows = []
         for name, data in inputs:
             runs = [measure(stack, token, name, data) for _ in range(args.runs)]
-            rows.append({**runs[0], "runs": runs,
-                         "first_page_s": statistics.median(r["first_page_s"] for r in runs),
-                         "complete_s": statistics.median(r["complete_s"] for r in runs),
-                         "first_share": statistics.median(r["first_share"] for r in runs)})
+            rows.append(
+                {
+                    **runs[0],
+                    "runs": runs,
+                    "first_page_s": statistics.median(r["first_page_s"] for r in runs),
+                    "complete_s": statistics.median(r["complete_s"] for r in runs),
+                    "first_share": statistics.median(r["first_share"] for r in runs),
+                }
+            )
     finally:
         stack.stop()
         redis.terminate()
         redis.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "workers": args.workers, "rows": rows}
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "workers": args.workers,
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print("| document | pages | upload → first page served | upload → complete | first / complete | "
-          "storage per page | worker peak RSS |")
+    print(
+        "| document | pages | upload → first page served | upload → complete | first / complete | "
+        "storage per page | worker peak RSS |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['document']} | {r['pages']} | {r['first_page_s']:.2f} s | {r['complete_s']:.1f} s | "
-              f"{100 * r['first_share']:.1f}% | {r['bytes_per_page'] / 1024:.0f} kB | "
-              f"{max(x['worker_peak_rss_mb'] for x in r['runs']):.0f} MB |")
+        print(
+            f"| {r['document']} | {r['pages']} | {r['first_page_s']:.2f} s | {r['complete_s']:.1f} s | "
+            f"{100 * r['first_share']:.1f}% | {r['bytes_per_page'] / 1024:.0f} kB | "
+            f"{max(x['worker_peak_rss_mb'] for x in r['runs']):.0f} MB |"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 The worker starts tracemalloc and, whenever the file named by TRACEMALLOC_TRIGGER appears, writes a
 snapshot to that name + ".snap" and removes the trigger. Not for production: tracemalloc is slow.
 """
+
 import os
 import tracemalloc
 from pathlib import Path

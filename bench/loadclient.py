@@ -19,6 +19,7 @@ Targets (JSON): {"kind": "sse" | "ws", "paths": [...], "headers": {...}, "subscr
 For every event it records (updated_at, receipt time), so the runner can compute save -> receipt
 latency over its driven window. A stream that ends before STOP counts as dropped.
 """
+
 from gevent import monkey
 
 monkey.patch_all()
@@ -74,8 +75,15 @@ def _failure(exc: BaseException) -> str:
 
 
 class Client:
-    def __init__(self, host: str, port: int, headers: dict, wait_headers: bool, header_timeout: float,
-                 kind: str = "sse"):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        headers: dict,
+        wait_headers: bool,
+        header_timeout: float,
+        kind: str = "sse",
+    ):
         self.kind = kind
         self.host = host
         self.port = port
@@ -86,7 +94,7 @@ class Client:
         self.connect_ms: list[float] = []
         self.handshake_ms: list[float] = []  # ws: TCP connect -> 101
         self.ws_errors: Counter = Counter()  # ws: protocol error messages by code
-        self.denied = 0                      # ws: documents the server refused in `subscribed`
+        self.denied = 0  # ws: documents the server refused in `subscribed`
         self.failed: Counter = Counter()
         self.dropped: Counter = Counter()
         self.events: list[tuple[float, float]] = []  # (updated_at, receipt time)
@@ -98,8 +106,10 @@ class Client:
         self.greenlets: list = []
 
     def request(self, path: str) -> bytes:
-        return (f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n"
-                f"Cache-Control: no-cache\r\n{self.extra}\r\n").encode()
+        return (
+            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n"
+            f"Cache-Control: no-cache\r\n{self.extra}\r\n"
+        ).encode()
 
     def _connect(self, path: str):
         """Open one stream; returns (socket, leftover body bytes, chunked, connect ms) or raises."""
@@ -179,11 +189,11 @@ class Client:
                                     ended = True  # after the events of this read (the terminal one)
                                     raw = b""
                                     break
-                                raw = raw[i + 2:]
+                                raw = raw[i + 2 :]
                                 need = size + 2
                             if len(raw) < need:
                                 break
-                            out.append(raw[:need - 2])
+                            out.append(raw[: need - 2])
                             raw = raw[need:]
                             need = 0
                         sse += b"".join(out)
@@ -195,7 +205,7 @@ class Client:
                         if i < 0:
                             break
                         self._event(sse[:i], now, path, id(sock))
-                        sse = sse[i + 2:]
+                        sse = sse[i + 2 :]
                     if ended:
                         raise EOFError("end_of_body")
                 data = sock.recv(65536)
@@ -236,9 +246,13 @@ class Client:
         sock = socket.create_connection((self.host, self.port), timeout=self.header_timeout)
         self.socks.add(sock)
         key = base64.b64encode(os.urandom(16))
-        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
-                      f"Sec-WebSocket-Version: 13\r\n{self.extra}\r\n").encode())
+        sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{self.extra}\r\n"
+            ).encode()
+        )
         status, _, rest, ms, head = self._headers(sock, t0)
         if status != 101:
             raise ConnectionError(f"http_{status}")
@@ -268,8 +282,8 @@ class Client:
                     raise ConnectionError("masked_server_frame")
                 if len(buf) < pos + n:
                     break
-                payload = bytes(buf[pos:pos + n])
-                del buf[:pos + n]
+                payload = bytes(buf[pos : pos + n])
+                del buf[: pos + n]
                 opcode = b0 & 0x0F
                 if opcode == 0x8:
                     raise WsClosed(int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005)
@@ -354,8 +368,13 @@ class Client:
                 self._ws_message(sock, msg, now)
         except Exception as exc:  # noqa: BLE001
             if not self.stopping:
-                name = (f"ws_close_{exc.args[0]}" if isinstance(exc, WsClosed) else
-                        str(exc) if isinstance(exc, EOFError) else exc.__class__.__name__)
+                name = (
+                    f"ws_close_{exc.args[0]}"
+                    if isinstance(exc, WsClosed)
+                    else str(exc)
+                    if isinstance(exc, EOFError)
+                    else exc.__class__.__name__
+                )
                 self.dropped[name] += 1
         finally:
             if counted:
@@ -428,46 +447,81 @@ def say(word: str, body: dict | None = None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--targets", required=True, help='JSON file: {"paths": [...], "headers": {...}}')
     parser.add_argument("--out", required=True)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--ramp-timeout", type=float, default=180)
     parser.add_argument("--header-timeout", type=float, default=30)
-    parser.add_argument("--no-wait-headers", action="store_true",
-                        help="count a stream as open once its request is sent (Flask-SSE sends no "
-                             "headers before its first message)")
+    parser.add_argument(
+        "--no-wait-headers",
+        action="store_true",
+        help="count a stream as open once its request is sent (Flask-SSE sends no "
+        "headers before its first message)",
+    )
     args = parser.parse_args()
     raise_nofile()
     targets = json.loads(open(args.targets).read())
     kind = targets.get("kind", "sse")
-    client = Client("127.0.0.1", args.port, targets.get("headers", {}), not args.no_wait_headers,
-                    args.header_timeout, kind)
-    conns = (list(zip(targets["paths"], targets["subscribe"])) if kind == "ws" else targets["paths"])
+    client = Client(
+        "127.0.0.1",
+        args.port,
+        targets.get("headers", {}),
+        not args.no_wait_headers,
+        args.header_timeout,
+        kind,
+    )
+    conns = list(zip(targets["paths"], targets["subscribe"])) if kind == "ws" else targets["paths"]
     deadline = time.monotonic() + args.ramp_timeout
     ramp_s = client.ramp(conns, args.concurrency, deadline)
-    say("RAMPED", {"ramp_s": ramp_s, "open": client.open_now if client.wait_headers else
-                   len(targets["paths"]) - sum(client.failed.values()),
-                   "failed": dict(client.failed)})
+    say(
+        "RAMPED",
+        {
+            "ramp_s": ramp_s,
+            "open": client.open_now
+            if client.wait_headers
+            else len(targets["paths"]) - sum(client.failed.values()),
+            "failed": dict(client.failed),
+        },
+    )
     while True:
         cmd = read_command()
         if cmd.startswith("PROBE"):
             say("PROBED", client.probe(conns, int(cmd.split()[1])))
         elif cmd == "STATUS":
-            say("STATUS", {"open": client.open_now, "failed": dict(client.failed),
-                           "dropped": dict(client.dropped), "events": len(client.events)})
+            say(
+                "STATUS",
+                {
+                    "open": client.open_now,
+                    "failed": dict(client.failed),
+                    "dropped": dict(client.dropped),
+                    "events": len(client.events),
+                },
+            )
         elif cmd == "STOP":
             open_at_stop = client.open_now
             client.stop()
             with open(args.out, "w") as fh:
-                json.dump({"connect_ms": client.connect_ms, "handshake_ms": client.handshake_ms,
-                           "ws_errors": dict(client.ws_errors), "denied": client.denied,
-                           "failed": dict(client.failed), "finals": client.finals,
-                           "dropped": dict(client.dropped), "events": client.events,
-                           "unparsed": client.unparsed, "pings": client.pings,
-                           "open_at_stop": open_at_stop, "ramp_s": ramp_s}, fh)
+                json.dump(
+                    {
+                        "connect_ms": client.connect_ms,
+                        "handshake_ms": client.handshake_ms,
+                        "ws_errors": dict(client.ws_errors),
+                        "denied": client.denied,
+                        "failed": dict(client.failed),
+                        "finals": client.finals,
+                        "dropped": dict(client.dropped),
+                        "events": client.events,
+                        "unparsed": client.unparsed,
+                        "pings": client.pings,
+                        "open_at_stop": open_at_stop,
+                        "ramp_s": ramp_s,
+                    },
+                    fh,
+                )
             say("DONE")
             return
 

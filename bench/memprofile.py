@@ -9,6 +9,7 @@ streams, and prints the allocation sites that grew most (bytes per stream), grou
 the innermost livedoc/flask/gunicorn/gevent frame. tracemalloc sees Python allocations only: greenlet
 stacks copied to the heap and C buffers show up in RSS but not here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,28 @@ def snapshot(trigger: Path, timeout: float = 60) -> tracemalloc.Snapshot:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--system", default="livedoc", choices=["livedoc", "naive", "flask-sse"],
-                        help="the peers get the same tracemalloc config, for a like-for-like floor")
-    parser.add_argument("--transport", default="sse", choices=["sse", "multi", "ws"],
-                        help="livedoc: single-document SSE, multiplexed SSE, or WebSocket")
-    parser.add_argument("--docs", type=int, default=None,
-                        help=f"documents per connection (multi, ws; default {run.DOCS_PER_CONN})")
+    parser.add_argument(
+        "--system",
+        default="livedoc",
+        choices=["livedoc", "naive", "flask-sse"],
+        help="the peers get the same tracemalloc config, for a like-for-like floor",
+    )
+    parser.add_argument(
+        "--transport",
+        default="sse",
+        choices=["sse", "multi", "ws"],
+        help="livedoc: single-document SSE, multiplexed SSE, or WebSocket",
+    )
+    parser.add_argument(
+        "--docs",
+        type=int,
+        default=None,
+        help=f"documents per connection (multi, ws; default {run.DOCS_PER_CONN})",
+    )
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
@@ -72,20 +86,30 @@ def main() -> None:
         finally:
             server.stop()
         n = max(1, ramped.get("open", args.streams))
-        print(f"{n} streams; RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MB = "
-              f"{(rss1 - rss0) / n / 1024:.1f} KiB per stream (with tracemalloc on)")
+        print(
+            f"{n} streams; RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MB = "
+            f"{(rss1 - rss0) / n / 1024:.1f} KiB per stream (with tracemalloc on)"
+        )
         stats = after.compare_to(before, "lineno")
         traced = sum(s.size_diff for s in stats)
-        print(f"Python heap (tracemalloc) grew {traced / 2**20:.1f} MB = "
-              f"{traced / n / 1024:.1f} KiB per stream\n")
+        print(
+            f"Python heap (tracemalloc) grew {traced / 2**20:.1f} MB = "
+            f"{traced / n / 1024:.1f} KiB per stream\n"
+        )
         print("by line (KiB per stream, allocations per stream):")
-        for s in stats[:args.top]:
+        for s in stats[: args.top]:
             print(f"  {s.size_diff / n / 1024:7.2f}  {s.count_diff / n:6.1f}  {s.traceback[0]}")
         print("\nby traceback (innermost project/framework frames):")
         for s in after.compare_to(before, "traceback")[:12]:
             print(f"  {s.size_diff / n / 1024:7.2f} KiB/stream")
-            keep = ("site-packages/gunicorn", "/livedoc/", "/blueprints/", "site-packages/flask",
-                    "site-packages/werkzeug", "site-packages/gevent")
+            keep = (
+                "site-packages/gunicorn",
+                "/livedoc/",
+                "/blueprints/",
+                "site-packages/flask",
+                "site-packages/werkzeug",
+                "site-packages/gevent",
+            )
             frames = [f for f in s.traceback if any(k in f.filename for k in keep)]
             for fr in list(reversed(frames))[:6] or [s.traceback[0]]:
                 print(f"        {fr.filename.split('site-packages/')[-1]}:{fr.lineno}")

@@ -11,6 +11,7 @@ whole `write_page_files`. Then, on the same rendered bitmaps, the page image at 
 encode time per page. Last, `pdftoppm -r RENDER_DPI -jpeg` (poppler-utils) on the same file, timed the
 same way (wall time of the whole file, one process), for pages/s beside ours.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,9 @@ def psnr(image: Image.Image, fmt: str, **params) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pdf", default=None)
     parser.add_argument("--repeat", type=int, default=3, help="passes over the document (best kept)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "page_cost.json"))
@@ -90,8 +92,20 @@ def main() -> None:
             doc = wpdf.open_document(source)
             doc.init_forms()
             t_doc = time.perf_counter()
-            per = {k: [] for k in ("load", "text", "render", "to_pil", "image_jpeg", "thumb", "text_files",
-                                   "write_page_files", "page_total")}
+            per = {
+                k: []
+                for k in (
+                    "load",
+                    "text",
+                    "render",
+                    "to_pil",
+                    "image_jpeg",
+                    "thumb",
+                    "text_files",
+                    "write_page_files",
+                    "page_total",
+                )
+            }
             for index in range(len(doc)):
                 t_page = time.perf_counter()
                 page, ms = timed(doc.__getitem__, index)
@@ -107,8 +121,11 @@ def main() -> None:
                 per["image_jpeg"].append(ms)
                 t0 = time.perf_counter()
                 tw = min(settings.THUMB_WIDTH, rgb.width)
-                thumb = rgb.resize((tw, max(1, round(rgb.height * tw / rgb.width))), Image.Resampling.LANCZOS,
-                                   reducing_gap=2.0)
+                thumb = rgb.resize(
+                    (tw, max(1, round(rgb.height * tw / rgb.width))),
+                    Image.Resampling.LANCZOS,
+                    reducing_gap=2.0,
+                )
                 thumb.save(io.BytesIO(), "JPEG", quality=wpages.THUMB_QUALITY)
                 per["thumb"].append((time.perf_counter() - t0) * 1000)
                 t0 = time.perf_counter()
@@ -118,8 +135,9 @@ def main() -> None:
                 per["text_files"].append((time.perf_counter() - t0) * 1000)
                 scratch = work / f"p{rep}"
                 scratch.mkdir(exist_ok=True)
-                _, ms = timed(wpages.write_page_files, scratch, index + 1, image, text, runs,
-                              settings.THUMB_WIDTH)
+                _, ms = timed(
+                    wpages.write_page_files, scratch, index + 1, image, text, runs, settings.THUMB_WIDTH
+                )
                 per["write_page_files"].append(ms)
                 if rep == 0:
                     images.append(rgb.copy())
@@ -132,15 +150,19 @@ def main() -> None:
                 steps = per
         n = len(images)
         best_doc = min(whole_ms)
-        print(f"{label}: {n} pages at {settings.RENDER_DPI} dpi ({images[0].width}x{images[0].height} px); "
-              f"libjpeg-turbo: {features.check_feature('libjpeg_turbo')}; WebP: {features.check('webp')}")
+        print(
+            f"{label}: {n} pages at {settings.RENDER_DPI} dpi ({images[0].width}x{images[0].height} px); "
+            f"libjpeg-turbo: {features.check_feature('libjpeg_turbo')}; WebP: {features.check('webp')}"
+        )
         print("\nper page, ms (median / mean over pages; best of the passes):")
         steps_out = {}
         for k, v in steps.items():
             steps_out[k] = {"median": round(statistics.median(v), 2), "mean": round(statistics.mean(v), 2)}
             print(f"  {k:17} {statistics.median(v):7.2f} / {statistics.mean(v):7.2f}")
-        print("  (write_page_files = image JPEG + thumbnail + text files, as the worker runs it; "
-              "page_total includes it and the separately timed steps)")
+        print(
+            "  (write_page_files = image JPEG + thumbnail + text files, as the worker runs it; "
+            "page_total includes it and the separately timed steps)"
+        )
         ours = n / (best_doc / 1000)
         print(f"\nthis script: {n} pages in {best_doc:.0f} ms = {ours:.1f} pages/s (encodes twice)")
         path = ("load", "text", "render", "to_pil", "write_page_files")  # what the worker runs per page
@@ -160,17 +182,26 @@ def main() -> None:
                 sizes.append(size)
                 times.append(ms)
             quality = statistics.mean(psnr(im, fmt, **params) for im in images[::6])  # every 6th page
-            row = {"format": fmt, **params, "kib": round(statistics.mean(sizes) / 1024, 1),
-                   "ms": round(statistics.mean(times), 2), "psnr_db": round(quality, 2)}
+            row = {
+                "format": fmt,
+                **params,
+                "kib": round(statistics.mean(sizes) / 1024, 1),
+                "ms": round(statistics.mean(times), 2),
+                "psnr_db": round(quality, 2),
+            }
             enc_out.append(row)
-            print(f"  {fmt:5} {json.dumps(params):40} {row['kib']:7.1f} KiB  {row['ms']:7.2f} ms  "
-                  f"{row['psnr_db']:6.2f} dB")
+            print(
+                f"  {fmt:5} {json.dumps(params):40} {row['kib']:7.1f} KiB  {row['ms']:7.2f} ms  "
+                f"{row['psnr_db']:6.2f} dB"
+            )
         print("\nthumbnail (same bitmaps, to THUMB_WIDTH, JPEG at THUMB_QUALITY): mean ms per page")
         thumbs = {}
-        for label_, method, gap in (("LANCZOS, reducing_gap 2 (ours)", Image.Resampling.LANCZOS, 2.0),
-                                    ("LANCZOS, no reducing_gap", Image.Resampling.LANCZOS, None),
-                                    ("BICUBIC, reducing_gap 2", Image.Resampling.BICUBIC, 2.0),
-                                    ("BILINEAR, reducing_gap 2", Image.Resampling.BILINEAR, 2.0)):
+        for label_, method, gap in (
+            ("LANCZOS, reducing_gap 2 (ours)", Image.Resampling.LANCZOS, 2.0),
+            ("LANCZOS, no reducing_gap", Image.Resampling.LANCZOS, None),
+            ("BICUBIC, reducing_gap 2", Image.Resampling.BICUBIC, 2.0),
+            ("BILINEAR, reducing_gap 2", Image.Resampling.BILINEAR, 2.0),
+        ):
             times = []
             for im in images:
                 t0 = time.perf_counter()
@@ -188,23 +219,38 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 t0 = time.perf_counter()
-                subprocess.run(["pdftoppm", "-r", str(settings.RENDER_DPI), "-jpeg", str(source),
-                                str(out / "p")], check=True)
+                subprocess.run(
+                    ["pdftoppm", "-r", str(settings.RENDER_DPI), "-jpeg", str(source), str(out / "p")],
+                    check=True,
+                )
                 ms = (time.perf_counter() - t0) * 1000
                 best = ms if best is None else min(best, ms)
             files = list((work / "poppler").iterdir())
             kib = statistics.mean(f.stat().st_size for f in files) / 1024
-            poppler = {"ms_total": round(best), "pages_per_s": round(n / (best / 1000), 1),
-                       "kib": round(kib, 1)}
-            print(f"\npdftoppm -r {settings.RENDER_DPI} -jpeg: {n} pages in {best:.0f} ms = "
-                  f"{poppler['pages_per_s']} pages/s per core (image only: no text, no thumbnail), "
-                  f"{kib:.1f} KiB per page")
+            poppler = {
+                "ms_total": round(best),
+                "pages_per_s": round(n / (best / 1000), 1),
+                "kib": round(kib, 1),
+            }
+            print(
+                f"\npdftoppm -r {settings.RENDER_DPI} -jpeg: {n} pages in {best:.0f} ms = "
+                f"{poppler['pages_per_s']} pages/s per core (image only: no text, no thumbnail), "
+                f"{kib:.1f} KiB per page"
+            )
         else:
             print("\npdftoppm not found (apt-get install poppler-utils)")
-        result = {"pdf": label, "pages": n, "dpi": settings.RENDER_DPI,
-                  "libjpeg_turbo": features.check_feature("libjpeg_turbo"), "steps_ms": steps_out,
-                  "ours_pages_per_s": round(ours, 1), "worker_path_ms": round(worker_ms, 2),
-                  "encoders": enc_out, "thumbnails_ms": thumbs, "pdftoppm": poppler}
+        result = {
+            "pdf": label,
+            "pages": n,
+            "dpi": settings.RENDER_DPI,
+            "libjpeg_turbo": features.check_feature("libjpeg_turbo"),
+            "steps_ms": steps_out,
+            "ours_pages_per_s": round(ours, 1),
+            "worker_path_ms": round(worker_ms, 2),
+            "encoders": enc_out,
+            "thumbnails_ms": thumbs,
+            "pdftoppm": poppler,
+        }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     finally:

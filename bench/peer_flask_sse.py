@@ -7,6 +7,7 @@ sends no byte (so no response headers either) until the first message arrives.
 
 Served by bench/run.py as `gunicorn -k gevent --worker-connections 10000 -w 1 peer_flask_sse:app`.
 """
+
 from __future__ import annotations
 
 import os

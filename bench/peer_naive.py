@@ -6,6 +6,7 @@ SSE_PING_INTERVAL. No auth, no database: only the fan-out strategy differs from 
 
 Served by bench/run.py as `gunicorn -k gevent --worker-connections 10000 -w 1 peer_naive:app`.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,11 @@ def events(job_id: str):
                 next_ping = time.monotonic() + PING
             gevent.sleep(POLL)
 
-    return Response(stream(), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return Response(
+        stream(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 @app.route("/health")

@@ -6,6 +6,7 @@ Renders every page in this process (RENDER_PROCESSES=1) through `workers.pdf.ren
 throwaway local storage (emptied every 100 pages) and prints the resident set size every 250 pages.
 pdfium caches fonts and images per open document; `--reopen 0` never reopens it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,12 @@ def rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pdf", default=str(OCTAVE),
-                        help="default: the GNU Octave manual (apt-get download octave-doc)")
-    parser.add_argument("--reopen", type=int, default=pdf.REOPEN_EVERY,
-                        help="pages per open (0: never reopen)")
+    parser.add_argument(
+        "--pdf", default=str(OCTAVE), help="default: the GNU Octave manual (apt-get download octave-doc)"
+    )
+    parser.add_argument(
+        "--reopen", type=int, default=pdf.REOPEN_EVERY, help="pages per open (0: never reopen)"
+    )
     args = parser.parse_args()
     pdf.REOPEN_EVERY = args.reopen or 10**9
     source = Path(args.pdf)
@@ -55,8 +58,11 @@ def main() -> None:
 
     pdf.render_pages(source, Settings(RENDER_PROCESSES=1), work / "scratch", files, 1, 1, pages, reported)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000
-    print(f"{source.name}, {pages} pages, reopen every {args.reopen or 'never'}: RSS MB at page "
-          + ", ".join(f"{n}: {mb}" for n, mb in marks.items()) + f"; peak {peak:.1f}")
+    print(
+        f"{source.name}, {pages} pages, reopen every {args.reopen or 'never'}: RSS MB at page "
+        + ", ".join(f"{n}: {mb}" for n, mb in marks.items())
+        + f"; peak {peak:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ every scenario, so memory numbers start clean), one gevent load-client process, 
 process that saves progress through the real contract (livedoc.progress.ProgressWriter). See
 bench/README.md for what is measured and how.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,15 @@ import devredis  # noqa: E402
 GEVENT_ARGS = ["-k", "gevent", "--worker-connections", "11000", "-w", "1", "--no-control-socket"]
 POLL_MS = 2000
 PING_MS = 30000
-MAIN_JOBS = 100       # documents the 100 / 1,000 / 5,000-stream scenarios spread their streams over
-RATIO_JOBS = 10       # documents of the "10 vs 1,000 streams on 10 jobs" scenarios
-MAIN_RATE = 20.0      # progress saves per second (all jobs together) in the driven phase
+MAIN_JOBS = 100  # documents the 100 / 1,000 / 5,000-stream scenarios spread their streams over
+RATIO_JOBS = 10  # documents of the "10 vs 1,000 streams on 10 jobs" scenarios
+MAIN_RATE = 20.0  # progress saves per second (all jobs together) in the driven phase
 RATIO_RATE = 10.0
 DRIVE_S = 12.0
 IDLE_S = 10.0
 PROBES = 50
-CONCURRENCY = 50      # connects in flight while the client ramps up
-DOCS_PER_CONN = 10    # documents one multiplexed SSE stream / one WebSocket watches (a page showing K)
+CONCURRENCY = 50  # connects in flight while the client ramps up
+DOCS_PER_CONN = 10  # documents one multiplexed SSE stream / one WebSocket watches (a page showing K)
 
 TARGETS = {
     "streams_5000_errors": "5,000 concurrent streams on one gevent worker with 0 errors",
@@ -60,9 +61,9 @@ TARGETS = {
     "idle_cpu": "idle worker CPU with 1,000 streams < 2% of a core",
     # Streams at the floor: memory per connection against the naive poller, one worker's ceiling, fan-out.
     "mem_vs_naive": "MB/100 conns vs the naive poller, same N, same run: SSE <= 1.0x, multi <= 1.2x, "
-                    "WS <= 1.5x",
+    "WS <= 1.5x",
     "conns_10000": "10,000 connections on one worker: 0 errors, p99 <= 50 ms at 1,000 events/s, "
-                   "idle CPU < 2%",
+    "idle CPU < 2%",
     "fanout_5000": "5,000 connections x 10 documents at ~10,000 events/s: p99 <= 100 ms",
 }
 MEM_LIMITS = {"livedoc push": 1.0, "livedoc multi": 1.2, "livedoc ws": 1.5}
@@ -74,14 +75,14 @@ SEED_CLAIMS = "connect < 100 ms, update < 500 ms, < 10 MB per 100 connections, <
 @dataclass
 class Scenario:
     name: str
-    system: str            # livedoc | naive | flask-sse
-    streams: int           # connections
-    jobs: str = "main"     # main (100 jobs) | ratio (10 jobs)
-    push: bool = True      # livedoc only
+    system: str  # livedoc | naive | flask-sse
+    streams: int  # connections
+    jobs: str = "main"  # main (100 jobs) | ratio (10 jobs)
+    push: bool = True  # livedoc only
     ping_ms: int = PING_MS
-    idle: bool = True      # measure idle CPU and idle Redis traffic
+    idle: bool = True  # measure idle CPU and idle Redis traffic
     transport: str = "sse"  # livedoc only: sse (one document) | multi (/api/events?docs=) | ws (/api/ws)
-    docs: int = 1          # documents each connection watches (multi, ws)
+    docs: int = 1  # documents each connection watches (multi, ws)
     saves_per_s: float | None = None  # the driven rate when not the suite's (the 10,000 rows)
 
     @property
@@ -106,8 +107,9 @@ def suite(name: str) -> list[Scenario]:
     # (the same pages served over one connection each); 1,000 / 5,000 = the same connection count.
     for transport in ("multi", "ws"):
         for n in sorted({*sizes, *([500] if name == "full" else [])}):
-            out.append(Scenario(f"livedoc {transport} {n}", "livedoc", n, transport=transport,
-                                docs=DOCS_PER_CONN))
+            out.append(
+                Scenario(f"livedoc {transport} {n}", "livedoc", n, transport=transport, docs=DOCS_PER_CONN)
+            )
     for n in sizes:
         out.append(Scenario(f"naive {n}", "naive", n))
     for n in sizes:
@@ -115,15 +117,29 @@ def suite(name: str) -> list[Scenario]:
     if name in ("full", "floor"):
         # 10,000 connections at 1,000 events/s: every job has 100 single-document watchers
         # (10 saves/s) or 1,000 multiplexed/WebSocket watchers (1 save/s).
-        for transport, docs, rate in (("sse", 1, 10.0), ("multi", DOCS_PER_CONN, 1.0),
-                                      ("ws", DOCS_PER_CONN, 1.0)):
+        for transport, docs, rate in (
+            ("sse", 1, 10.0),
+            ("multi", DOCS_PER_CONN, 1.0),
+            ("ws", DOCS_PER_CONN, 1.0),
+        ):
             label = "push" if transport == "sse" else transport
-            out.append(Scenario(f"livedoc {label} 10000", "livedoc", 10000, transport=transport, docs=docs,
-                                saves_per_s=rate))
+            out.append(
+                Scenario(
+                    f"livedoc {label} 10000",
+                    "livedoc",
+                    10000,
+                    transport=transport,
+                    docs=docs,
+                    saves_per_s=rate,
+                )
+            )
     ratio_systems = [("livedoc push", "livedoc", True)]
     if name == "full":
-        ratio_systems += [("livedoc nopush", "livedoc", False), ("naive", "naive", True),
-                          ("flask-sse", "flask-sse", True)]
+        ratio_systems += [
+            ("livedoc nopush", "livedoc", False),
+            ("naive", "naive", True),
+            ("flask-sse", "flask-sse", True),
+        ]
     for label, system, push in ratio_systems:
         for n in (10, 1000):
             out.append(Scenario(f"{label} {n}on10", system, n, jobs="ratio", push=push, idle=False))
@@ -131,8 +147,17 @@ def suite(name: str) -> list[Scenario]:
         # Every connection watches all 10 jobs: 1,000 connections = 10,000 document watches.
         for transport in ("multi", "ws"):
             for n in (10, 1000):
-                out.append(Scenario(f"livedoc {transport} {n}on10", "livedoc", n, jobs="ratio", idle=False,
-                                    transport=transport, docs=RATIO_JOBS))
+                out.append(
+                    Scenario(
+                        f"livedoc {transport} {n}on10",
+                        "livedoc",
+                        n,
+                        jobs="ratio",
+                        idle=False,
+                        transport=transport,
+                        docs=RATIO_JOBS,
+                    )
+                )
     return out
 
 
@@ -140,9 +165,22 @@ def floor_suite() -> list[Scenario]:
     """The floor run, in one go: every transport and both peers at 1,000 and 5,000, heavy fan-out
     (multi/ws 5000 x 10 documents at ~10,000 events/s) and 10,000 per worker at 1,000 events/s."""
     full = {s.name: s for s in suite("full")}
-    names = ["livedoc push 1000", "livedoc nopush 1000", "livedoc multi 1000", "livedoc ws 1000",
-             "naive 1000", "flask-sse 1000", "livedoc push 5000", "livedoc multi 5000", "livedoc ws 5000",
-             "naive 5000", "flask-sse 5000", "livedoc push 10000", "livedoc multi 10000", "livedoc ws 10000"]
+    names = [
+        "livedoc push 1000",
+        "livedoc nopush 1000",
+        "livedoc multi 1000",
+        "livedoc ws 1000",
+        "naive 1000",
+        "flask-sse 1000",
+        "livedoc push 5000",
+        "livedoc multi 5000",
+        "livedoc ws 5000",
+        "naive 5000",
+        "flask-sse 5000",
+        "livedoc push 10000",
+        "livedoc multi 10000",
+        "livedoc ws 10000",
+    ]
     return [full[n] for n in names]
 
 
@@ -175,6 +213,7 @@ def ensure_flask_sse() -> str:
         log("Flask-SSE is not installed: pip install flask-sse==1.0.0 (benchmark peer only)")
         subprocess.run([str(BIN / "pip"), "install", "-q", "flask-sse==1.0.0"], check=True)
     from importlib.metadata import version
+
     return version("flask-sse")
 
 
@@ -186,9 +225,15 @@ class Server:
 
         self.name = name
         self.log_path = log_path
-        self.popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "ab"),
-                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=raise_nofile)
+        self.popen = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=open(log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=raise_nofile,
+        )
         self.master = psutil.Process(self.popen.pid)
         self.worker = None
 
@@ -222,26 +267,54 @@ class Server:
 
     def error_lines(self) -> int:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return sum(1 for line in text.splitlines() if "Traceback" in line or "[ERROR]" in line
-                   or " ERROR " in line or "CRITICAL" in line)
+        return sum(
+            1
+            for line in text.splitlines()
+            if "Traceback" in line or "[ERROR]" in line or " ERROR " in line or "CRITICAL" in line
+        )
 
 
 class LoadClient:
     """The gevent load-client process, driven line by line over its stdin/stdout."""
 
-    def __init__(self, port: int, paths: list[str], headers: dict, out: Path, wait_headers: bool,
-                 kind: str = "sse", subscribe: list[list[str]] | None = None):
+    def __init__(
+        self,
+        port: int,
+        paths: list[str],
+        headers: dict,
+        out: Path,
+        wait_headers: bool,
+        kind: str = "sse",
+        subscribe: list[list[str]] | None = None,
+    ):
         targets = out.with_suffix(".targets.json")
-        targets.write_text(json.dumps({"kind": kind, "paths": paths, "headers": headers,
-                                       "subscribe": subscribe or []}))
-        cmd = [sys.executable, str(BENCH / "loadclient.py"), "--port", str(port), "--targets", str(targets),
-               "--out", str(out), "--concurrency", str(CONCURRENCY)]
+        targets.write_text(
+            json.dumps({"kind": kind, "paths": paths, "headers": headers, "subscribe": subscribe or []})
+        )
+        cmd = [
+            sys.executable,
+            str(BENCH / "loadclient.py"),
+            "--port",
+            str(port),
+            "--targets",
+            str(targets),
+            "--out",
+            str(out),
+            "--concurrency",
+            str(CONCURRENCY),
+        ]
         if not wait_headers:
             cmd.append("--no-wait-headers")
         self.out = out
-        self.popen = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=open(out.with_suffix(".stderr"), "wb"), text=True,
-                                      preexec_fn=raise_nofile)
+        self.popen = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(out.with_suffix(".stderr"), "wb"),
+            text=True,
+            preexec_fn=raise_nofile,
+        )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -291,7 +364,7 @@ class Bench:
         self.profile = profile
         self.profile_phase = profile_phase  # all | ramp | drive: which phase py-spy records
         self.livedoc_config = "gunicorn.conf.py"  # bench/memprofile.py swaps in its tracemalloc config
-        self.peer_config: str | None = None        # ... and gives the peers the same one
+        self.peer_config: str | None = None  # ... and gives the peers the same one
         self.redis_proc = None
         self.results: list[dict] = []
 
@@ -322,7 +395,8 @@ class Bench:
             "RATELIMIT_UPLOAD": "100000 per minute",
             "MAX_STREAMS_PER_USER": "100000",
             # 110 documents stay queued on purpose (no worker): above the per-user quotas.
-            "MAX_CONVERSIONS_PER_USER": "100000", "QUOTA_DOCUMENTS": "100000",
+            "MAX_CONVERSIONS_PER_USER": "100000",
+            "QUOTA_DOCUMENTS": "100000",
             "WEB_CONCURRENCY": "1",
             "WORKER_CONNECTIONS": "11000",  # 10,000 streams + the probes
             "LOG_LEVEL": "INFO",
@@ -330,8 +404,14 @@ class Bench:
         }
 
         def flask(*args: str) -> str:
-            out = subprocess.run([str(BIN / "flask"), "--app", "app", *args], cwd=ROOT, env=self.base_env,
-                                 capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                [str(BIN / "flask"), "--app", "app", *args],
+                cwd=ROOT,
+                env=self.base_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if out.returncode != 0:
                 raise RuntimeError(f"flask {args} failed: {out.stderr}")
             return out.stdout.strip()
@@ -346,8 +426,10 @@ class Bench:
             self.docs: dict[str, list[str]] = {"main": [], "ratio": []}
             for kind, count in (("main", MAIN_JOBS), ("ratio", RATIO_JOBS)):
                 for i in range(count):
-                    resp = session.post(f"{self.url}/api/documents",
-                                        files={"file": (f"bench-{kind}-{i}.txt", b"bench document\n")})
+                    resp = session.post(
+                        f"{self.url}/api/documents",
+                        files={"file": (f"bench-{kind}-{i}.txt", b"bench document\n")},
+                    )
                     if resp.status_code != 201:
                         raise RuntimeError(f"upload failed: {resp.status_code} {resp.text[:300]}")
                     self.docs[kind].append(resp.json()["id"])
@@ -359,8 +441,10 @@ class Bench:
             for doc_id in ids:
                 job = Job.fetch(ljobs.job_id(doc_id, 1), connection=self.raw, serializer=ljobs.SERIALIZER)
                 self.writers[kind].append(ProgressWriter(job, self.raw))
-        log(f"setup: redis {self.redis_version} on {self.redis_url}; {MAIN_JOBS}+{RATIO_JOBS} documents "
-            f"queued (no worker)")
+        log(
+            f"setup: redis {self.redis_version} on {self.redis_url}; {MAIN_JOBS}+{RATIO_JOBS} documents "
+            f"queued (no worker)"
+        )
 
     def start_server(self, sc: Scenario) -> Server:
         port = devredis.free_port()
@@ -376,8 +460,15 @@ class Bench:
         else:
             module = {"naive": "peer_naive", "flask-sse": "peer_flask_sse"}[sc.system]
             config = ["-c", self.peer_config] if self.peer_config else []
-            cmd = [str(BIN / "gunicorn"), *config, *GEVENT_ARGS, *bind, "--pythonpath", str(BENCH),
-                   f"{module}:app"]
+            cmd = [
+                str(BIN / "gunicorn"),
+                *config,
+                *GEVENT_ARGS,
+                *bind,
+                "--pythonpath",
+                str(BENCH),
+                f"{module}:app",
+            ]
             health = f"{self.url}/health"
         slug = sc.name.replace(" ", "_")
         server = Server(sc.name, cmd, env, self.work / f"server-{slug}.log")
@@ -398,8 +489,12 @@ class Bench:
         if sc.system == "livedoc":
             auth = {"Authorization": f"Bearer {self.token}"}
             if sc.transport == "multi":
-                return ([f"/api/events?docs={','.join(docs[x] for x in w)}" for w in watch], auth, job_ids,
-                        watch)
+                return (
+                    [f"/api/events?docs={','.join(docs[x] for x in w)}" for w in watch],
+                    auth,
+                    job_ids,
+                    watch,
+                )
             if sc.transport == "ws":
                 return ["/api/ws"] * sc.streams, auth, job_ids, watch
             return [f"/api/documents/{docs[w[0]]}/events" for w in watch], auth, job_ids, watch
@@ -411,16 +506,26 @@ class Bench:
         paths, headers, _, watch = self.paths(sc)
         docs = self.docs[sc.jobs]
         subscribe = [[docs[x] for x in w] for w in watch] if sc.transport == "ws" else None
-        return LoadClient(self.port, paths, headers, out, wait_headers=sc.system != "flask-sse",
-                          kind="ws" if sc.transport == "ws" else "sse", subscribe=subscribe)
+        return LoadClient(
+            self.port,
+            paths,
+            headers,
+            out,
+            wait_headers=sc.system != "flask-sse",
+            kind="ws" if sc.transport == "ws" else "sse",
+            subscribe=subscribe,
+        )
 
     def warm_up(self, sc: Scenario) -> None:
         import requests
 
         for _ in range(3):
             if sc.system == "livedoc":
-                requests.get(f"{self.url}/api/documents/{self.docs[sc.jobs][0]}/status",
-                             headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+                requests.get(
+                    f"{self.url}/api/documents/{self.docs[sc.jobs][0]}/status",
+                    headers={"Authorization": f"Bearer {self.token}"},
+                    timeout=10,
+                )
             else:
                 requests.get(f"{self.url}/health", timeout=10)
 
@@ -436,8 +541,12 @@ class Bench:
             if delay > 0:
                 time.sleep(delay)
             w = writers[i % len(writers)]
-            prog = w.update("rendering", percent=min(99, w.progress["percent"] + 1),
-                            page=(i // len(writers)) % 50 + 1, pages=50)
+            prog = w.update(
+                "rendering",
+                percent=min(99, w.progress["percent"] + 1),
+                page=(i // len(writers)) % 50 + 1,
+                pages=50,
+            )
             driver_cmds.update({"multi": 1, "hset": 1, "publish": 1, "exec": 1})
             if sc.system == "flask-sse":
                 # What flask_sse.sse.publish(prog, type="progress", channel=job_id) sends (it would
@@ -465,10 +574,23 @@ class Bench:
             profiling = sc.name in self.profile
 
             def start_spy():
-                proc = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(w.pid), "--rate", "200",
-                                         "--nonblocking", "--format", "raw",
-                                         "--output", str(self.work / f"profile-{slug}.txt")],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    [
+                        str(BIN / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(w.pid),
+                        "--rate",
+                        "200",
+                        "--nonblocking",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(self.work / f"profile-{slug}.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 time.sleep(1)
                 return proc
 
@@ -573,9 +695,13 @@ class Bench:
             res["dropped"] = out["dropped"]
             res["open_at_end"] = status["open"]
             res["pings"] = out["pings"]
-            res["errors"] = (sum(out["failed"].values()) + sum(out["dropped"].values())
-                             + sum(res.get("probe_failed", {}).values())
-                             + sum(out.get("ws_errors", {}).values()) + out.get("denied", 0))
+            res["errors"] = (
+                sum(out["failed"].values())
+                + sum(out["dropped"].values())
+                + sum(res.get("probe_failed", {}).values())
+                + sum(out.get("ws_errors", {}).values())
+                + out.get("denied", 0)
+            )
         except Exception as exc:  # noqa: BLE001 - a scenario that breaks is a result, not a crash
             res["crashed"] = f"{exc.__class__.__name__}: {str(exc)[:500]}"
             log(f"    CRASHED: {res['crashed']}")
@@ -594,8 +720,12 @@ class Bench:
         if sc.name in self.profile:
             res["profile"] = summarize_profile(self.work / f"profile-{slug}.txt")
             res["profile"]["phase"] = self.profile_phase
-        log("    " + json.dumps({k: v for k, v in res.items() if k not in ("scenario", "redis_server_cmds")},
-                                default=str))
+        log(
+            "    "
+            + json.dumps(
+                {k: v for k, v in res.items() if k not in ("scenario", "redis_server_cmds")}, default=str
+            )
+        )
         self.results.append(res)
         return res
 
@@ -638,10 +768,14 @@ COLUMNS = [
     ("open", lambda r: f(r.get("opened"))),
     ("docs/conn", lambda r: f(r["scenario"].get("docs", 1))),
     ("ramp s", lambda r: f(r.get("ramp_s"), 1)),
-    ("connect p50/p99 ms (ramp)",
-     lambda r: f"{f(r.get('connect_p50_ms'), 1)} / {f(r.get('connect_p99_ms'), 1)}"),
-    ("connect p50/p99 ms (N open)",
-     lambda r: f"{f(r.get('probe_p50_ms'), 1)} / {f(r.get('probe_p99_ms'), 1)}"),
+    (
+        "connect p50/p99 ms (ramp)",
+        lambda r: f"{f(r.get('connect_p50_ms'), 1)} / {f(r.get('connect_p99_ms'), 1)}",
+    ),
+    (
+        "connect p50/p99 ms (N open)",
+        lambda r: f"{f(r.get('probe_p50_ms'), 1)} / {f(r.get('probe_p99_ms'), 1)}",
+    ),
     ("save→recv p50/p99 ms", lambda r: f"{f(r.get('lat_p50_ms'), 1)} / {f(r.get('lat_p99_ms'), 1)}"),
     ("delivered", lambda r: f(r.get("delivered_pct"), 1, "%")),
     ("events/s", lambda r: f(r.get("events_per_s"))),
@@ -651,15 +785,23 @@ COLUMNS = [
     ("idle CPU", lambda r: f(r.get("idle_cpu_pct"), 1, "%")),
     ("drive CPU", lambda r: f(r.get("drive_cpu_pct"), 1, "%")),
     ("Redis cmd/s idle", lambda r: f(r.get("idle_redis_cmds_s"), 1)),
-    ("Redis cmd/s driven: server (total)",
-     lambda r: f"{f(r.get('redis_server_cmds_s'), 1)} ({f(r.get('redis_total_cmds_s'), 1)})"),
+    (
+        "Redis cmd/s driven: server (total)",
+        lambda r: f"{f(r.get('redis_server_cmds_s'), 1)} ({f(r.get('redis_total_cmds_s'), 1)})",
+    ),
     ("Redis clients", lambda r: f(r.get("redis_clients"))),
-    ("errors", lambda r: r.get("crashed", "")[:60] or
-     f"{r.get('errors', 0)}" + (f" {r['failed']}" if r.get("failed") else "")
-     + (f" dropped {r['dropped']}" if r.get("dropped") else "")
-     + (f" ws-errors {r['ws_errors']}" if r.get("ws_errors") else "")
-     + (f" denied {r['denied']}" if r.get("denied") else "")
-     + (f" srv-log {r['server_error_lines']}" if r.get("server_error_lines") else "")),
+    (
+        "errors",
+        lambda r: (
+            r.get("crashed", "")[:60]
+            or f"{r.get('errors', 0)}"
+            + (f" {r['failed']}" if r.get("failed") else "")
+            + (f" dropped {r['dropped']}" if r.get("dropped") else "")
+            + (f" ws-errors {r['ws_errors']}" if r.get("ws_errors") else "")
+            + (f" denied {r['denied']}" if r.get("denied") else "")
+            + (f" srv-log {r['server_error_lines']}" if r.get("server_error_lines") else "")
+        ),
+    ),
 ]
 
 
@@ -692,37 +834,65 @@ def verdicts(results: list[dict]) -> list[tuple[str, str, str, str]]:
             return "met"
         return f"MISSED by {value - limit:,.1f}{unit} ({value / limit:.1f}x)" if lower_is_better else "missed"
 
-    systems = [("livedoc push", "livedoc push"), ("livedoc nopush", "livedoc nopush"),
-               ("livedoc multi", "livedoc multi"), ("livedoc ws", "livedoc ws"),
-               ("naive", "naive"), ("flask-sse", "flask-sse")]
+    systems = [
+        ("livedoc push", "livedoc push"),
+        ("livedoc nopush", "livedoc nopush"),
+        ("livedoc multi", "livedoc multi"),
+        ("livedoc ws", "livedoc ws"),
+        ("naive", "naive"),
+        ("flask-sse", "flask-sse"),
+    ]
     for label, prefix in systems:
         s = r.get(f"{prefix} 5000")
         if s:
             ok = not s.get("crashed") and s.get("errors", 1) == 0 and s.get("opened") == 5000
-            rows.append((TARGETS["streams_5000_errors"], label,
-                         s.get("crashed") or f"{s.get('opened')} open, {s.get('errors')} errors",
-                         "met" if ok else "MISSED"))
+            rows.append(
+                (
+                    TARGETS["streams_5000_errors"],
+                    label,
+                    s.get("crashed") or f"{s.get('opened')} open, {s.get('errors')} errors",
+                    "met" if ok else "MISSED",
+                )
+            )
     for label, prefix in systems:
         for n in (500, 1000, 5000):
             s = r.get(f"{prefix} {n}")
             if s and s.get("rss_per_100_mb") is not None:
                 k = s["scenario"].get("docs", 1)
-                per_doc = (f" per 100 connections = {s['rss_per_100_docs_mb']:.2f} MB per 100 documents "
-                           f"watched ({k} per connection)" if k > 1 else "")
-                rows.append((TARGETS["rss_per_100"], f"{label} @{n}",
-                             f"{s['rss_per_100_mb']:.2f} MB{per_doc}", miss(s["rss_per_100_mb"], 2.0, " MB")))
-    for label, prefix, limit, key in (("livedoc push", "livedoc push", 100, "p99_push"),
-                                      ("livedoc multi", "livedoc multi", 100, "p99_push"),
-                                      ("livedoc ws", "livedoc ws", 100, "p99_push"),
-                                      ("flask-sse", "flask-sse", 100, "p99_push"),
-                                      ("livedoc nopush", "livedoc nopush", POLL_MS + 100, "p99_nopush"),
-                                      ("naive", "naive", POLL_MS + 100, "p99_nopush")):
+                per_doc = (
+                    f" per 100 connections = {s['rss_per_100_docs_mb']:.2f} MB per 100 documents "
+                    f"watched ({k} per connection)"
+                    if k > 1
+                    else ""
+                )
+                rows.append(
+                    (
+                        TARGETS["rss_per_100"],
+                        f"{label} @{n}",
+                        f"{s['rss_per_100_mb']:.2f} MB{per_doc}",
+                        miss(s["rss_per_100_mb"], 2.0, " MB"),
+                    )
+                )
+    for label, prefix, limit, key in (
+        ("livedoc push", "livedoc push", 100, "p99_push"),
+        ("livedoc multi", "livedoc multi", 100, "p99_push"),
+        ("livedoc ws", "livedoc ws", 100, "p99_push"),
+        ("flask-sse", "flask-sse", 100, "p99_push"),
+        ("livedoc nopush", "livedoc nopush", POLL_MS + 100, "p99_nopush"),
+        ("naive", "naive", POLL_MS + 100, "p99_nopush"),
+    ):
         for n in (100, 500, 1000, 5000):
             s = r.get(f"{prefix} {n}")
             if s and s.get("lat_p99_ms") is not None:
                 rate = f" ({s['events_per_s']:,.0f} events/s)" if s.get("events_per_s") else ""
-                rows.append((TARGETS[key], f"{label} @{n}", f"{s['lat_p99_ms']:,.1f} ms{rate}",
-                             miss(s["lat_p99_ms"], limit, " ms")))
+                rows.append(
+                    (
+                        TARGETS[key],
+                        f"{label} @{n}",
+                        f"{s['lat_p99_ms']:,.1f} ms{rate}",
+                        miss(s["lat_p99_ms"], limit, " ms"),
+                    )
+                )
     for label, prefix in systems:
         a, b = r.get(f"{prefix} 10on10"), r.get(f"{prefix} 1000on10")
         if a and b and a.get("redis_server_cmds_s") is not None and b.get("redis_server_cmds_s") is not None:
@@ -730,21 +900,38 @@ def verdicts(results: list[dict]) -> list[tuple[str, str, str, str]]:
             ta, tb = a["redis_total_cmds_s"], b["redis_total_cmds_s"]
             ratio = sb / sa if sa else (1.0 if sb == 0 else float("inf"))
             tratio = tb / ta if ta else float("inf")
-            rows.append((TARGETS["redis_ratio"], label,
-                         f"server {sa:,.1f} → {sb:,.1f} cmd/s = {ratio:.2f}x; incl. driver {ta:,.1f} → "
-                         f"{tb:,.1f} = {tratio:.2f}x",
-                         "met" if ratio <= 1.2 else f"MISSED ({ratio:.1f}x vs 1.2x)"))
+            rows.append(
+                (
+                    TARGETS["redis_ratio"],
+                    label,
+                    f"server {sa:,.1f} → {sb:,.1f} cmd/s = {ratio:.2f}x; incl. driver {ta:,.1f} → "
+                    f"{tb:,.1f} = {tratio:.2f}x",
+                    "met" if ratio <= 1.2 else f"MISSED ({ratio:.1f}x vs 1.2x)",
+                )
+            )
     for label, prefix in systems:
         s = r.get(f"{prefix} 1000")
         if s and s.get("probe_p99_ms") is not None:
-            rows.append((TARGETS["connect_p99"], label, f"{s['probe_p99_ms']:.1f} ms",
-                         miss(s["probe_p99_ms"], 50, " ms")))
+            rows.append(
+                (
+                    TARGETS["connect_p99"],
+                    label,
+                    f"{s['probe_p99_ms']:.1f} ms",
+                    miss(s["probe_p99_ms"], 50, " ms"),
+                )
+            )
     for label, prefix in systems + [("livedoc push, 5 s pings", "livedoc push")]:
         name = f"{prefix} 1000" + (" ping5s" if "pings" in label else "")
         s = r.get(name)
         if s and s.get("idle_cpu_pct") is not None:
-            rows.append((TARGETS["idle_cpu"], label, f"{s['idle_cpu_pct']:.1f}%",
-                         miss(s["idle_cpu_pct"], 2.0, " pts")))
+            rows.append(
+                (
+                    TARGETS["idle_cpu"],
+                    label,
+                    f"{s['idle_cpu_pct']:.1f}%",
+                    miss(s["idle_cpu_pct"], 2.0, " pts"),
+                )
+            )
     for n in (1000, 5000):
         base = r.get(f"naive {n}")
         if not base or not base.get("rss_per_100_mb"):
@@ -754,9 +941,15 @@ def verdicts(results: list[dict]) -> list[tuple[str, str, str, str]]:
             if s and s.get("rss_per_100_mb") is not None:
                 ratio = s["rss_per_100_mb"] / base["rss_per_100_mb"]
                 verdict = "met" if ratio <= limit else f"MISSED ({ratio:.2f}x vs {limit}x)"
-                rows.append((TARGETS["mem_vs_naive"], f"{prefix} @{n}",
-                             f"{s['rss_per_100_mb']:.2f} vs naive {base['rss_per_100_mb']:.2f} MB/100 = "
-                             f"{ratio:.2f}x", verdict))
+                rows.append(
+                    (
+                        TARGETS["mem_vs_naive"],
+                        f"{prefix} @{n}",
+                        f"{s['rss_per_100_mb']:.2f} vs naive {base['rss_per_100_mb']:.2f} MB/100 = "
+                        f"{ratio:.2f}x",
+                        verdict,
+                    )
+                )
     for prefix in MEM_LIMITS:
         s = r.get(f"{prefix} 10000")
         if not s:
@@ -765,28 +958,56 @@ def verdicts(results: list[dict]) -> list[tuple[str, str, str, str]]:
             rows.append((TARGETS["conns_10000"], prefix, s["crashed"][:80], "MISSED"))
             continue
         errs, p99, idle = s.get("errors", 1), s.get("lat_p99_ms"), s.get("idle_cpu_pct")
-        ok = (errs == 0 and s.get("opened") == 10000 and p99 is not None and p99 <= 50
-              and idle is not None and idle < 2)
-        rows.append((TARGETS["conns_10000"], prefix,
-                     f"{s.get('opened')} open, {errs} errors, p99 {f(p99, 1)} ms at "
-                     f"{f(s.get('events_per_s'))} events/s, idle CPU {f(idle, 1)}%",
-                     "met" if ok else "MISSED"))
+        ok = (
+            errs == 0
+            and s.get("opened") == 10000
+            and p99 is not None
+            and p99 <= 50
+            and idle is not None
+            and idle < 2
+        )
+        rows.append(
+            (
+                TARGETS["conns_10000"],
+                prefix,
+                f"{s.get('opened')} open, {errs} errors, p99 {f(p99, 1)} ms at "
+                f"{f(s.get('events_per_s'))} events/s, idle CPU {f(idle, 1)}%",
+                "met" if ok else "MISSED",
+            )
+        )
     for prefix in ("livedoc multi", "livedoc ws"):
         s = r.get(f"{prefix} 5000")
         if s and s.get("lat_p99_ms") is not None:
-            rows.append((TARGETS["fanout_5000"], prefix,
-                         f"p99 {s['lat_p99_ms']:,.1f} ms at {s.get('events_per_s', 0):,.0f} events/s",
-                         miss(s["lat_p99_ms"], 100, " ms")))
+            rows.append(
+                (
+                    TARGETS["fanout_5000"],
+                    prefix,
+                    f"p99 {s['lat_p99_ms']:,.1f} ms at {s.get('events_per_s', 0):,.0f} events/s",
+                    miss(s["lat_p99_ms"], 100, " ms"),
+                )
+            )
     return rows
 
 
 def machine() -> dict:
     from importlib.metadata import version
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = next((line.split(":", 1)[1].strip() for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        "?",
+    )
     return {
         "date": subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip(),
         "nproc": os.cpu_count(),
@@ -803,8 +1024,10 @@ def machine() -> dict:
         "flask-sse": version("flask-sse"),
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip() or "?",
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        or "?",
     }
 
 
@@ -860,11 +1083,17 @@ def write_markdown(path: Path, meta: dict, results: list[dict], command: str) ->
         lines += ["## Profiles (py-spy, web worker)", ""]
         for r in profiles:
             p = r["profile"]
-            phase = {"ramp": "the ramp", "drive": "the driven window"}.get(p.get("phase"),
-                                                                          "ramp + probe + idle + drive")
-            lines += [f"### {r['name']} ({p.get('samples', 0)} samples over {phase})", "",
-                      "| own % | function |", "|---|---|",
-                      *[f"| {pc} | `{fn}` |" for fn, pc in p.get("own", [])[:12]], ""]
+            phase = {"ramp": "the ramp", "drive": "the driven window"}.get(
+                p.get("phase"), "ramp + probe + idle + drive"
+            )
+            lines += [
+                f"### {r['name']} ({p.get('samples', 0)} samples over {phase})",
+                "",
+                "| own % | function |",
+                "|---|---|",
+                *[f"| {pc} | `{fn}` |" for fn, pc in p.get("own", [])[:12]],
+                "",
+            ]
     kept = ""
     if path.exists() and ANALYSIS_MARKER in path.read_text():
         kept = ANALYSIS_MARKER + path.read_text().split(ANALYSIS_MARKER, 1)[1]
@@ -872,17 +1101,25 @@ def write_markdown(path: Path, meta: dict, results: list[dict], command: str) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default="quick",
-                        help="quick | full | floor | comma-separated scenario names from the full suite")
-    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"),
-                        help="where to write the report ('' to skip)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scenarios",
+        default="quick",
+        help="quick | full | floor | comma-separated scenario names from the full suite",
+    )
+    parser.add_argument(
+        "--markdown", default=str(ROOT / "BENCHMARKS.md"), help="where to write the report ('' to skip)"
+    )
     parser.add_argument("--json", default=None, help="raw results (default: bench/results/<suite>.json)")
     parser.add_argument("--profile", default="", help="comma-separated scenario names to profile with py-spy")
-    parser.add_argument("--profile-phase", default="all", choices=["all", "ramp", "drive"],
-                        help="record the whole scenario, only the ramp (connect path) or only the driven "
-                             "window (fan-out)")
+    parser.add_argument(
+        "--profile-phase",
+        default="all",
+        choices=["all", "ramp", "drive"],
+        help="record the whole scenario, only the ramp (connect path) or only the driven window (fan-out)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, client data)")
     parser.add_argument("--report-only", metavar="JSON", help="rewrite the report from a results file")
     args = parser.parse_args()
@@ -930,8 +1167,9 @@ def main() -> None:
     label = args.scenarios if args.scenarios in ("quick", "full", "floor") else "custom"
     out_json = Path(args.json) if args.json else BENCH / "results" / f"{label}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps({"meta": meta, "command": command, "results": bench.results}, indent=1,
-                                   default=str))
+    out_json.write_text(
+        json.dumps({"meta": meta, "command": command, "results": bench.results}, indent=1, default=str)
+    )
     if args.markdown:
         write_markdown(Path(args.markdown), meta, bench.results, command)
         log(f"wrote {args.markdown} and {out_json} (total {meta['duration_s']} s)")

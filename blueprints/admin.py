@@ -1,4 +1,5 @@
 """Operators' pages: real-time flags, live stats, and the RQ dashboard at /rq (admins only)."""
+
 from __future__ import annotations
 
 import base64
@@ -41,10 +42,18 @@ def admin_required(view):
 def index():
     """Flags, stats, conversion workers, and a link to the RQ dashboard."""
     queue_name = current_app.config["QUEUE_NAME"]
-    workers = {"alive": fleet.workers_alive(redis_conn(), queue_name),
-               "queued": fleet.queue_length(redis_conn(), queue_name), "queue": queue_name}
-    return render_template("admin/index.html", flags=realtime_flags(),
-                           stats=hub.collect_stats(redis_conn()), choices=flags.CHOICES, workers=workers)
+    workers = {
+        "alive": fleet.workers_alive(redis_conn(), queue_name),
+        "queued": fleet.queue_length(redis_conn(), queue_name),
+        "queue": queue_name,
+    }
+    return render_template(
+        "admin/index.html",
+        flags=realtime_flags(),
+        stats=hub.collect_stats(redis_conn()),
+        choices=flags.CHOICES,
+        workers=workers,
+    )
 
 
 @bp.route("/realtime", methods=["POST"])
@@ -74,22 +83,34 @@ def set_realtime():
 # by its hash (computed per response, so only the script the dashboard itself rendered runs), not by
 # 'unsafe-inline'. Its markup has style="" attributes, hence 'unsafe-inline' for styles only. It talks
 # to its own JSON endpoints (connect-src 'self') and loads nothing from elsewhere.
-RQ_DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval' {hashes}; "
-                    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
-                    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'")
+RQ_DASHBOARD_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-eval' {hashes}; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"
+)
 # Inline scripts that run: no src, and not the dashboard's `type="text/template"` row templates.
-_INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\b(?:src=|type=\"text/template\"))[^>]*>(.*?)</script>",
-                            re.S | re.I)
+_INLINE_SCRIPT = re.compile(
+    rb"<script(?![^>]*\b(?:src=|type=\"text/template\"))[^>]*>(.*?)</script>", re.S | re.I
+)
 
 # The dashboard's routes that change state; its JS sends them all as POST.
-_RQ_WRITES = {"rq_dashboard.requeue_all", "rq_dashboard.requeue_job_view", "rq_dashboard.delete_job_view",
-              "rq_dashboard.empty_queue", "rq_dashboard.compact_queue"}
+_RQ_WRITES = {
+    "rq_dashboard.requeue_all",
+    "rq_dashboard.requeue_job_view",
+    "rq_dashboard.delete_job_view",
+    "rq_dashboard.empty_queue",
+    "rq_dashboard.compact_queue",
+}
 
 
 def dashboard_csp(body: bytes) -> str:
     """The CSP for one rq-dashboard response: its own inline scripts by hash, plus 'unsafe-eval'."""
-    hashes = sorted({"'sha256-" + base64.b64encode(hashlib.sha256(m).digest()).decode() + "'"
-                     for m in _INLINE_SCRIPT.findall(body)})
+    hashes = sorted(
+        {
+            "'sha256-" + base64.b64encode(hashlib.sha256(m).digest()).decode() + "'"
+            for m in _INLINE_SCRIPT.findall(body)
+        }
+    )
     return RQ_DASHBOARD_CSP.format(hashes=" ".join(hashes)).replace("  ", " ")
 
 
@@ -138,4 +159,3 @@ def mount_rq_dashboard(app: Flask) -> None:
         if request.blueprint == "rq_dashboard" and resp.mimetype == "text/html" and not resp.is_streamed:
             resp.headers["Content-Security-Policy"] = dashboard_csp(resp.get_data())
         return resp
-

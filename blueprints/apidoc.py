@@ -1,4 +1,5 @@
 """The API's own description: the OpenAPI document (livedoc/openapi.py) at /api/openapi.json."""
+
 from __future__ import annotations
 
 from flask import Blueprint, jsonify

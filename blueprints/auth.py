@@ -1,4 +1,5 @@
 """Log in and log out."""
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -28,8 +29,7 @@ def _login_name_key() -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(lambda: current_app.config["RATELIMIT_LOGIN"], methods=["POST"])
-@limiter.limit(lambda: current_app.config["RATELIMIT_LOGIN_USER"], methods=["POST"],
-               key_func=_login_name_key)
+@limiter.limit(lambda: current_app.config["RATELIMIT_LOGIN_USER"], methods=["POST"], key_func=_login_name_key)
 def login():
     """The login page."""
     if current_user.is_authenticated:
@@ -66,5 +66,10 @@ def me():
     """The caller: name, admin flag, and usage against each quota."""
     cfg = current_app.config
     documents.settle_unfinished(redis_conn(), current_user, cfg["MAX_CONVERSIONS_PER_USER"])
-    return jsonify({"username": current_user.username, "is_admin": bool(current_user.is_admin),
-                    "usage": quotas.report(quotas.usage(current_user), cfg)})
+    return jsonify(
+        {
+            "username": current_user.username,
+            "is_admin": bool(current_user.is_admin),
+            "usage": quotas.report(quotas.usage(current_user), cfg),
+        }
+    )

@@ -1,4 +1,5 @@
 """Documents: upload, list, the viewer, retry, delete, search, reading position, and the files."""
+
 from __future__ import annotations
 
 from flask import (
@@ -32,8 +33,7 @@ def _upload_limit() -> str:
 def _read_upload() -> tuple[str | None, FileStorage]:
     """The uploaded file from the multipart field `file` (Werkzeug spools large ones to disk)."""
     if not request.mimetype.startswith("multipart/form-data"):
-        raise LivedocError("Send the file as multipart/form-data in the field 'file'.",
-                           code="bad_upload")
+        raise LivedocError("Send the file as multipart/form-data in the field 'file'.", code="bad_upload")
     upload = request.files.get("file")
     if upload is None:
         raise LivedocError("No file in the field 'file'.", code="bad_upload")
@@ -57,9 +57,13 @@ def _retry_owned(doc_id: str) -> Document:
 
 
 def _user_docs() -> list[Document]:
-    return db.session.execute(
-        db.select(Document).filter_by(owner_id=current_user.id).order_by(Document.created_at.desc())
-    ).scalars().all()
+    return (
+        db.session.execute(
+            db.select(Document).filter_by(owner_id=current_user.id).order_by(Document.created_at.desc())
+        )
+        .scalars()
+        .all()
+    )
 
 
 # -- pages -----------------------------------------------------------------------------------------
@@ -81,8 +85,14 @@ def list_page():
 def _render_list(error: str | None = None, status: int = 200):
     docs = _user_docs()
     states = documents.progress_of_many(redis_conn(), docs)
-    return render_template("documents/list.html", docs=docs, states=states, error=error,
-                           max_mb=current_app.config["MAX_UPLOAD_MB"], flags=realtime_flags()), status
+    return render_template(
+        "documents/list.html",
+        docs=docs,
+        states=states,
+        error=error,
+        max_mb=current_app.config["MAX_UPLOAD_MB"],
+        flags=realtime_flags(),
+    ), status
 
 
 @bp.route("/documents", methods=["POST"])
@@ -104,9 +114,15 @@ def viewer(doc_id: str):
     doc = documents.get_owned(doc_id, current_user)
     prog = documents.current_progress(redis_conn(), doc)
     queue = documents.queue_status(redis_conn(), current_app.config, doc, prog)
-    return render_template("documents/viewer.html", doc=doc, progress=prog,
-                           layout=documents.pages_of(doc, prog), flags=realtime_flags(),
-                           config=current_app.config, queue=queue)
+    return render_template(
+        "documents/viewer.html",
+        doc=doc,
+        progress=prog,
+        layout=documents.pages_of(doc, prog),
+        flags=realtime_flags(),
+        config=current_app.config,
+        queue=queue,
+    )
 
 
 @bp.route("/documents/<doc_id>/files/<attempt>/<name>")
@@ -115,8 +131,11 @@ def page_file(doc_id: str, attempt: str, name: str):
     """One page file (image, thumbnail, text, text layer) of a page that is ready."""
     doc = documents.get_owned(doc_id, current_user)
     # One spelling per file: "01" or "+1" would be the same attempt under another URL.
-    number = int(attempt) if attempt.isascii() and attempt.isdigit() and attempt[0] != "0" \
-        and len(attempt) < 10 else None
+    number = (
+        int(attempt)
+        if attempt.isascii() and attempt.isdigit() and attempt[0] != "0" and len(attempt) < 10
+        else None
+    )
     prog = documents.current_progress(redis_conn(), doc)
     parsed = documents.servable(doc, prog, number, name) if number is not None else None
     if parsed is None:
@@ -140,8 +159,14 @@ def _send(key: str, name: str, download_name: str | None = None) -> Response:
     if path is None:
         raise NotFound("No such file.")
     if download_name is not None:
-        return send_file(path, as_attachment=True, download_name=download_name,
-                         mimetype="application/octet-stream", conditional=True, max_age=0)
+        return send_file(
+            path,
+            as_attachment=True,
+            download_name=download_name,
+            mimetype="application/octet-stream",
+            conditional=True,
+            max_age=0,
+        )
     resp = send_file(path, mimetype=MIMETYPES[name.rsplit(".", 1)[-1]], conditional=True, max_age=86400)
     # A file name within an attempt never changes content: browsers may keep it.
     resp.headers["Cache-Control"] = "private, max-age=86400, immutable"
@@ -243,7 +268,7 @@ def api_position(doc_id: str):
     body = request.get_json(silent=True)
     page = body.get("page") if isinstance(body, dict) else None
     if not isinstance(page, int) or isinstance(page, bool) or not 1 <= page <= max(1, doc.pages or 100_000):
-        raise LivedocError("Send {\"page\": n} with a page number of this document.", code="bad_parameter")
+        raise LivedocError('Send {"page": n} with a page number of this document.', code="bad_parameter")
     documents.set_position(doc, page)
     return Response(status=204)
 

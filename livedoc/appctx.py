@@ -5,6 +5,7 @@ create_app() makes them and keeps them in ``app.extensions``; views and services
 these accessors. Not in livedoc/extensions.py: that module holds the Flask extensions, which exist,
 unbound, before any app does, and stays importable without the stream hub (gevent).
 """
+
 from __future__ import annotations
 
 from flask import current_app

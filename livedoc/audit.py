@@ -2,6 +2,7 @@
 
 Lines carry ids, names, counts and reasons only: no secrets, no file paths, no document contents.
 """
+
 from __future__ import annotations
 
 import json

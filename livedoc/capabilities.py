@@ -5,6 +5,7 @@ so a worker that has it keeps ``keys.CAN_CONVERT + "office"`` alive (a TTL refre
 heartbeat, workers/rqworker.py); the web accepts Office uploads only while that key exists, and
 learns it from the workers, never from its own host.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

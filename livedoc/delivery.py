@@ -5,6 +5,7 @@ which yields batches of events (every document with news since the last batch, e
 once for all its subscribers), pings, and the reason the hub closed the connection. A new kind of
 event is a change here, not in each transport.
 """
+
 from __future__ import annotations
 
 import sys
@@ -69,8 +70,9 @@ class Delivery:
         self.next_ping: float | None = None
         self.done = False
 
-    def start(self, doc_id: str, job_id: str | None, current: progress.Progress,
-              seen: int = 0) -> Event | None:
+    def start(
+        self, doc_id: str, job_id: str | None, current: progress.Progress, seen: int = 0
+    ) -> Event | None:
         """Follow a document from `seen` on; returns its current state when that is news."""
         # A seq from the future is not ours (another deployment, a forged header): start over.
         seen = seen if seen <= current["seq"] else 0
@@ -112,14 +114,24 @@ class Delivery:
                     self.conn.unwatch(e.doc_id)
         return batch
 
-    def loop(self, ping: float, deadline: float | None = None, stay_open: bool = False,
-             drain: Callable[[], None] | None = None) -> Iterator[list[Event] | str | Closed]:
+    def loop(
+        self,
+        ping: float,
+        deadline: float | None = None,
+        stay_open: bool = False,
+        drain: Callable[[], None] | None = None,
+    ) -> Iterator[list[Event] | str | Closed]:
         """Every item next() returns, until it returns None."""
         while (item := self.next(ping, deadline, stay_open, drain)) is not None:
             yield item
 
-    def next(self, ping: float, deadline: float | None = None, stay_open: bool = False,
-             drain: Callable[[], None] | None = None) -> list[Event] | str | Closed | None:
+    def next(
+        self,
+        ping: float,
+        deadline: float | None = None,
+        stay_open: bool = False,
+        drain: Callable[[], None] | None = None,
+    ) -> list[Event] | str | Closed | None:
         """Wait for what to send next: a batch of events, PING when the line has been quiet for
         `ping` seconds, a Closed when the hub ends the connection; None at the end: every document
         has ended (unless `stay_open`, for sockets that subscribe more), `deadline` (monotonic)

@@ -1,4 +1,5 @@
 """Documents: creating them, finding the caller's own, their progress, pages, search, retry, delete."""
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,9 @@ class _CheckedUpload:
         return chunk
 
 
-def create(connection: Redis, config: Mapping, owner: User, filename: str | None,
-           upload: BinaryIO) -> Document:
+def create(
+    connection: Redis, config: Mapping, owner: User, filename: str | None, upload: BinaryIO
+) -> Document:
     """Store an upload (a stream, copied in chunks) and queue its conversion; the original is on disk
     before anything else. Quotas are checked first, and the stored size while copying."""
     head = upload.read(HEAD)
@@ -74,8 +76,16 @@ def create(connection: Redis, config: Mapping, owner: User, filename: str | None
     settle_unfinished(connection, owner, config["MAX_CONVERSIONS_PER_USER"])
     use = quotas.usage(owner)
     left = quotas.check_upload(use, config)
-    doc = Document(id=new_doc_id(), owner_id=owner.id, filename=display_name(filename), kind=kind,
-                   size=0, state=progress.State.QUEUED.value, last_seq=1, attempt=1)
+    doc = Document(
+        id=new_doc_id(),
+        owner_id=owner.id,
+        filename=display_name(filename),
+        kind=kind,
+        size=0,
+        state=progress.State.QUEUED.value,
+        last_seq=1,
+        attempt=1,
+    )
     files = files_of(doc)
     checked = _CheckedUpload(head, upload, kind, left, lambda: quotas.raise_storage(use, config))
     try:
@@ -109,8 +119,12 @@ def _enqueue(connection: Redis, config: Mapping, doc: Document, seq: int, attemp
 
 def _not_queued(seq: int, attempt: int) -> progress.Progress:
     prog = progress.initial(seq, attempt)
-    prog.update(state=progress.State.FAILED.value, stage="failed", message=endings.NOT_QUEUED.message,
-                error=endings.NOT_QUEUED.error())
+    prog.update(
+        state=progress.State.FAILED.value,
+        stage="failed",
+        message=endings.NOT_QUEUED.message,
+        error=endings.NOT_QUEUED.error(),
+    )
     return prog
 
 
@@ -140,9 +154,16 @@ def owned_among(doc_ids: list[str], user_id: int) -> dict[str, Document]:
 
 def unfinished(user: User, limit: int) -> list[Document]:
     """The user's documents whose conversion has not ended, newest first."""
-    return db.session.execute(
-        db.select(Document).filter(Document.owner_id == user.id, Document.state.not_in(progress.TERMINAL))
-        .order_by(Document.created_at.desc()).limit(limit)).scalars().all()
+    return (
+        db.session.execute(
+            db.select(Document)
+            .filter(Document.owner_id == user.id, Document.state.not_in(progress.TERMINAL))
+            .order_by(Document.created_at.desc())
+            .limit(limit)
+        )
+        .scalars()
+        .all()
+    )
 
 
 def _store_final(doc: Document, prog: progress.Progress, manifest: dict | None = None) -> None:
@@ -150,8 +171,11 @@ def _store_final(doc: Document, prog: progress.Progress, manifest: dict | None =
     doc.last_seq = prog["seq"]
     doc.attempt = prog.get("attempt", doc.attempt)
     # A failed attempt keeps the pages it stored readable: the row remembers how many (`ready`).
-    doc.pages = (manifest or {}).get("pages", prog.get("pages") or 0) if doc.state == "complete" \
+    doc.pages = (
+        (manifest or {}).get("pages", prog.get("pages") or 0)
+        if doc.state == "complete"
         else prog.get("ready") or 0
+    )
     # The quota counts what the document holds now: its original, and the pages it kept.
     doc.stored_bytes = files_of(doc).stored_bytes() or doc.size
     error = prog.get("error") or {}
@@ -163,12 +187,21 @@ def _store_final(doc: Document, prog: progress.Progress, manifest: dict | None =
 def _from_final(doc: Document) -> progress.Progress:
     prog = progress.initial(doc.last_seq, doc.attempt)
     complete = doc.state == progress.State.COMPLETE.value
-    prog.update(state=doc.state, stage=doc.state, percent=100 if complete else prog["percent"],
-                page=doc.pages, pages=doc.pages, ready=doc.pages,
-                message="Ready" if complete else doc.error_message)
+    prog.update(
+        state=doc.state,
+        stage=doc.state,
+        percent=100 if complete else prog["percent"],
+        page=doc.pages,
+        pages=doc.pages,
+        ready=doc.pages,
+        message="Ready" if complete else doc.error_message,
+    )
     if not complete:
-        prog["error"] = {"code": doc.error_code, "message": doc.error_message,
-                         "retryable": bool(doc.error_retryable)}
+        prog["error"] = {
+            "code": doc.error_code,
+            "message": doc.error_message,
+            "retryable": bool(doc.error_retryable),
+        }
     return prog
 
 
@@ -180,13 +213,20 @@ def _settle(connection: Redis, doc: Document, prog: progress.Progress | None) ->
         manifest = _finished_manifest(doc)
         if manifest is not None:
             prog = progress.initial(progress.vanished_seq(doc.last_seq), manifest["attempt"])
-            prog.update(state=progress.State.COMPLETE.value, stage="complete", percent=100,
-                        pages=manifest["pages"], page=manifest["pages"], ready=manifest["pages"],
-                        message="Ready")
+            prog.update(
+                state=progress.State.COMPLETE.value,
+                stage="complete",
+                percent=100,
+                pages=manifest["pages"],
+                page=manifest["pages"],
+                ready=manifest["pages"],
+                message="Ready",
+            )
         else:
             last = progress.initial(doc.last_seq, doc.attempt)
-            prog = progress.vanished_endings(connection, {doc.job_id: last},
-                                             current_app.config["JOB_VANISH_GRACE"]).get(doc.job_id)
+            prog = progress.vanished_endings(
+                connection, {doc.job_id: last}, current_app.config["JOB_VANISH_GRACE"]
+            ).get(doc.job_id)
             if prog is None:
                 return last  # not an ending yet
     if progress.is_terminal(prog) and prog["seq"] > doc.last_seq:
@@ -236,8 +276,9 @@ def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
     prog = current_progress(connection, doc)
     error = prog.get("error") or {}
     if prog["state"] != progress.State.FAILED.value or not error.get("retryable"):
-        raise Conflict("Only a failed conversion that can succeed on a new try can be retried.",
-                       code="not_retryable")
+        raise Conflict(
+            "Only a failed conversion that can succeed on a new try can be retried.", code="not_retryable"
+        )
     owner = db.session.get(User, doc.owner_id)
     settle_unfinished(connection, owner, config["MAX_CONVERSIONS_PER_USER"])
     quotas.check_conversion(quotas.usage(owner), config)
@@ -245,10 +286,19 @@ def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
     # Claim the retry in one conditional UPDATE, so two clicks cannot queue two attempts.
     claimed = db.session.execute(
         db.update(Document)
-        .where(Document.id == doc.id, Document.state == progress.State.FAILED.value,
-               Document.last_seq == prog["seq"])
-        .values(state=progress.State.QUEUED.value, last_seq=seq, attempt=attempt, error_code=None,
-                error_message=None, error_retryable=None)
+        .where(
+            Document.id == doc.id,
+            Document.state == progress.State.FAILED.value,
+            Document.last_seq == prog["seq"],
+        )
+        .values(
+            state=progress.State.QUEUED.value,
+            last_seq=seq,
+            attempt=attempt,
+            error_code=None,
+            error_message=None,
+            error_retryable=None,
+        )
     ).rowcount
     db.session.commit()
     if claimed != 1:
@@ -258,8 +308,9 @@ def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
     return doc
 
 
-def queue_status(connection: Redis, config: Mapping, doc: Document,
-                 prog: progress.Progress) -> fleet.QueueInfo | None:
+def queue_status(
+    connection: Redis, config: Mapping, doc: Document, prog: progress.Progress
+) -> fleet.QueueInfo | None:
     """While the document waits for a worker: its place in the queue and how many workers are alive."""
     if prog["state"] != progress.State.QUEUED.value or not doc.job_id:
         return None
@@ -305,8 +356,9 @@ def files_url(doc: Document, attempt: int) -> str:
     """The URL prefix of an attempt's page files (the client appends a file name)."""
     from flask import url_for
 
-    return url_for("documents.page_file", doc_id=doc.id, attempt=attempt, name="page-0001.jpg")[:-len(
-        "page-0001.jpg")]
+    return url_for("documents.page_file", doc_id=doc.id, attempt=attempt, name="page-0001.jpg")[
+        : -len("page-0001.jpg")
+    ]
 
 
 def pages_of(doc: Document, prog: progress.Progress) -> dict:
@@ -323,8 +375,13 @@ def pages_of(doc: Document, prog: progress.Progress) -> dict:
         width, height = sizes[n - 1]
         names = storage_names(n)
         pages.append({"n": n, "width": width, "height": height, **{k: base + v for k, v in names.items()}})
-    return {"files_url": base, "sizes": sizes, "pages": pages, "outline": layout.get("outline") or [],
-            "hd": doc.kind in HD_KINDS}
+    return {
+        "files_url": base,
+        "sizes": sizes,
+        "pages": pages,
+        "outline": layout.get("outline") or [],
+        "hd": doc.kind in HD_KINDS,
+    }
 
 
 def storage_names(n: int) -> dict[str, str]:
@@ -371,15 +428,21 @@ def search(doc: Document, prog: progress.Progress, query: str) -> dict:
         while start >= 0 and len(hits) < SEARCH_MAX_HITS:
             lo, hi = max(0, start - SNIPPET), min(len(text), start + len(needle) + SNIPPET)
             snippet = ("…" if lo else "") + text[lo:hi] + ("…" if hi < len(text) else "")
-            hits.append({"page": n, "snippet": snippet, "offset": start, "length": len(needle),
-                         "rects": rects})
+            hits.append(
+                {"page": n, "snippet": snippet, "offset": start, "length": len(needle), "rects": rects}
+            )
             rects = []  # a page's rectangles come with its first hit
             start = folded.find(needle, start + len(needle))
         if len(hits) >= SEARCH_MAX_HITS:
             break
-    return {"query": query, "hits": hits, "searched_pages": ready, "pages": prog.get("pages") or 0,
-            "complete": prog["state"] == progress.State.COMPLETE.value,
-            "truncated": len(hits) >= SEARCH_MAX_HITS}
+    return {
+        "query": query,
+        "hits": hits,
+        "searched_pages": ready,
+        "pages": prog.get("pages") or 0,
+        "complete": prog["state"] == progress.State.COMPLETE.value,
+        "truncated": len(hits) >= SEARCH_MAX_HITS,
+    }
 
 
 def _hit_rects(layer: dict, needle: str) -> list[list[float]]:

@@ -10,6 +10,7 @@ Permanent endings: the same input fails the same way every time, so a retry only
 time. Retryable ones: the input is fine, something around it was not. The statuses a page-range
 job's merge answers ("lost", "stale", "ended") never reach a user: they are not endings.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ class Ending:
 # Permanent.
 CONVERSION_FAILED = Ending("conversion_failed", "The document could not be converted.", False)
 CORRUPT = Ending("corrupt", "The file is damaged and cannot be read.", False)
-ENCRYPTED = Ending("encrypted", "This PDF is protected by a password. Upload a copy without a password.",
-                   False)
+ENCRYPTED = Ending(
+    "encrypted", "This PDF is protected by a password. Upload a copy without a password.", False
+)
 UNSUPPORTED = Ending("unsupported", "This kind of file cannot be converted.", False)
 TOO_MANY_PAGES = Ending("too_many_pages", "The document has too many pages.", False)
 PAGE_TOO_LARGE = Ending("page_too_large", "A page is too large to display.", False)
@@ -45,18 +47,42 @@ TEMPORARY = Ending("temporary", "A temporary problem interrupted the conversion.
 STORAGE = Ending("storage", "A temporary storage problem interrupted the conversion.", True)
 TIMEOUT = Ending("timeout", "The conversion took too long.", True)
 INTERNAL = Ending("internal", "Something went wrong on our side while converting the document.", True)
-WORKER_MISCONFIGURED = Ending("worker_misconfigured",
-                              "A conversion worker could not run this job; the operator must fix the worker.",
-                              True)
+WORKER_MISCONFIGURED = Ending(
+    "worker_misconfigured",
+    "A conversion worker could not run this job; the operator must fix the worker.",
+    True,
+)
 WORKER_LOST = Ending("worker_lost", "The conversion stopped unexpectedly.", True)
 NOT_QUEUED = Ending("not_queued", "The conversion could not be queued.", True)
 OFFICE_TIMEOUT = Ending("office_timeout", "LibreOffice took too long to convert this document.", True)
-OFFICE_CRASHED = Ending("office_crashed", "LibreOffice stopped unexpectedly while converting this document.",
-                        True)
-OFFICE_MISSING = Ending("office_missing", "This worker cannot convert Office documents; trying another.",
-                        True)
+OFFICE_CRASHED = Ending(
+    "office_crashed", "LibreOffice stopped unexpectedly while converting this document.", True
+)
+OFFICE_MISSING = Ending(
+    "office_missing", "This worker cannot convert Office documents; trying another.", True
+)
 
-CATALOGUE: dict[str, Ending] = {e.code: e for e in (
-    CONVERSION_FAILED, CORRUPT, ENCRYPTED, UNSUPPORTED, TOO_MANY_PAGES, PAGE_TOO_LARGE, EMPTY, INVALID_JOB,
-    DELETED, TEMPORARY, STORAGE, TIMEOUT, INTERNAL, WORKER_MISCONFIGURED, WORKER_LOST, NOT_QUEUED,
-    OFFICE_TIMEOUT, OFFICE_CRASHED, OFFICE_MISSING)}
+CATALOGUE: dict[str, Ending] = {
+    e.code: e
+    for e in (
+        CONVERSION_FAILED,
+        CORRUPT,
+        ENCRYPTED,
+        UNSUPPORTED,
+        TOO_MANY_PAGES,
+        PAGE_TOO_LARGE,
+        EMPTY,
+        INVALID_JOB,
+        DELETED,
+        TEMPORARY,
+        STORAGE,
+        TIMEOUT,
+        INTERNAL,
+        WORKER_MISCONFIGURED,
+        WORKER_LOST,
+        NOT_QUEUED,
+        OFFICE_TIMEOUT,
+        OFFICE_CRASHED,
+        OFFICE_MISSING,
+    )
+}

@@ -3,6 +3,7 @@
 API routes (under /api/) answer ``{"error": {"code", "message"}}``; HTML routes render
 templates/error.html. Nothing a client sees carries a path or a stack trace.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,7 @@ class LivedocError(Exception):
     code = "bad_request"
     message = "The request is not valid."
 
-    def __init__(self, message: str | None = None, *, code: str | None = None,
-                 headers: dict | None = None):
+    def __init__(self, message: str | None = None, *, code: str | None = None, headers: dict | None = None):
         super().__init__(message or self.message)
         self.message = message or self.message
         self.code = code or self.code
@@ -88,8 +88,9 @@ class QuotaExceeded(LivedocError):
     """A per-user quota is used up: 413 for stored megabytes, 429 for counts; says how much is left."""
 
     def __init__(self, status: int, code: str, message: str, quota: dict, retry_after: int | None = None):
-        super().__init__(message, code=code,
-                         headers={"Retry-After": str(retry_after)} if retry_after else None)
+        super().__init__(
+            message, code=code, headers={"Retry-After": str(retry_after)} if retry_after else None
+        )
         self.status = status
         self.extra = {"quota": quota}
 
@@ -110,8 +111,9 @@ def wants_json() -> bool:
     return request.path.startswith("/api/") or request.path == "/metrics"
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None,
-                   extra: dict | None = None) -> Response:
+def error_response(
+    status: int, code: str, message: str, headers: dict | None = None, extra: dict | None = None
+) -> Response:
     """The response for an error: JSON on API routes (with `extra` fields), a page elsewhere."""
     if wants_json():
         resp = jsonify({"error": {"code": code, "message": message, **(extra or {})}})
@@ -124,8 +126,16 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return resp
 
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "too_large", 415: "unsupported_type", 429: "rate_limited"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_type",
+    429: "rate_limited",
+}
 
 
 def _limit_reset_in() -> int:
@@ -149,8 +159,11 @@ def register_error_handlers(app: Flask) -> None:
         message = exc.description if status < 500 else "Something went wrong on our side."
         if status == 413:
             too_big = (request.content_length or 0) > (app.config["MAX_CONTENT_LENGTH"] or 0)
-            message = (f"The file is larger than the {app.config['MAX_UPLOAD_MB']} MB limit." if too_big
-                       else "The form has too many parts or too large a field.")
+            message = (
+                f"The file is larger than the {app.config['MAX_UPLOAD_MB']} MB limit."
+                if too_big
+                else "The form has too many parts or too large a field."
+            )
         elif status == 404:
             message = "Not found."
         headers = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after")}

@@ -3,6 +3,7 @@
 The override is one Redis hash, so a rollback ("realtime off") needs no restart and reaches every
 web host: page loads read it, and every stream hub re-reads it on each poll tick.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -33,9 +34,14 @@ CHAIN = tuple(Transport)
 
 def client_settings(flags: RealtimeFlags, config: Mapping) -> dict:
     """What a page's script needs to follow the server: its mode, the chain and the limits."""
-    return {"mode": flags.transport, "transports": [t.value for t in CHAIN],
-            "maxDocs": config["MAX_DOCS_PER_STREAM"], "longpollWait": config["LONGPOLL_MAX_WAIT"],
-            "pollInterval": config["SSE_POLL_INTERVAL"], "pingInterval": config["SSE_PING_INTERVAL"]}
+    return {
+        "mode": flags.transport,
+        "transports": [t.value for t in CHAIN],
+        "maxDocs": config["MAX_DOCS_PER_STREAM"],
+        "longpollWait": config["LONGPOLL_MAX_WAIT"],
+        "pollInterval": config["SSE_POLL_INTERVAL"],
+        "pingInterval": config["SSE_PING_INTERVAL"],
+    }
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,23 @@ class RealtimeFlags:
     @classmethod
     def from_config(cls, config: Mapping) -> RealtimeFlags:
         """The defaults the environment sets."""
-        return cls(enabled=config["REALTIME_ENABLED"], mode=config["REALTIME_MODE"],
-                   push=config["REALTIME_PUSH"], websocket=config["WEBSOCKET_ENABLED"])
+        return cls(
+            enabled=config["REALTIME_ENABLED"],
+            mode=config["REALTIME_MODE"],
+            push=config["REALTIME_PUSH"],
+            websocket=config["WEBSOCKET_ENABLED"],
+        )
 
     def as_dict(self) -> dict:
         """JSON-ready form for the admin page and the CLI."""
-        return {"enabled": self.enabled, "mode": self.mode, "transport": self.transport,
-                "push": self.push, "websocket": self.websocket, "source": self.source}
+        return {
+            "enabled": self.enabled,
+            "mode": self.mode,
+            "transport": self.transport,
+            "push": self.push,
+            "websocket": self.websocket,
+            "source": self.source,
+        }
 
 
 def _apply(defaults: RealtimeFlags, raw: Mapping[bytes, bytes]) -> RealtimeFlags:
@@ -106,8 +122,9 @@ def from_raw(defaults: RealtimeFlags, raw: Mapping[bytes, bytes]) -> RealtimeFla
     return _apply(defaults, raw)
 
 
-def set_override(connection: Redis, mode: str | None = None, push: bool | None = None,
-                 websocket: bool | None = None) -> None:
+def set_override(
+    connection: Redis, mode: str | None = None, push: bool | None = None, websocket: bool | None = None
+) -> None:
     """Override the environment on every host: mode is sse, longpoll, poll or off."""
     if mode is not None and mode not in CHOICES:
         raise ValueError(f"mode must be one of {', '.join(CHOICES)}")

@@ -5,6 +5,7 @@ scripts/worker: RQ's worker registry (a set per queue) names every worker that s
 worker's hash lives only while its heartbeats renew it (RQ's worker TTL), so a worker that died
 without unregistering stops counting once its hash expires.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

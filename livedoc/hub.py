@@ -9,6 +9,7 @@ Streams subscribe to a job and park on a gevent Event. The hub, not the streams,
   all hosts and a dead host drops out by itself.
 It needs a gevent hub (gunicorn -k gevent); no Redis connection is held per stream.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ from livedoc.flags import RealtimeFlags, Transport
 log = logging.getLogger("livedoc.hub")
 
 TIMER_TICK = 0.25  # s: resolution of the hub's timer wheel (ping and long-poll deadlines)
-TIMER_MIN = 2.0    # s: shorter waits use their own gevent timeout
+TIMER_MIN = 2.0  # s: shorter waits use their own gevent timeout
 
 
 class Connection:
@@ -155,9 +156,16 @@ class _Watch:
 class StreamHub:
     """Per-process fan-out of job progress to streams."""
 
-    def __init__(self, connection: Redis, defaults: RealtimeFlags, poll_interval: float,
-                 stats_ttl: float = 15.0, host_id: str | None = None, vanish_grace: float = 45.0,
-                 coalesce: float = 0.0):
+    def __init__(
+        self,
+        connection: Redis,
+        defaults: RealtimeFlags,
+        poll_interval: float,
+        stats_ttl: float = 15.0,
+        host_id: str | None = None,
+        vanish_grace: float = 45.0,
+        coalesce: float = 0.0,
+    ):
         self.connection = connection
         self.coalesce = coalesce  # s: a connection is woken for news at most once per slot this long
         self._later: set[Connection] = set()  # woken already in this slot: woken at the next one
@@ -329,7 +337,7 @@ class StreamHub:
         metrics.HUB_POLLS.inc()
         self._apply_flags(flagmod.from_raw(self.defaults, rows[0]))
         missing = []
-        for job_id, row in zip(job_ids, rows[1:1 + len(job_ids)]):
+        for job_id, row in zip(job_ids, rows[1 : 1 + len(job_ids)]):
             if all(value is None for value in row):
                 missing.append(job_id)
             else:
@@ -462,8 +470,13 @@ def host_snapshots(connection: Redis) -> list[dict]:
 
 def collect_stats(connection: Redis) -> dict:
     """Connection stats summed over every live web process on every host."""
-    total = {"totalConnections": 0, "documentSubscriptions": 0, "connectionsByDocument": Counter(),
-             "connectionsByTransport": Counter(), "hosts": []}
+    total = {
+        "totalConnections": 0,
+        "documentSubscriptions": 0,
+        "connectionsByDocument": Counter(),
+        "connectionsByTransport": Counter(),
+        "hosts": [],
+    }
     for snap in host_snapshots(connection):
         total["totalConnections"] += snap["totalConnections"]
         total["connectionsByDocument"].update(snap["connectionsByDocument"])

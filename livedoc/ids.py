@@ -1,4 +1,5 @@
 """Document ids: made by the server, checked for shape before any lookup."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Enqueueing conversions. Jobs are named by dotted path, so the web never imports worker code."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -25,8 +26,9 @@ def job_id(doc_id: str, attempt: int) -> str:
     return f"doc-{doc_id}-{attempt}"
 
 
-def enqueue_conversion(connection: Redis, config: Mapping, doc_id: str, kind: str,
-                       seq: int, attempt: int) -> str:
+def enqueue_conversion(
+    connection: Redis, config: Mapping, doc_id: str, kind: str, seq: int, attempt: int
+) -> str:
     """Queue a conversion whose progress starts at `seq`; returns the job id."""
     intervals = [int(x) for x in str(config["JOB_RETRY_INTERVALS"]).split(",") if x.strip()]
     job = queue(connection, config["QUEUE_NAME"]).enqueue(
@@ -56,5 +58,16 @@ def enqueue_hd(connection: Redis, config: Mapping, doc_id: str, kind: str, attem
     q = queue(connection, config["QUEUE_NAME"])
     if q.fetch_job(job_id) is not None:
         return  # asked for already (queued, running, or just done)
-    q.enqueue(RENDER_HD, doc_id, kind, attempt, n, job_id=job_id, at_front=True, job_timeout=60,
-              result_ttl=60, failure_ttl=600, description=f"sharper page {n} of {doc_id}")
+    q.enqueue(
+        RENDER_HD,
+        doc_id,
+        kind,
+        attempt,
+        n,
+        job_id=job_id,
+        at_front=True,
+        job_timeout=60,
+        result_ttl=60,
+        failure_ttl=600,
+        description=f"sharper page {n} of {doc_id}",
+    )

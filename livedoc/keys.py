@@ -1,12 +1,12 @@
 """Names of the Redis keys livedoc owns (RQ's own keys stay RQ's)."""
 
 PREFIX = "livedoc:"
-FLAGS = PREFIX + "flags:realtime"          # hash: mode, push, websocket — the runtime override
-STATS_HOSTS = PREFIX + "stats:host:"       # + host id: JSON snapshot of one web process, short TTL
-STATS_INDEX = PREFIX + "stats:hosts"       # zset of host ids scored by when their snapshot expires
-MISSING_JOB = PREFIX + "missing:"          # + job id: when readers first found the job's record gone
-PROGRESS_CHANNEL = PREFIX + "progress:"    # + job id: pub/sub channel of the job's saved progress
+FLAGS = PREFIX + "flags:realtime"  # hash: mode, push, websocket — the runtime override
+STATS_HOSTS = PREFIX + "stats:host:"  # + host id: JSON snapshot of one web process, short TTL
+STATS_INDEX = PREFIX + "stats:hosts"  # zset of host ids scored by when their snapshot expires
+MISSING_JOB = PREFIX + "missing:"  # + job id: when readers first found the job's record gone
+PROGRESS_CHANNEL = PREFIX + "progress:"  # + job id: pub/sub channel of the job's saved progress
 PROGRESS_PATTERN = PROGRESS_CHANNEL + "*"  # what each web process's hub PSUBSCRIBEs to
-DELETED_JOB = PREFIX + "deleted:"          # + job id: the document was deleted; writers must stop
-CAN_CONVERT = PREFIX + "can-convert:"      # + kind: some worker can convert it; refreshed with a TTL
-CHUNKS = PREFIX + "chunks:"              # + job id + ":" + attempt + part: a chunked conversion's state
+DELETED_JOB = PREFIX + "deleted:"  # + job id: the document was deleted; writers must stop
+CAN_CONVERT = PREFIX + "can-convert:"  # + kind: some worker can convert it; refreshed with a TTL
+CHUNKS = PREFIX + "chunks:"  # + job id + ":" + attempt + part: a chunked conversion's state

@@ -1,4 +1,5 @@
 """Users and documents, stored through SQLAlchemy."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,7 @@ class User(UserMixin, db.Model):
     # with, so every older cookie of this user stops working at once, on every host.
     session_version = db.Column(db.Integer, nullable=False, default=0, server_default="0")
 
-    tokens = db.relationship("ApiToken", back_populates="user", cascade="all, delete-orphan",
-                             lazy="select")
+    tokens = db.relationship("ApiToken", back_populates="user", cascade="all, delete-orphan", lazy="select")
 
     def get_id(self) -> str:
         """What flask-login stores in session and remember cookies (see livedoc.sessions)."""
@@ -59,7 +59,8 @@ class User(UserMixin, db.Model):
         if not token or len(token) > 200:
             return None
         row = db.session.execute(
-            db.select(ApiToken).filter_by(digest=_token_digest(token))).scalar_one_or_none()
+            db.select(ApiToken).filter_by(digest=_token_digest(token))
+        ).scalar_one_or_none()
         if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at <= _now()):
             return None
         return row.user

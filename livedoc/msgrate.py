@@ -1,4 +1,5 @@
 """A per-connection message rate limit (WebSocket messages in, WS_MESSAGE_RATE per 10 s)."""
+
 from __future__ import annotations
 
 import time

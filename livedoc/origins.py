@@ -2,6 +2,7 @@
 and those listed in ALLOWED_ORIGINS. A request without Origin is not a cross-site browser request
 (browsers always send it on WebSocket handshakes and cross-origin writes), so it is let through.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

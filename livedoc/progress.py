@@ -13,6 +13,7 @@ read.
 A deleted document's job is marked (``keys.DELETED_JOB``); from then on a save refuses to write
 and raises ``Deleted``, so a conversion that is still running can never resurrect it.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,7 @@ def job_id_from_channel(name: bytes | str) -> str:
     """The job id named by a progress channel."""
     if isinstance(name, bytes):
         name = name.decode()
-    return name[len(keys.PROGRESS_CHANNEL):]
+    return name[len(keys.PROGRESS_CHANNEL) :]
 
 
 def is_terminal(progress: Progress | None) -> bool:
@@ -107,9 +108,14 @@ def lost(previous: Progress | None) -> Progress:
 def deleted(previous: Progress | None) -> Progress:
     """The terminal event of a document its owner deleted (every open stream shows it and ends)."""
     base = dict(previous) if previous else initial(0, 1)
-    base.update(seq=vanished_seq(base["seq"]), state=State.FAILED.value, stage=endings.DELETED.code,
-                message=endings.DELETED.message, updated_at=round(time.time(), 4),
-                error=endings.DELETED.error())
+    base.update(
+        seq=vanished_seq(base["seq"]),
+        state=State.FAILED.value,
+        stage=endings.DELETED.code,
+        message=endings.DELETED.message,
+        updated_at=round(time.time(), 4),
+        error=endings.DELETED.error(),
+    )
     return base
 
 
@@ -148,8 +154,9 @@ def vanished(previous: Progress | None) -> Progress:
     return ending
 
 
-def vanished_endings(connection: Redis, missing: Mapping[str, Progress | None],
-                     grace: float) -> dict[str, Progress]:
+def vanished_endings(
+    connection: Redis, missing: Mapping[str, Progress | None], grace: float
+) -> dict[str, Progress]:
     """The endings of the jobs (id -> last progress known) whose record has been missing `grace`
     seconds or more, in one pipelined round trip.
 
@@ -173,7 +180,6 @@ def vanished_endings(connection: Redis, missing: Mapping[str, Progress | None],
     return out
 
 
-
 def found_again(connection: Redis, job_id: str) -> None:
     """Forget that a job's record was missing: it is back, and a later loss starts a new grace."""
     connection.delete(keys.MISSING_JOB + job_id)
@@ -193,8 +199,9 @@ def parse_published(data: bytes | str) -> Progress | None:
     return value if isinstance(value, dict) and isinstance(value.get("seq"), int) else None
 
 
-def decode(field_raw: bytes | None, status_raw: bytes | None,
-           meta_raw: bytes | None = None) -> Progress | None:
+def decode(
+    field_raw: bytes | None, status_raw: bytes | None, meta_raw: bytes | None = None
+) -> Progress | None:
     """The progress held in a job's raw READ_FIELDS (the JSON field; RQ's meta when it has none yet)."""
     progress = json_object(field_raw)
     if progress is None:
@@ -229,8 +236,9 @@ def _rewrite(connection: Redis, job_id: str, changes: dict[str, Any]) -> Progres
     field_raw, _status, meta_raw = connection.hmget(key, *READ_FIELDS)
     meta = _load_meta(meta_raw)
     meta = meta if isinstance(meta, dict) else {}
-    previous = json_object(field_raw) or (meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict)
-                                          else initial(0, 1))
+    previous = json_object(field_raw) or (
+        meta.get(META_KEY) if isinstance(meta.get(META_KEY), dict) else initial(0, 1)
+    )
     updated = {**previous, **changes, "seq": previous.get("seq", 0) + 1, "updated_at": round(time.time(), 4)}
     meta[META_KEY] = updated
     with connection.pipeline(transaction=True) as pipe:
@@ -242,16 +250,30 @@ def _rewrite(connection: Redis, job_id: str, changes: dict[str, Any]) -> Progres
 
 def fail_unrunnable(connection: Redis, job_id: str, message: str) -> Progress:
     """Record that no attempt could start (the worker could not load the job) and announce it."""
-    return _rewrite(connection, job_id, {
-        "state": State.FAILED.value, "stage": "failed", "message": message,
-        "error": endings.WORKER_MISCONFIGURED.error(message)})
+    return _rewrite(
+        connection,
+        job_id,
+        {
+            "state": State.FAILED.value,
+            "stage": "failed",
+            "message": message,
+            "error": endings.WORKER_MISCONFIGURED.error(message),
+        },
+    )
 
 
 def handed_back(connection: Redis, job_id: str) -> Progress:
     """Record that a stopping worker put its running job back at the front of the queue."""
-    return _rewrite(connection, job_id, {
-        "state": State.QUEUED.value, "stage": "requeued", "error": None,
-        "message": "The worker stopped; the conversion starts again on the next worker."})
+    return _rewrite(
+        connection,
+        job_id,
+        {
+            "state": State.QUEUED.value,
+            "stage": "requeued",
+            "error": None,
+            "message": "The worker stopped; the conversion starts again on the next worker.",
+        },
+    )
 
 
 def read(connection: Redis, job_id: str) -> Progress | None:
@@ -282,8 +304,11 @@ class ProgressWriter:
             stored = json_object(connection.hget(job.key, FIELD))
         except RedisError:
             stored = None  # the save will find Redis down too, and say so
-        candidates = [p for p in (stored, job.meta.get(META_KEY))
-                      if isinstance(p, dict) and isinstance(p.get("seq"), int)]
+        candidates = [
+            p
+            for p in (stored, job.meta.get(META_KEY))
+            if isinstance(p, dict) and isinstance(p.get("seq"), int)
+        ]
         previous = max(candidates, key=lambda p: p["seq"]) if candidates else initial(0, 1)
         # An attempt that never started keeps its number; anything else (an RQ retry, a job
         # re-run after its worker died) is a new attempt whose percent starts again at 0.
@@ -304,8 +329,15 @@ class ProgressWriter:
         """The number of the attempt being written."""
         return self.progress["attempt"]
 
-    def update(self, stage: str, percent: float | None = None, page: int | None = None,
-               pages: int | None = None, message: str | None = None, ready: int | None = None) -> Progress:
+    def update(
+        self,
+        stage: str,
+        percent: float | None = None,
+        page: int | None = None,
+        pages: int | None = None,
+        message: str | None = None,
+        ready: int | None = None,
+    ) -> Progress:
         """Record that the conversion is running at this stage (and page, and pages ready)."""
         changes: dict[str, Any] = {"state": State.RUNNING.value, "stage": stage}
         if percent is not None:
@@ -322,13 +354,28 @@ class ProgressWriter:
 
     def complete(self, pages: int, message: str = "Ready") -> Progress:
         """Record the successful end of the conversion: every page is ready."""
-        return self._save({"state": State.COMPLETE.value, "stage": "complete", "percent": 100,
-                           "page": pages, "pages": pages, "ready": pages, "message": message})
+        return self._save(
+            {
+                "state": State.COMPLETE.value,
+                "stage": "complete",
+                "percent": 100,
+                "page": pages,
+                "pages": pages,
+                "ready": pages,
+                "message": message,
+            }
+        )
 
     def fail(self, code: str, message: str, retryable: bool) -> Progress:
         """Record the end of a conversion that failed for good (code: one of livedoc/endings.py)."""
-        return self._save({"state": State.FAILED.value, "stage": "failed", "message": message,
-                           "error": endings.Ending(code, message, retryable).error()})
+        return self._save(
+            {
+                "state": State.FAILED.value,
+                "stage": "failed",
+                "message": message,
+                "error": endings.Ending(code, message, retryable).error(),
+            }
+        )
 
     def will_retry(self, message: str) -> Progress:
         """Record a transient failure after which RQ will run the job again."""
@@ -342,20 +389,21 @@ class ProgressWriter:
         self.progress["updated_at"] = round(time.time(), 4)
         self.job.meta[META_KEY] = dict(self.progress)
         payload = json.dumps(self.progress)
-        written = self._save_script(keys=[self.job.key, self._deleted_key],
-                                    args=[self.job.serializer.dumps(self.job.meta), channel(self.job.id),
-                                          payload])
+        written = self._save_script(
+            keys=[self.job.key, self._deleted_key],
+            args=[self.job.serializer.dumps(self.job.meta), channel(self.job.id), payload],
+        )
         if not written:
             raise Deleted(self.job.id)
         return dict(self.progress)
-
 
     def _merged_save(self, changes: dict[str, Any]) -> Progress:
         self.progress.update(changes)
         self.progress["updated_at"] = round(time.time(), 4)
         script = self.connection.register_script(_MERGED_SAVE)
-        saved = script(keys=[self.job.key, self._deleted_key],
-                       args=[json.dumps(self.progress), channel(self.job.id)])
+        saved = script(
+            keys=[self.job.key, self._deleted_key], args=[json.dumps(self.progress), channel(self.job.id)]
+        )
         if not saved:
             raise Deleted(self.job.id)
         self.progress = json.loads(saved)
@@ -367,9 +415,23 @@ class Deleted(Exception):
     """The document was deleted while its conversion ran: stop, write nothing more."""
 
 
-def merge_page(connection: Redis, job_id: str, attempt: int, n: int, pages: int, render_start: float,
-               render_end: float, entry: dict | None, size: int, owner: str, lease_key: str, lease_ttl: int,
-               stored_key: str, entries_key: str, announce: bool = True) -> str:
+def merge_page(
+    connection: Redis,
+    job_id: str,
+    attempt: int,
+    n: int,
+    pages: int,
+    render_start: float,
+    render_end: float,
+    entry: dict | None,
+    size: int,
+    owner: str,
+    lease_key: str,
+    lease_ttl: int,
+    stored_key: str,
+    entries_key: str,
+    announce: bool = True,
+) -> str:
     """Record that page n of a page-range job is stored, in the document job's progress, atomically.
 
     `ready` becomes the number of leading pages stored by any chunk, `percent` follows the count of
@@ -380,10 +442,23 @@ def merge_page(connection: Redis, job_id: str, attempt: int, n: int, pages: int,
     "stale" (another attempt runs now) or "ended" (the document job already ended).
     """
     script = connection.register_script(_MERGE_PAGE)
-    status = script(keys=[job_key(job_id), keys.DELETED_JOB + job_id, stored_key, entries_key, lease_key],
-                    args=[n, json.dumps(entry, separators=(",", ":")), size, owner, lease_ttl,
-                          channel(job_id), pages, render_start, render_end, round(time.time(), 4), attempt,
-                          1 if announce else 0])
+    status = script(
+        keys=[job_key(job_id), keys.DELETED_JOB + job_id, stored_key, entries_key, lease_key],
+        args=[
+            n,
+            json.dumps(entry, separators=(",", ":")),
+            size,
+            owner,
+            lease_ttl,
+            channel(job_id),
+            pages,
+            render_start,
+            render_end,
+            round(time.time(), 4),
+            attempt,
+            1 if announce else 0,
+        ],
+    )
     return status.decode() if isinstance(status, bytes) else str(status)
 
 

@@ -4,6 +4,7 @@ hops and ignored without it; over HTTPS every cookie is Secure and HSTS is sent.
 Rate limits (flask-limiter keys on `request.remote_addr`), audit lines and cookie decisions all read
 what ProxyFix puts in the WSGI environment, so they see the client, never the proxy.
 """
+
 from __future__ import annotations
 
 from flask import Flask, Response, current_app, has_request_context, request
@@ -35,8 +36,9 @@ def init_app(app: Flask) -> None:
 def _secure_transport(resp: Response) -> Response:
     if not request.is_secure:
         return resp
-    resp.headers.setdefault("Strict-Transport-Security",
-                            f"max-age={current_app.config['HSTS_MAX_AGE']}; includeSubDomains")
+    resp.headers.setdefault(
+        "Strict-Transport-Security", f"max-age={current_app.config['HSTS_MAX_AGE']}; includeSubDomains"
+    )
     cookies = resp.headers.getlist("Set-Cookie")
     if cookies:
         del resp.headers["Set-Cookie"]

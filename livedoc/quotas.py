@@ -5,6 +5,7 @@ Usage is read from the database in one query; conversions in flight are the docu
 the database does not know yet, settled against Redis first so that finished jobs nobody watched
 do not count.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -33,8 +34,12 @@ def usage(user: User) -> Usage:
     """The user's documents, stored bytes and unfinished conversions, as the database has them."""
     unfinished = case((Document.state.not_in(progress.TERMINAL), 1), else_=0)
     count, stored, running = db.session.execute(
-        db.select(func.count(Document.id), func.coalesce(func.sum(Document.stored_bytes), 0),
-                  func.coalesce(func.sum(unfinished), 0)).filter(Document.owner_id == user.id)).one()
+        db.select(
+            func.count(Document.id),
+            func.coalesce(func.sum(Document.stored_bytes), 0),
+            func.coalesce(func.sum(unfinished), 0),
+        ).filter(Document.owner_id == user.id)
+    ).one()
     return Usage(int(count), int(stored), int(running))
 
 
@@ -56,19 +61,26 @@ def check_conversion(use: Usage, config: Mapping) -> None:
     """Refuse (429) a new conversion beyond MAX_CONVERSIONS_PER_USER in flight."""
     cap = config["MAX_CONVERSIONS_PER_USER"]
     if use.in_flight >= cap:
-        raise QuotaExceeded(429, "quota_conversions",
-                            f"You have {cap} conversions running already; wait for one to end.",
-                            {"name": "MAX_CONVERSIONS_PER_USER", **_entry(use.in_flight, cap)},
-                            retry_after=10)
+        raise QuotaExceeded(
+            429,
+            "quota_conversions",
+            f"You have {cap} conversions running already; wait for one to end.",
+            {"name": "MAX_CONVERSIONS_PER_USER", **_entry(use.in_flight, cap)},
+            retry_after=10,
+        )
 
 
 def check_upload(use: Usage, config: Mapping) -> int:
     """Refuse an upload over any quota; returns the bytes the user may still store."""
     cap = config["QUOTA_DOCUMENTS"]
     if use.documents >= cap:
-        raise QuotaExceeded(429, "quota_documents",
-                            f"You have {cap} documents, the most you may keep; delete some first.",
-                            {"name": "QUOTA_DOCUMENTS", **_entry(use.documents, cap)}, retry_after=3600)
+        raise QuotaExceeded(
+            429,
+            "quota_documents",
+            f"You have {cap} documents, the most you may keep; delete some first.",
+            {"name": "QUOTA_DOCUMENTS", **_entry(use.documents, cap)},
+            retry_after=3600,
+        )
     check_conversion(use, config)
     left = config["QUOTA_MB"] * MB - use.stored_bytes
     if left <= 0:
@@ -80,7 +92,9 @@ def raise_storage(use: Usage, config: Mapping) -> None:
     """Refuse (413) an upload that does not fit in what is left of QUOTA_MB."""
     limit = config["QUOTA_MB"] * MB
     left = max(0, limit - use.stored_bytes)
-    raise QuotaExceeded(413, "quota_mb",
-                        f"This file does not fit in your storage quota of {config['QUOTA_MB']} MB "
-                        f"({left / MB:.1f} MB left).",
-                        {"name": "QUOTA_MB", **_entry(use.stored_bytes, limit)})
+    raise QuotaExceeded(
+        413,
+        "quota_mb",
+        f"This file does not fit in your storage quota of {config['QUOTA_MB']} MB ({left / MB:.1f} MB left).",
+        {"name": "QUOTA_MB", **_entry(use.stored_bytes, limit)},
+    )

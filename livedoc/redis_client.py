@@ -4,6 +4,7 @@ REDIS_URL is a plain `redis://` URL, or `redis+sentinel://[:password@]host:port[
 for Redis Sentinel: clients then ask the sentinels where the master is, and ask again after a
 failover (a connection to a demoted master fails with a ConnectionError and is replaced).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,13 @@ class SentinelURL:
         path = [p for p in parts.path.split("/") if p]
         if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
             raise ValueError("a sentinel URL names the master and optionally the db: .../master/0")
-        return cls(sentinels, unquote(path[0]), int(path[1]) if len(path) == 2 else 0,
-                   unquote(user) or None, unquote(password) or None)
+        return cls(
+            sentinels,
+            unquote(path[0]),
+            int(path[1]) if len(path) == 2 else 0,
+            unquote(user) or None,
+            unquote(password) or None,
+        )
 
     def limiter_uri(self) -> str:
         """The URL for Flask-Limiter (limits takes the db as an option, not in the path)."""
@@ -73,8 +79,9 @@ def _sentinel_pool(url: str, pool_class: type, **kwargs) -> SentinelConnectionPo
     spec = SentinelURL.parse(url)
     # Sentinels answer fast or not at all: a dead one must not stall a lookup for long.
     sentinel = Sentinel(spec.sentinels, sentinel_kwargs={"socket_connect_timeout": 2, "socket_timeout": 2})
-    return pool_class(spec.master, sentinel, db=spec.db, username=spec.username, password=spec.password,
-                      **kwargs)
+    return pool_class(
+        spec.master, sentinel, db=spec.db, username=spec.username, password=spec.password, **kwargs
+    )
 
 
 def connect(url: str, max_connections: int = 50, timeout: float = 5.0) -> Redis:
@@ -83,8 +90,14 @@ def connect(url: str, max_connections: int = 50, timeout: float = 5.0) -> Redis:
     redis-py's default pool raises once its cap is reached; with hundreds of greenlets a blocking
     pool makes the extra ones wait `timeout` seconds for a free connection instead of failing.
     """
-    options = {"max_connections": max_connections, "timeout": timeout, "socket_connect_timeout": 5,
-               "socket_keepalive": True, "health_check_interval": 30, "decode_responses": False}
+    options = {
+        "max_connections": max_connections,
+        "timeout": timeout,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "decode_responses": False,
+    }
     if is_sentinel(url):
         pool = _sentinel_pool(url, SentinelBlockingConnectionPool, **options)
     else:
@@ -109,7 +122,8 @@ class ResilientRedis(Redis):
             # `rq worker -u redis+sentinel://...` reaches here through --connection-class.
             retry = kwargs.pop("retry")
             retry_on_error = kwargs.pop("retry_on_error")
-            pool = _sentinel_pool(url, SentinelConnectionPool, retry=retry, retry_on_error=retry_on_error,
-                                  **kwargs)
+            pool = _sentinel_pool(
+                url, SentinelConnectionPool, retry=retry, retry_on_error=retry_on_error, **kwargs
+            )
             return cls(connection_pool=pool, retry=retry, retry_on_error=retry_on_error)
         return super().from_url(url, **kwargs)

@@ -5,6 +5,7 @@ Requests answer 503 ``schema_outdated`` until the database is at the newest revi
 says it once per process; the check is repeated at most every ``RECHECK`` seconds, so the app
 recovers by itself once the operator has run the upgrade, with no restart.
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ The id flask-login keeps in the session cookie (and in a remember-me cookie) is
 "<user id>:<session version>"; bumping `User.session_version` (logout, a password change) makes every
 cookie issued before it name a version that no longer exists, on every host, at the next request.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -5,6 +5,7 @@ The kind is read from the first HEAD bytes; a text upload is then checked as it 
 Office files are OOXML (a zip with [Content_Types].xml and a Word, PowerPoint or Excel main part),
 ODF (a zip whose first entry is its `mimetype`), OLE2 compound files (DOC, XLS, PPT) and RTF.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -76,7 +77,7 @@ class TextCheck:
             self.ok = False
             return False
         if self._chars < CONTROL_WINDOW:
-            window = text[:CONTROL_WINDOW - self._chars]
+            window = text[: CONTROL_WINDOW - self._chars]
             if any(ord(ch) < 32 and ch not in _ALLOWED_CONTROLS for ch in window):
                 self.ok = False
         self._chars += len(text)

@@ -1,4 +1,5 @@
 """The Server-Sent Events wire format (https://html.spec.whatwg.org/#server-sent-events)."""
+
 from __future__ import annotations
 
 import json

@@ -10,6 +10,7 @@ Each page's files are written before the progress says the page is ready, so a p
 is at most `ready` is always whole. Keys are built from the server-made document id and numbers
 only: nothing the client sends becomes part of a path.
 """
+
 from __future__ import annotations
 
 import json
@@ -200,15 +201,21 @@ class S3Storage:
         if style == "auto":
             # MinIO, Ceph and most other self-hosted endpoints know only path-style bucket URLs.
             style = "path" if endpoint else "virtual"
-        config = Config(signature_version="s3v4", s3={"addressing_style": style},
-                        max_pool_connections=settings.S3_MAX_CONNECTIONS,
-                        retries={"mode": "standard", "max_attempts": 4},
-                        connect_timeout=5, read_timeout=30)
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": style},
+            max_pool_connections=settings.S3_MAX_CONNECTIONS,
+            retries={"mode": "standard", "max_attempts": 4},
+            connect_timeout=5,
+            read_timeout=30,
+        )
         # Credentials and region come from the standard AWS chain (environment, config files, roles).
-        client = boto3.session.Session().client("s3", endpoint_url=endpoint,
-                                                region_name=settings.S3_REGION or None, config=config)
-        return cls(client, bucket, prefix, settings.SCRATCH_DIR or tempfile.gettempdir(),
-                   settings.S3_URL_EXPIRY)
+        client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, region_name=settings.S3_REGION or None, config=config
+        )
+        return cls(
+            client, bucket, prefix, settings.SCRATCH_DIR or tempfile.gettempdir(), settings.S3_URL_EXPIRY
+        )
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -260,8 +267,9 @@ class S3Storage:
         return True
 
     def _objects(self, prefix: str) -> Iterator[dict]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                      Prefix=self._key(prefix))
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix)
+        )
         for page in pages:
             yield from page.get("Contents", [])
 
@@ -289,19 +297,26 @@ class S3Storage:
 
     def url(self, key: str, filename: str | None = None) -> str | None:
         if filename is not None:
-            params = {"ResponseContentType": "application/octet-stream",
-                      "ResponseContentDisposition": content_disposition(filename)}
+            params = {
+                "ResponseContentType": "application/octet-stream",
+                "ResponseContentDisposition": content_disposition(filename),
+            }
         else:
             params = {"ResponseContentType": mimetype_of(key)}
         # Signing is local: handing out a URL costs no request to S3.
         return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key), **params},
-            ExpiresIn=self.url_expiry)
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key), **params},
+            ExpiresIn=self.url_expiry,
+        )
 
     def origin(self) -> str:
         """scheme://host[:port] that browsers fetch presigned URLs from (for the CSP)."""
-        parts = urlsplit(self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key("x")}, ExpiresIn=60))
+        parts = urlsplit(
+            self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key("x")}, ExpiresIn=60
+            )
+        )
         return f"{parts.scheme}://{parts.netloc}"
 
     def scratch_root(self) -> Path:
@@ -314,7 +329,8 @@ class S3Storage:
 
         meta = self.client.meta
         self.client = boto3.session.Session().client(
-            "s3", endpoint_url=meta.endpoint_url, region_name=meta.region_name, config=meta.config)
+            "s3", endpoint_url=meta.endpoint_url, region_name=meta.region_name, config=meta.config
+        )
 
 
 class _CountingReader:
@@ -371,8 +387,12 @@ def json_object(raw: bytes | str | None) -> dict | None:
 
 def page_names(n: int) -> dict[str, str]:
     """File names of page n's image, thumbnail, text and text layer."""
-    return {"image": f"page-{n:04d}.jpg", "thumb": f"thumb-{n:04d}.jpg", "text": f"text-{n:04d}.txt",
-            "layer": f"layer-{n:04d}.json"}
+    return {
+        "image": f"page-{n:04d}.jpg",
+        "thumb": f"thumb-{n:04d}.jpg",
+        "text": f"text-{n:04d}.txt",
+        "layer": f"layer-{n:04d}.json",
+    }
 
 
 def hd_name(n: int) -> str:

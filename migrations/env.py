@@ -1,4 +1,5 @@
 """Alembic environment for Flask-Migrate: the app's engine and models, batch mode for SQLite."""
+
 from __future__ import annotations
 
 import logging

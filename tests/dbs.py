@@ -5,6 +5,7 @@ database and every test gets a copy: a file copy on SQLite, `CREATE DATABASE ...
 PostgreSQL. TEST_DATABASE_URL (a PostgreSQL server URL; scripts/test starts a throwaway cluster)
 selects PostgreSQL; without it, SQLite.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -40,8 +41,14 @@ def is_postgres() -> bool:
 def upgrade(url: str, *args: str) -> subprocess.CompletedProcess:
     """`flask --app app db upgrade` on the database at url (raises if it fails)."""
     env = {**os.environ, "DATABASE_URL": url}
-    out = subprocess.run([str(FLASK), "--app", "app", "db", "upgrade", *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(FLASK), "--app", "app", "db", "upgrade", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"db upgrade failed: {out.stderr[-2000:]}")
     return out

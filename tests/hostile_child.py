@@ -4,6 +4,7 @@ Run as `python tests/hostile_child.py REDIS_URL STORAGE_DIR KIND SOURCE`; the co
 settings from the environment like every worker. Prints one JSON line: the job's final progress,
 the seconds the worker took and this process's peak RSS in MB.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,14 +36,24 @@ def main(redis_url: str, storage: str, kind: str, source: str) -> None:
     job_id = jobs.enqueue_conversion(conn, settings, doc_id, kind, seq=1, attempt=1)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()
-    worker = SimpleWorker([jobs.queue(conn, settings["QUEUE_NAME"])], connection=conn,
-                          serializer=jobs.SERIALIZER)
+    worker = SimpleWorker(
+        [jobs.queue(conn, settings["QUEUE_NAME"])], connection=conn, serializer=jobs.SERIALIZER
+    )
     worker.work(burst=True, with_scheduler=False)
     seconds = time.monotonic() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     final = progress.read(conn, job_id)
-    print(json.dumps({"progress": final, "seconds": round(seconds, 2), "peak_mb": round(peak / 1024, 1),
-                      "base_mb": round(base_rss / 1024, 1), "pid": os.getpid()}))
+    print(
+        json.dumps(
+            {
+                "progress": final,
+                "seconds": round(seconds, 2),
+                "peak_mb": round(peak / 1024, 1),
+                "base_mb": round(base_rss / 1024, 1),
+                "pid": os.getpid(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Real processes for tests: gunicorn with gevent workers and `rq worker`, on a shared Redis."""
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,14 @@ class Proc:
     def start(self) -> Proc:
         # The child writes to its own copy of the descriptor; this process's copy is closed at once.
         with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self.popen = subprocess.Popen(
+                self.cmd,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def send(self, sig: int) -> None:
@@ -109,8 +116,19 @@ class Stack:
     def start_web(self, port: int | None = None, workers: int = 1, cwd: Path = ROOT, **env: str) -> Proc:
         """Start gunicorn (in cwd, with env on top of the stack's: a host of its own)."""
         port = port or devredis.free_port()
-        cmd = [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "--pythonpath", str(ROOT),
-               "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--no-control-socket", "wsgi:app"]
+        cmd = [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "--pythonpath",
+            str(ROOT),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--no-control-socket",
+            "wsgi:app",
+        ]
         proc = Proc(f"web-{port}", cmd, {**self.env, **env}, self.dir, cwd).start()
         self.webs.append(proc)
         if port not in self.ports:
@@ -131,16 +149,31 @@ class Stack:
     def start_stock_worker(self, *options: str, name: str = "stock") -> Proc:
         """Start a worker exactly as RQ's docs say (`rq worker --with-scheduler -u URL livedoc`)."""
         n = len(self.workers)
-        cmd = [str(BIN / "rq"), "worker", "--with-scheduler", "-u", self.redis_url, "-n",
-               f"{name}-{os.getpid()}-{n}-{time.monotonic_ns()}", *options, "livedoc"]
+        cmd = [
+            str(BIN / "rq"),
+            "worker",
+            "--with-scheduler",
+            "-u",
+            self.redis_url,
+            "-n",
+            f"{name}-{os.getpid()}-{n}-{time.monotonic_ns()}",
+            *options,
+            "livedoc",
+        ]
         proc = Proc(f"{name}-worker-{n}", cmd, self.env, self.dir).start()
         self.workers.append(proc)
         return proc
 
     def flask(self, *args: str) -> str:
         """Run the Flask CLI against this deployment and return its output."""
-        out = subprocess.run([str(BIN / "flask"), "--app", "app", *args], cwd=ROOT, env=self.env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [str(BIN / "flask"), "--app", "app", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"flask {' '.join(args)} failed: {out.stderr}")
         return out.stdout.strip()
@@ -193,8 +226,11 @@ def sse_events(resp: requests.Response, until_terminal: bool = True, limit: int 
 class MotoServer:
     """moto's standalone S3 server as its own process: the real S3 HTTP API on a free port."""
 
-    ACCESS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-              "AWS_DEFAULT_REGION": "us-east-1"}
+    ACCESS = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
     def __init__(self, log_dir: Path):
         self.port = devredis.free_port()
@@ -214,8 +250,13 @@ class MotoServer:
         """A boto3 client of this server (for the tests' own checks)."""
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)

@@ -3,6 +3,7 @@
 `make(kind, pages, words, dest)` writes a DOCX, PPTX, XLSX or ODT whose page (slide, sheet) n starts
 with `words[n-1]`; a private profile per call keeps it apart from the worker's conversions.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,33 +15,41 @@ import zipfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-NS = ('xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
-      'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" '
-      'xmlns:style="urn:oasis:names:tc:opendocument:xmlns:style:1.0" '
-      'xmlns:fo="urn:oasis:names:tc:opendocument:xmlns:xsl-fo-compatible:1.0" '
-      'xmlns:draw="urn:oasis:names:tc:opendocument:xmlns:drawing:1.0" '
-      'xmlns:svg="urn:oasis:names:tc:opendocument:xmlns:svg-compatible:1.0" '
-      'xmlns:presentation="urn:oasis:names:tc:opendocument:xmlns:presentation:1.0" '
-      'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0"')
-FILLER = ("The quick brown fox jumps over the lazy dog while the committee reviews the quarterly "
-          "figures and the lecture notes for the coming term. ")
+NS = (
+    'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+    'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" '
+    'xmlns:style="urn:oasis:names:tc:opendocument:xmlns:style:1.0" '
+    'xmlns:fo="urn:oasis:names:tc:opendocument:xmlns:xsl-fo-compatible:1.0" '
+    'xmlns:draw="urn:oasis:names:tc:opendocument:xmlns:drawing:1.0" '
+    'xmlns:svg="urn:oasis:names:tc:opendocument:xmlns:svg-compatible:1.0" '
+    'xmlns:presentation="urn:oasis:names:tc:opendocument:xmlns:presentation:1.0" '
+    'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0"'
+)
+FILLER = (
+    "The quick brown fox jumps over the lazy dog while the committee reviews the quarterly "
+    "figures and the lecture notes for the coming term. "
+)
 FLAT = {"docx": "fodt", "odt": "fodt", "pptx": "fodp", "xlsx": "fods"}
 
 
 def _document(kind: str, body: str, styles: str = "") -> str:
     """A flat OpenDocument of a kind (text, presentation, spreadsheet) around its body's content."""
-    return (f'<?xml version="1.0" encoding="UTF-8"?><office:document {NS} office:version="1.2" '
-            f'office:mimetype="application/vnd.oasis.opendocument.{kind}">{styles}'
-            f'<office:body><office:{kind}>{body}</office:{kind}></office:body></office:document>')
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><office:document {NS} office:version="1.2" '
+        f'office:mimetype="application/vnd.oasis.opendocument.{kind}">{styles}'
+        f"<office:body><office:{kind}>{body}</office:{kind}></office:body></office:document>"
+    )
 
 
 def _text(words: list[str]) -> str:
-    styles = ('<office:automatic-styles><style:style style:name="brk" style:family="paragraph">'
-              '<style:paragraph-properties fo:break-before="page"/></style:style></office:automatic-styles>')
+    styles = (
+        '<office:automatic-styles><style:style style:name="brk" style:family="paragraph">'
+        '<style:paragraph-properties fo:break-before="page"/></style:style></office:automatic-styles>'
+    )
     body = []
     for i, word in enumerate(words):
         style = ' text:style-name="brk"' if i else ""
-        body.append(f"<text:h{style} text:outline-level=\"1\">{escape(word)} heading</text:h>")
+        body.append(f'<text:h{style} text:outline-level="1">{escape(word)} heading</text:h>')
         body += [f"<text:p>{FILLER * 3}</text:p>" for _ in range(3)]
     return _document("text", "".join(body), styles)
 
@@ -48,17 +57,21 @@ def _text(words: list[str]) -> str:
 def _slides(words: list[str]) -> str:
     pages = []
     for i, word in enumerate(words):
-        pages.append(f'<draw:page draw:name="s{i + 1}"><draw:frame svg:x="2cm" svg:y="2cm" svg:width="20cm" '
-                     f'svg:height="3cm"><draw:text-box><text:p>{escape(word)} slide title</text:p>'
-                     f'<text:p>{FILLER}</text:p></draw:text-box></draw:frame></draw:page>')
+        pages.append(
+            f'<draw:page draw:name="s{i + 1}"><draw:frame svg:x="2cm" svg:y="2cm" svg:width="20cm" '
+            f'svg:height="3cm"><draw:text-box><text:p>{escape(word)} slide title</text:p>'
+            f"<text:p>{FILLER}</text:p></draw:text-box></draw:frame></draw:page>"
+        )
     return _document("presentation", "".join(pages))
 
 
 def _sheets(words: list[str]) -> str:
     tables = []
     for i, word in enumerate(words):
-        rows = f"<table:table-row><table:table-cell><text:p>{escape(word)} cell</text:p></table:table-cell>" \
-               f"<table:table-cell><text:p>{i + 1}</text:p></table:table-cell></table:table-row>"
+        rows = (
+            f"<table:table-row><table:table-cell><text:p>{escape(word)} cell</text:p></table:table-cell>"
+            f"<table:table-cell><text:p>{i + 1}</text:p></table:table-cell></table:table-row>"
+        )
         tables.append(f'<table:table table:name="Sheet{i + 1}">{rows}</table:table>')
     return _document("spreadsheet", "".join(tables))
 
@@ -70,9 +83,23 @@ def make(kind: str, words: list[str], dest: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"{dest.stem}.{flat}"
         src.write_text(xml, encoding="utf-8")
-        subprocess.run(["soffice", "--headless", "--norestore", "--nolockcheck",
-                        f"-env:UserInstallation={(Path(tmp) / 'profile').as_uri()}", "--convert-to", kind,
-                        "--outdir", tmp, str(src)], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                "soffice",
+                "--headless",
+                "--norestore",
+                "--nolockcheck",
+                f"-env:UserInstallation={(Path(tmp) / 'profile').as_uri()}",
+                "--convert-to",
+                kind,
+                "--outdir",
+                tmp,
+                str(src),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         shutil.move(Path(tmp) / f"{dest.stem}.{kind}", dest)
     return dest
 
@@ -83,8 +110,10 @@ def encrypted_ooxml() -> bytes:
     That container is what Office writes for any encrypted OOXML file; the payload is not a real
     cipher text, which is fine because the worker must refuse it before anything tries to open it.
     """
-    info = (b"\x04\x00\x04\x00\x40\x00\x00\x00" + b'<?xml version="1.0"?><encryption '
-            b'xmlns="http://schemas.microsoft.com/office/2006/encryption"/>')
+    info = (
+        b"\x04\x00\x04\x00\x40\x00\x00\x00" + b'<?xml version="1.0"?><encryption '
+        b'xmlns="http://schemas.microsoft.com/office/2006/encryption"/>'
+    )
     package = struct.pack("<Q", 4096) + bytes(range(256)) * 16
     return ole2({"EncryptionInfo": info, "EncryptedPackage": package})
 
@@ -106,8 +135,9 @@ def ole2(streams: dict[str, bytes]) -> bytes:
     fat_sector = len(fat)
     fat.append(0xFFFFFFFD)
 
-    def entry(name: str, kind: int, start: int, size: int, child: int = 0xFFFFFFFF,
-              right: int = 0xFFFFFFFF) -> bytes:
+    def entry(
+        name: str, kind: int, start: int, size: int, child: int = 0xFFFFFFFF, right: int = 0xFFFFFFFF
+    ) -> bytes:
         raw = name.encode("utf-16-le") + b"\x00\x00"
         out = io.BytesIO()
         out.write(raw.ljust(64, b"\x00"))

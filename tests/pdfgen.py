@@ -4,6 +4,7 @@ Everything is built by hand so the tests need no PDF library besides the one und
 Encryption is the PDF 1.4 standard security handler, revision 2 (RC4, 40-bit key), done properly:
 pdfium refuses the file without the user password and opens it with the right one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,17 +74,27 @@ class _Security:
         return _rc4(object_key, data)
 
     def dictionary(self) -> bytes:
-        return (b"<< /Filter /Standard /V 1 /R 2 /O <" + self.owner_entry.hex().encode()
-                + b"> /U <" + self.user_entry.hex().encode() + b"> /P "
-                + str(_PERMISSIONS).encode() + b" >>")
+        return (
+            b"<< /Filter /Standard /V 1 /R 2 /O <"
+            + self.owner_entry.hex().encode()
+            + b"> /U <"
+            + self.user_entry.hex().encode()
+            + b"> /P "
+            + str(_PERMISSIONS).encode()
+            + b" >>"
+        )
 
 
 # A bookmark: (title, 0-based page index, children).
 Bookmark = tuple[str, int, list]
 
 
-def make_pdf(pages: list[str], sizes: list[tuple[float, float]] | None = None,
-             user_password: str | None = None, outline: list[Bookmark] | None = None) -> bytes:
+def make_pdf(
+    pages: list[str],
+    sizes: list[tuple[float, float]] | None = None,
+    user_password: str | None = None,
+    outline: list[Bookmark] | None = None,
+) -> bytes:
     """A valid PDF with one page per string (lines split on newlines), US Letter unless sized,
     with bookmarks when `outline` is given (not with a password)."""
     sizes = sizes or [LETTER] * len(pages)
@@ -103,8 +114,7 @@ def make_pdf(pages: list[str], sizes: list[tuple[float, float]] | None = None,
         stream = _content(text, height)
         if security:
             stream = security.encrypt(content_num, stream)
-        objects[content_num] = (f"<< /Length {len(stream)} >>\nstream\n".encode() + stream
-                                + b"\nendstream")
+        objects[content_num] = f"<< /Length {len(stream)} >>\nstream\n".encode() + stream + b"\nendstream"
     if outline and not security:
         root = max(objects) + 1
         objects[root] = b""  # reserved: the items number themselves after it
@@ -119,16 +129,20 @@ def make_pdf(pages: list[str], sizes: list[tuple[float, float]] | None = None,
     return _assemble(objects, trailer_extra)
 
 
-def _outline_items(objects: dict[int, bytes], items: list[Bookmark], parent: int,
-                   first_page: int) -> tuple[int, int, int]:
+def _outline_items(
+    objects: dict[int, bytes], items: list[Bookmark], parent: int, first_page: int
+) -> tuple[int, int, int]:
     """Write one level of bookmarks (and their children); returns first, last and count."""
     nums = [max(objects) + 1 + i for i in range(len(items))]
     for num in nums:
         objects[num] = b""  # reserve the numbers before the children take theirs
     count = len(items)
     for i, (title, index, children) in enumerate(items):
-        fields = [f"/Title ({title})", f"/Parent {parent} 0 R",
-                  f"/Dest [{first_page + 2 * index} 0 R /XYZ 0 792 0]"]
+        fields = [
+            f"/Title ({title})",
+            f"/Parent {parent} 0 R",
+            f"/Dest [{first_page + 2 * index} 0 R /XYZ 0 792 0]",
+        ]
         if i:
             fields.append(f"/Prev {nums[i - 1]} 0 R")
         if i + 1 < len(items):
@@ -153,8 +167,15 @@ def _assemble(objects: dict[int, bytes], trailer_extra: bytes = b"") -> bytes:
     for num in range(1, size):
         out += f"{offsets[num]:010d} 00000 n \n".encode() if num in offsets else b"0000000000 65535 f \n"
     file_id = _FILE_ID.hex().encode()
-    out += (f"trailer\n<< /Size {size} /Root 1 0 R".encode() + trailer_extra
-            + b" /ID [<" + file_id + b"> <" + file_id + b">] >>\n")
+    out += (
+        f"trailer\n<< /Size {size} /Root 1 0 R".encode()
+        + trailer_extra
+        + b" /ID [<"
+        + file_id
+        + b"> <"
+        + file_id
+        + b">] >>\n"
+    )
     out += f"startxref\n{xref_at}\n%%EOF\n".encode()
     return bytes(out)
 

@@ -1,4 +1,5 @@
 """Real Redis high availability for tests: a master, a replica and three redis-sentinel processes."""
+
 from __future__ import annotations
 
 import shutil
@@ -49,8 +50,9 @@ class SentinelGroup:
     def _spawn(self, name: str, cmd: list[str]) -> None:
         # The child writes to its own copy of the descriptor; this process's copy is closed at once.
         with open(self.base / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+            self.procs[name] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def start(self) -> SentinelGroup:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -58,28 +60,47 @@ class SentinelGroup:
         for i, port in enumerate(self.redis_ports):
             d = self.base / f"redis-{port}"
             d.mkdir()
-            cmd = [devredis.server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", str(d)]
+            cmd = [
+                devredis.server_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(d),
+            ]
             if i == 1:
                 cmd += ["--replicaof", "127.0.0.1", str(master)]
             self._spawn(f"redis-{port}", cmd)
-        _wait(lambda: Redis(port=replica).info("replication")["master_link_status"] == "up", 20,
-              "replica in sync")
+        _wait(
+            lambda: Redis(port=replica).info("replication")["master_link_status"] == "up",
+            20,
+            "replica in sync",
+        )
         for port in self.sentinel_ports:
             d = self.base / f"sentinel-{port}"
             d.mkdir()
             conf = d / "sentinel.conf"
-            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {d}\n"
-                            f"sentinel monitor {MASTER} 127.0.0.1 {master} 2\n"
-                            f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                            f"sentinel failover-timeout {MASTER} 10000\n"
-                            f"sentinel parallel-syncs {MASTER} 1\n")
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {d}\n"
+                f"sentinel monitor {MASTER} 127.0.0.1 {master} 2\n"
+                f"sentinel down-after-milliseconds {MASTER} 1000\n"
+                f"sentinel failover-timeout {MASTER} 10000\n"
+                f"sentinel parallel-syncs {MASTER} 1\n"
+            )
             self._spawn(f"sentinel-{port}", [sentinel_binary(), str(conf)])
         # Ready when every sentinel knows the replica and the two other sentinels.
         for port in self.sentinel_ports:
             s = Redis(port=port, decode_responses=True)
-            _wait(lambda s=s: len(s.sentinel_slaves(MASTER)) == 1 and len(s.sentinel_sentinels(MASTER)) == 2,
-                  30, f"sentinel {port} sees the group")
+            _wait(
+                lambda s=s: len(s.sentinel_slaves(MASTER)) == 1 and len(s.sentinel_sentinels(MASTER)) == 2,
+                30,
+                f"sentinel {port} sees the group",
+            )
         return self
 
     def master_port(self) -> int:

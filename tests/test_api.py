@@ -1,4 +1,5 @@
 """The HTTP API through Flask's test client, on a real Redis, with jobs run by a real RQ worker."""
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,12 @@ PDF = make_pdf(["first page", "second page", "third page"])
 
 
 def _upload(client, token, data=PDF, name="doc.pdf"):
-    return client.post("/api/documents", headers={"Authorization": f"Bearer {token}"},
-                       data={"file": (io.BytesIO(data), name)}, content_type="multipart/form-data")
+    return client.post(
+        "/api/documents",
+        headers={"Authorization": f"Bearer {token}"},
+        data={"file": (io.BytesIO(data), name)},
+        content_type="multipart/form-data",
+    )
 
 
 def _auth(token):
@@ -38,8 +43,20 @@ def test_upload_returns_urls_and_converts(client, users, redis_conn):
     assert status["state"] == "complete"
     assert status["document_id"] == doc_id
     assert status["pages"] == 3 and status["percent"] == 100
-    assert set(status) == {"seq", "state", "stage", "percent", "page", "pages", "ready", "message", "error",
-                           "attempt", "updated_at", "document_id"}
+    assert set(status) == {
+        "seq",
+        "state",
+        "stage",
+        "percent",
+        "page",
+        "pages",
+        "ready",
+        "message",
+        "error",
+        "attempt",
+        "updated_at",
+        "document_id",
+    }
 
     doc = client.get(f"/api/documents/{doc_id}", headers=_auth(token)).get_json()
     assert [p["n"] for p in doc["pages"]] == [1, 2, 3]
@@ -63,8 +80,12 @@ def test_type_is_recognised_by_content_not_name(client, users):
     assert resp.status_code == 201 and resp.get_json()["kind"] == "text"
     err = _upload(client, token, b"\x00\x01\x02binary", "x.txt")
     assert err.status_code == 415
-    assert err.get_json() == {"error": {"code": "unsupported_type", "message":
-                                        "Only PDF, PNG, JPEG and plain UTF-8 text files can be converted."}}
+    assert err.get_json() == {
+        "error": {
+            "code": "unsupported_type",
+            "message": "Only PDF, PNG, JPEG and plain UTF-8 text files can be converted.",
+        }
+    }
 
 
 def test_oversized_upload_is_413_json(app, client, users):
@@ -78,8 +99,9 @@ def test_oversized_upload_is_413_json(app, client, users):
 def test_empty_and_missing_file(client, users):
     token = users.create()
     assert _upload(client, token, b"").get_json()["error"]["code"] == "empty_file"
-    resp = client.post("/api/documents", headers=_auth(token), data={"other": "x"},
-                       content_type="multipart/form-data")
+    resp = client.post(
+        "/api/documents", headers=_auth(token), data={"other": "x"}, content_type="multipart/form-data"
+    )
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "bad_upload"
     resp = client.post("/api/documents", headers=_auth(token), data=b"raw", content_type="application/pdf")
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "bad_upload"
@@ -96,8 +118,11 @@ def test_anonymous_api_is_401_and_pages_redirect_to_login(client):
 def test_other_users_document_is_404_like_an_absent_one(client, users, redis_conn):
     alice, bob = users.create("alice"), users.create("bob")
     doc_id = _upload(client, alice).get_json()["id"]
-    for path in (f"/api/documents/{doc_id}", f"/api/documents/{doc_id}/status",
-                 f"/api/documents/{doc_id}/events"):
+    for path in (
+        f"/api/documents/{doc_id}",
+        f"/api/documents/{doc_id}/status",
+        f"/api/documents/{doc_id}/events",
+    ):
         theirs = client.get(path, headers=_auth(bob))
         absent = client.get(path.replace(doc_id, "0" * 32), headers=_auth(bob))
         assert theirs.status_code == absent.status_code == 404
@@ -151,8 +176,16 @@ def test_status_parameters_are_validated(client, users):
     token = users.create()
     doc_id = _upload(client, token).get_json()["id"]
     url = f"/api/documents/{doc_id}/status"
-    for query in ("after=-1", "after=abc", "after=1e9", "after=" + "9" * 30, "wait=-2", "wait=nan",
-                  "wait=inf", "wait=abc"):
+    for query in (
+        "after=-1",
+        "after=abc",
+        "after=1e9",
+        "after=" + "9" * 30,
+        "wait=-2",
+        "wait=nan",
+        "wait=inf",
+        "wait=abc",
+    ):
         resp = client.get(f"{url}?{query}", headers=_auth(token))
         assert resp.status_code == 400, query
         assert resp.get_json()["error"]["code"] == "bad_parameter"

@@ -1,4 +1,5 @@
 """The audit log: one JSON line per security-relevant event, with no secrets or paths."""
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,11 @@ def test_login_upload_denied_lines(app, client, users, caplog, storage_dir):
     bob_token = users.create("bob")
     users.login("alice", "wrong-password")
     users.login("alice")
-    resp = client.post("/documents", data={"file": (io.BytesIO(make_pdf(["x"])), "secret-name.pdf"),
-                                           "csrf_token": _csrf(client)}, content_type="multipart/form-data")
+    resp = client.post(
+        "/documents",
+        data={"file": (io.BytesIO(make_pdf(["x"])), "secret-name.pdf"), "csrf_token": _csrf(client)},
+        content_type="multipart/form-data",
+    )
     assert resp.status_code == 303
     doc_id = resp.headers["Location"].rsplit("/", 1)[-1]
     other = app.test_client()  # bob, with his token and no session

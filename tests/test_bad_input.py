@@ -13,6 +13,7 @@ disk, and that "not yours" answers exactly like "absent". The tests at the end o
 bugs this suite found (no upload limit by default, a 500 for an unreadable chunked body); they were
 strict xfails until the fixes landed.
 """
+
 from __future__ import annotations
 
 import io
@@ -46,8 +47,17 @@ PDF = make_pdf(["first page of the bad-input suite", "second page"])
 ABSENT = "0" * 32
 MAX_SEQ = 2**53
 BOUNDARY = "xYzZYbadinput"
-LEAK_MARKERS = ("Traceback", 'File "', "/work/", "STORAGE", "site-packages", "/tmp/", "/home/", "/usr/",
-                str(ROOT))
+LEAK_MARKERS = (
+    "Traceback",
+    'File "',
+    "/work/",
+    "STORAGE",
+    "site-packages",
+    "/tmp/",
+    "/home/",
+    "/usr/",
+    str(ROOT),
+)
 CSRF_TOKEN = re.compile(r'"[\w-]+\.[\w-]+\.[\w-]+"')  # itsdangerous: payload.timestamp.signature
 PERMANENT_CODES = {"corrupt", "unsupported", "empty", "encrypted", "too_many_pages", "page_too_large"}
 
@@ -65,13 +75,52 @@ DOC_ROUTES = [
 
 # Ids as they go into the URL (already percent-encoded where that is the point).
 BAD_IDS = [
-    "x", "..", ".", "...", "%2e%2e", "%2E%2E", "..%2f..%2fetc%2fpasswd", "..%2F..%2Fmanifest.json",
-    "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..%252f..%252fetc", "%2e%2e%5c%2e%2e%5cwindows", "..%5c..%5c",
-    "../../etc/passwd", "%00", "0" * 31 + "%00", "%00" + "0" * 32, "0" * 32 + "%00", "0" * 32 + "%0a",
-    "0" * 32 + "%20", "%20" + "0" * 32, "%c0%ae%c0%ae", "%ff%fe", "%e2%80%ae" + "0" * 29, quote("é" * 32),
-    quote("０" * 32), quote("٠" * 32), "A" * 32, "F" * 32, "0" * 31, "0" * 33, "f" * 31, "f" * 33,
-    "g" * 32, "a" * 10_000, "0" * 10_000, "-1", "1e9", "null", "undefined", "%7B%7Bid%7D%7D",
-    "%3Cscript%3E", "'%20OR%201=1--", "%25", "%2f", "%3F", "%23",
+    "x",
+    "..",
+    ".",
+    "...",
+    "%2e%2e",
+    "%2E%2E",
+    "..%2f..%2fetc%2fpasswd",
+    "..%2F..%2Fmanifest.json",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "..%252f..%252fetc",
+    "%2e%2e%5c%2e%2e%5cwindows",
+    "..%5c..%5c",
+    "../../etc/passwd",
+    "%00",
+    "0" * 31 + "%00",
+    "%00" + "0" * 32,
+    "0" * 32 + "%00",
+    "0" * 32 + "%0a",
+    "0" * 32 + "%20",
+    "%20" + "0" * 32,
+    "%c0%ae%c0%ae",
+    "%ff%fe",
+    "%e2%80%ae" + "0" * 29,
+    quote("é" * 32),
+    quote("０" * 32),
+    quote("٠" * 32),
+    "A" * 32,
+    "F" * 32,
+    "0" * 31,
+    "0" * 33,
+    "f" * 31,
+    "f" * 33,
+    "g" * 32,
+    "a" * 10_000,
+    "0" * 10_000,
+    "-1",
+    "1e9",
+    "null",
+    "undefined",
+    "%7B%7Bid%7D%7D",
+    "%3Cscript%3E",
+    "'%20OR%201=1--",
+    "%25",
+    "%2f",
+    "%3F",
+    "%23",
 ]
 
 HEADER_CHARS = st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",))
@@ -79,6 +128,7 @@ HYPO = settings(deadline=None, database=None, suppress_health_check=list(HealthC
 
 
 # -- the world every test-client test starts from --------------------------------------------------
+
 
 @dataclass
 class World:
@@ -104,8 +154,12 @@ def world(app, client, users, redis_conn, storage_dir) -> World:
     tokens = {"alice": users.create("alice"), "bob": users.create("bob")}
     docs = {}
     for who, token in tokens.items():
-        resp = client.post("/api/documents", headers={"Authorization": f"Bearer {token}"},
-                           data={"file": (io.BytesIO(PDF), f"{who}.pdf")}, content_type="multipart/form-data")
+        resp = client.post(
+            "/api/documents",
+            headers={"Authorization": f"Bearer {token}"},
+            data={"file": (io.BytesIO(PDF), f"{who}.pdf")},
+            content_type="multipart/form-data",
+        )
         assert resp.status_code == 201, resp.data
         docs[who] = resp.get_json()["id"]
     run_jobs(redis_conn)
@@ -130,8 +184,19 @@ def _no_unhandled_errors(request, caplog):
 
 # -- sending and the checks that hold for every response -------------------------------------------
 
-def check(status: int | None, headers, body: bytes, *, url: str, method: str, sent: str,
-          foreign: list[str], app_answered: bool = True, known_bug: bool = False) -> None:
+
+def check(
+    status: int | None,
+    headers,
+    body: bytes,
+    *,
+    url: str,
+    method: str,
+    sent: str,
+    foreign: list[str],
+    app_answered: bool = True,
+    known_bug: bool = False,
+) -> None:
     """What must hold for any response to any input."""
     where = f"{method} {url[:160]} -> {status}"
     if status is not None and status >= 500:
@@ -143,8 +208,13 @@ def check(status: int | None, headers, body: bytes, *, url: str, method: str, se
         assert marker not in text or marker in sent, f"{where} leaks {marker!r}: {text[:600]}"
     for doc in foreign:
         assert doc not in text or doc in sent, f"{where} shows another user's document {doc}"
-    if app_answered and url.startswith("/api/") and status is not None and 400 <= status < 500 \
-            and method != "HEAD":
+    if (
+        app_answered
+        and url.startswith("/api/")
+        and status is not None
+        and 400 <= status < 500
+        and method != "HEAD"
+    ):
         payload = json.loads(body)
         assert list(payload) == ["error"], where
         quota = ["quota"] if str(payload["error"].get("code")).startswith("quota_") else []
@@ -152,16 +222,33 @@ def check(status: int | None, headers, body: bytes, *, url: str, method: str, se
         assert isinstance(payload["error"]["code"], str) and isinstance(payload["error"]["message"], str)
 
 
-def send(w: World, method: str, url: str, *, who: str | None = "alice", headers: dict | None = None,
-         expect: int | set | None = None, known_bug: bool = False, **kw):
+def send(
+    w: World,
+    method: str,
+    url: str,
+    *,
+    who: str | None = "alice",
+    headers: dict | None = None,
+    expect: int | set | None = None,
+    known_bug: bool = False,
+    **kw,
+):
     """One request through the test client, counted and checked; the body is read and the response closed."""
     hdrs = {**w.auth(who), **(headers or {})}
     resp = w.client.open(url, method=method, headers=hdrs, **kw)
     body = resp.get_data()
     resp.close()
     STATS["test_client"] += 1
-    check(resp.status_code, resp.headers.items(), body, url=url, method=method,
-          sent=repr((method, url, hdrs, kw)), foreign=w.foreign(who), known_bug=known_bug)
+    check(
+        resp.status_code,
+        resp.headers.items(),
+        body,
+        url=url,
+        method=method,
+        sent=repr((method, url, hdrs, kw)),
+        foreign=w.foreign(who),
+        known_bug=known_bug,
+    )
     if expect is not None:
         allowed = {expect} if isinstance(expect, int) else expect
         assert resp.status_code in allowed, f"{method} {url[:160]}: {resp.status_code} {body[:300]!r}"
@@ -187,8 +274,10 @@ def still_serves(w: World) -> None:
     """After the bad inputs, a normal request still works."""
     listing = send(w, "GET", "/api/documents", expect=200).get_json()
     assert [d["id"] for d in listing["documents"]][-1] == w.docs["alice"]
-    assert send(w, "GET", f"/api/documents/{w.docs['alice']}", expect=200).get_json()["progress"]["state"] \
+    assert (
+        send(w, "GET", f"/api/documents/{w.docs['alice']}", expect=200).get_json()["progress"]["state"]
         == "complete"
+    )
 
 
 def multipart(parts: list[tuple[bytes | None, bytes | None, bytes]], boundary: str = BOUNDARY) -> bytes:
@@ -200,8 +289,15 @@ def multipart(parts: list[tuple[bytes | None, bytes | None, bytes]], boundary: s
             disposition += b'; name="' + name + b'"'
         if filename is not None:
             disposition += b'; filename="' + filename + b'"'
-        out += (b"--" + boundary.encode() + b"\r\nContent-Disposition: " + disposition
-                + b"\r\nContent-Type: application/octet-stream\r\n\r\n" + content + b"\r\n")
+        out += (
+            b"--"
+            + boundary.encode()
+            + b"\r\nContent-Disposition: "
+            + disposition
+            + b"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            + content
+            + b"\r\n"
+        )
     return out + b"--" + boundary.encode() + b"--\r\n"
 
 
@@ -227,11 +323,16 @@ def api_doc_ids(w: World, who: str = "alice") -> list[str]:
 
 
 def is_clean_name(name: str) -> bool:
-    return (0 < len(name) <= 200 and "/" not in name and "\\" not in name
-            and not any(unicodedata.category(ch)[0] == "C" for ch in name))
+    return (
+        0 < len(name) <= 200
+        and "/" not in name
+        and "\\" not in name
+        and not any(unicodedata.category(ch)[0] == "C" for ch in name)
+    )
 
 
 # -- ids ---------------------------------------------------------------------------------------------
+
 
 def id_status(url_map: Map, method: str, template: str, raw_id: str) -> int:
     """The exact status of `method` on template with a bad id (or file name) put in: 404, unless the id
@@ -252,9 +353,22 @@ def id_status(url_map: Map, method: str, template: str, raw_id: str) -> int:
 def test_bad_ids_on_every_document_route(world):
     w = world
     mine = w.docs["alice"]
-    near_misses = [mine.upper(), mine[:31], mine + "0", mine[1:], " " + mine, quote(" " + mine), mine + "%00",
-                   mine + "%0a", mine + "%20", mine + "/", mine[:16] + "%2F" + mine[16:], "%2e%2e%2f" + mine,
-                   mine.replace(mine[0], "G", 1), quote(mine[:31] + "é")]
+    near_misses = [
+        mine.upper(),
+        mine[:31],
+        mine + "0",
+        mine[1:],
+        " " + mine,
+        quote(" " + mine),
+        mine + "%00",
+        mine + "%0a",
+        mine + "%20",
+        mine + "/",
+        mine[:16] + "%2F" + mine[16:],
+        "%2e%2e%2f" + mine,
+        mine.replace(mine[0], "G", 1),
+        quote(mine[:31] + "é"),
+    ]
     for method, route in DOC_ROUTES:
         for raw_id in BAD_IDS + near_misses:
             url = route.replace("{id}", raw_id)
@@ -279,8 +393,13 @@ def test_bad_ids_on_every_document_route(world):
         if unquote(raw_id) in w.docs.values():
             return  # a real id is not a bad id
         method, template = route
-        resp = send(w, method, template.replace("{id}", raw_id), who=who,
-                    expect=id_status(w.app.url_map, method, template, raw_id))
+        resp = send(
+            w,
+            method,
+            template.replace("{id}", raw_id),
+            who=who,
+            expect=id_status(w.app.url_map, method, template, raw_id),
+        )
         if template.startswith("/api/") and resp.status_code == 404:
             assert error_code(resp) == "not_found"
 
@@ -291,29 +410,67 @@ def test_bad_ids_on_every_document_route(world):
 def test_bad_file_names_are_404(world):
     w = world
     mine = w.docs["alice"]
-    names = ["manifest.json", "original", "original.part", "out", "work", "..", ".", "%2e%2e",
-             "..%2fmanifest.json", "..%2Foriginal", "%2e%2e%2foriginal", "..%5coriginal", "%2fetc%2fpasswd",
-             "%2Ftmp%2Fx", "C:%5Cwindows%5Cwin.ini", "page-0001.jpg%00", "page-0001.jpg%00.txt",
-             "page-0001.jpg%0a", "PAGE-0001.JPG", "page-1.jpg", "page-0000.jpg", "page-9999.jpg",
-             "page-0001.jpg.", "page-0001.jpg%20", "%20page-0001.jpg", "thumb-0001.jpg..", "text-0001.txt~",
-             quote("page-０００１.jpg"), "x" * 10_000, "%ff", "%c0%ae%c0%ae%c0%afmanifest.json",
-             "out%2Fmanifest.json", "..%2f..%2f..%2f..%2fetc%2fpasswd"]
+    names = [
+        "manifest.json",
+        "original",
+        "original.part",
+        "out",
+        "work",
+        "..",
+        ".",
+        "%2e%2e",
+        "..%2fmanifest.json",
+        "..%2Foriginal",
+        "%2e%2e%2foriginal",
+        "..%5coriginal",
+        "%2fetc%2fpasswd",
+        "%2Ftmp%2Fx",
+        "C:%5Cwindows%5Cwin.ini",
+        "page-0001.jpg%00",
+        "page-0001.jpg%00.txt",
+        "page-0001.jpg%0a",
+        "PAGE-0001.JPG",
+        "page-1.jpg",
+        "page-0000.jpg",
+        "page-9999.jpg",
+        "page-0001.jpg.",
+        "page-0001.jpg%20",
+        "%20page-0001.jpg",
+        "thumb-0001.jpg..",
+        "text-0001.txt~",
+        quote("page-０００１.jpg"),
+        "x" * 10_000,
+        "%ff",
+        "%c0%ae%c0%ae%c0%afmanifest.json",
+        "out%2Fmanifest.json",
+        "..%2f..%2f..%2f..%2fetc%2fpasswd",
+    ]
     for name in names:
         for who in ("alice", "bob"):
-            resp = send(w, "GET", f"/documents/{mine}/files/1/{name}", who=who,
-                        expect=id_status(w.app.url_map, "GET", f"/documents/{mine}/files/1/{{id}}", name))
+            resp = send(
+                w,
+                "GET",
+                f"/documents/{mine}/files/1/{name}",
+                who=who,
+                expect=id_status(w.app.url_map, "GET", f"/documents/{mine}/files/1/{{id}}", name),
+            )
             assert b"%PDF" not in resp.data and b'"page_list"' not in resp.data
     # Another attempt's files, or no attempt at all, are not served either.
     for attempt in ("0", "2", "-1", "01", "1.0", "9" * 25, "x", "%2e%2e"):
         template = f"/documents/{mine}/files/{{id}}/page-0001.jpg"
-        resp = send(w, "GET", template.replace("{id}", attempt),
-                    expect=id_status(w.app.url_map, "GET", template, attempt))
+        resp = send(
+            w,
+            "GET",
+            template.replace("{id}", attempt),
+            expect=id_status(w.app.url_map, "GET", template, attempt),
+        )
         assert b"\xff\xd8\xff" not in resp.data
     # Ready pages' files work for the owner, and for nobody else.
     ok = send(w, "GET", f"/documents/{mine}/files/1/page-0001.jpg", expect=200)
     assert ok.mimetype == "image/jpeg" and ok.data[:3] == b"\xff\xd8\xff"
     assert "first page" in send(w, "GET", f"/documents/{mine}/files/1/text-0001.txt", expect=200).get_data(
-        as_text=True)
+        as_text=True
+    )
     layer = send(w, "GET", f"/documents/{mine}/files/1/layer-0001.json", expect=200).get_json()
     assert any("first page" in run[4] for run in layer["runs"])
     send(w, "GET", f"/documents/{mine}/files/1/page-0001.jpg", who="bob", expect=404)
@@ -324,25 +481,40 @@ def test_not_yours_answers_exactly_like_absent(world):
     w = world
     theirs = w.docs["alice"]
     before = send(w, "GET", f"/api/documents/{theirs}/status", expect=200).get_json()
-    variants = [{}, {"Last-Event-ID": "0"}, {"Last-Event-ID": "garbage"}, {"Accept": "text/event-stream"},
-                {"Accept": "application/json"}, {"Accept": "text/html"}]
+    variants = [
+        {},
+        {"Last-Event-ID": "0"},
+        {"Last-Event-ID": "garbage"},
+        {"Accept": "text/event-stream"},
+        {"Accept": "application/json"},
+        {"Accept": "text/html"},
+    ]
     suffixes = ["", "?after=0", "?after=0&wait=1", "?wait=abc"]
-    routes = DOC_ROUTES + [("GET", "/documents/{id}/files/1/text-0001.txt"),
-                           ("GET", "/documents/{id}/files/1/manifest.json"),
-                           ("GET", "/documents/{id}/files/1/original"), ("HEAD", "/api/documents/{id}"),
-                           ("DELETE", "/api/documents/{id}"), ("POST", "/documents/{id}/delete"),
-                           ("GET", "/api/documents/{id}/search?q=page"),
-                           ("PUT", "/api/documents/{id}/position"),
-                           ("HEAD", "/documents/{id}"), ("OPTIONS", "/api/documents/{id}"),
-                           ("PUT", "/api/documents/{id}"), ("DELETE", "/documents/{id}")]
+    routes = DOC_ROUTES + [
+        ("GET", "/documents/{id}/files/1/text-0001.txt"),
+        ("GET", "/documents/{id}/files/1/manifest.json"),
+        ("GET", "/documents/{id}/files/1/original"),
+        ("HEAD", "/api/documents/{id}"),
+        ("DELETE", "/api/documents/{id}"),
+        ("POST", "/documents/{id}/delete"),
+        ("GET", "/api/documents/{id}/search?q=page"),
+        ("PUT", "/api/documents/{id}/position"),
+        ("HEAD", "/documents/{id}"),
+        ("OPTIONS", "/api/documents/{id}"),
+        ("PUT", "/api/documents/{id}"),
+        ("DELETE", "/documents/{id}"),
+    ]
     compared = 0
     for who in ("bob", None):
         for method, route in routes:
             for i, extra in enumerate(variants):
                 suffix = suffixes[i % len(suffixes)] if route.endswith("/status") else ""
-                answers = [snapshot(send(w, method, route.replace("{id}", doc) + suffix, who=who,
-                                         headers=extra), [doc])
-                           for doc in (theirs, ABSENT, "f" * 32, "Z" * 32)]
+                answers = [
+                    snapshot(
+                        send(w, method, route.replace("{id}", doc) + suffix, who=who, headers=extra), [doc]
+                    )
+                    for doc in (theirs, ABSENT, "f" * 32, "Z" * 32)
+                ]
                 assert answers[0] == answers[1] == answers[2], (who, method, route, extra)
                 if who:  # a malformed id is refused just like an absent one
                     assert answers[3] == answers[0], (method, route, extra)
@@ -356,6 +528,7 @@ def test_not_yours_answers_exactly_like_absent(world):
 
 
 # -- Last-Event-ID, after, wait ------------------------------------------------------------------------
+
 
 def test_last_event_id_values(world):
     w = world
@@ -373,21 +546,61 @@ def test_last_event_id_values(world):
         assert ("event: complete" in text) == expect_event(value), (value, text)
         # Not yours / absent / malformed: 404 whatever the header says.
         for who, doc in (("bob", w.docs["alice"]), ("alice", ABSENT), ("alice", "Z" * 32)):
-            resp = send(w, "GET", f"/api/documents/{doc}/events", who=who, headers={"Last-Event-ID": value},
-                        expect=404)
+            resp = send(
+                w,
+                "GET",
+                f"/api/documents/{doc}/events",
+                who=who,
+                headers={"Last-Event-ID": value},
+                expect=404,
+            )
             assert error_code(resp) == "not_found"
 
     seq = w.seq
-    table = ["", "0", "1", str(seq - 1), str(seq), str(seq + 1), "0" * 10 + str(seq), f" {seq}", f"{seq} ",
-             "-1", f"-{seq}", "+1", "1.0", "1e3", "0x10", "abc", "null", "NaN", "inf", "9" * 20, "9" * 21,
-             "9" * 10_000, "18446744073709551616", str(MAX_SEQ), "١٢", "²", "½", "é☃", "\x00", f"{seq}\x00",
-             "x" * 10_000, "%31", "\t", ";", "1,2", "💥" * 100]
+    table = [
+        "",
+        "0",
+        "1",
+        str(seq - 1),
+        str(seq),
+        str(seq + 1),
+        "0" * 10 + str(seq),
+        f" {seq}",
+        f"{seq} ",
+        "-1",
+        f"-{seq}",
+        "+1",
+        "1.0",
+        "1e3",
+        "0x10",
+        "abc",
+        "null",
+        "NaN",
+        "inf",
+        "9" * 20,
+        "9" * 21,
+        "9" * 10_000,
+        "18446744073709551616",
+        str(MAX_SEQ),
+        "١٢",
+        "²",
+        "½",
+        "é☃",
+        "\x00",
+        f"{seq}\x00",
+        "x" * 10_000,
+        "%31",
+        "\t",
+        ";",
+        "1,2",
+        "💥" * 100,
+    ]
     for value in table:
         one(value)
 
     values = st.one_of(
         st.text(alphabet=HEADER_CHARS, max_size=40),
-        st.integers(min_value=-10**25, max_value=10**25).map(str),
+        st.integers(min_value=-(10**25), max_value=10**25).map(str),
         st.sampled_from([str(seq), str(seq - 1), str(seq + 1), "0" * 5 + str(seq)]),
     )
 
@@ -440,10 +653,44 @@ def test_after_and_wait_values(world):
         absent = send(w, "GET", url.replace(doc, ABSENT), who="bob", query_string=query, expect={400, 404})
         assert snapshot(theirs, [doc]) == snapshot(absent, [ABSENT])
 
-    table = ["-1", "-0", "0", "1", "abc", "nan", "NaN", "inf", "-inf", "Infinity", "1e309", "-1e309", "1e3",
-             "1e-400", "1.5", "0x10", "1_0", " 5", "5 ", "+5", "١٢", "²", "é", "\x00", "5\x00", "9" * 20,
-             "9" * 21, "9" * 10_000, str(MAX_SEQ), str(MAX_SEQ + 1), "00000000000000000001", "1" + "0" * 19,
-             "%ff", "[]", "1;2", "💥"]
+    table = [
+        "-1",
+        "-0",
+        "0",
+        "1",
+        "abc",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "Infinity",
+        "1e309",
+        "-1e309",
+        "1e3",
+        "1e-400",
+        "1.5",
+        "0x10",
+        "1_0",
+        " 5",
+        "5 ",
+        "+5",
+        "١٢",
+        "²",
+        "é",
+        "\x00",
+        "5\x00",
+        "9" * 20,
+        "9" * 21,
+        "9" * 10_000,
+        str(MAX_SEQ),
+        str(MAX_SEQ + 1),
+        "00000000000000000001",
+        "1" + "0" * 19,
+        "%ff",
+        "[]",
+        "1;2",
+        "💥",
+    ]
     for value in table:
         one(value, None)
         one(None, value)
@@ -451,15 +698,30 @@ def test_after_and_wait_values(world):
     one("abc", "abc")
 
     # Repeated parameters: the first one counts.
-    for query, expect in (("after=1&after=x", 200), ("after=x&after=1", 400), ("wait=1&wait=nan", 200),
-                          ("wait=nan&wait=1", 400), ("after=&after=-1", 200),
-                          ("after=0&wait=0&after=-5", 200),
-                          ("after[]=1", 200), ("after=%ff%fe", 400), ("wait=%00", 400), ("after", 200),
-                          ("&&&=&=", 200), ("after=1&" * 500, 200), ("wait=" + "1" * 21, 400)):
+    for query, expect in (
+        ("after=1&after=x", 200),
+        ("after=x&after=1", 400),
+        ("wait=1&wait=nan", 200),
+        ("wait=nan&wait=1", 400),
+        ("after=&after=-1", 200),
+        ("after=0&wait=0&after=-5", 200),
+        ("after[]=1", 200),
+        ("after=%ff%fe", 400),
+        ("wait=%00", 400),
+        ("after", 200),
+        ("&&&=&=", 200),
+        ("after=1&" * 500, 200),
+        ("wait=" + "1" * 21, 400),
+    ):
         send(w, "GET", f"{url}?{query}", expect=expect)
 
-    texts = st.one_of(st.none(), st.text(max_size=25), st.integers(-10**22, 10**22).map(str),
-                      st.floats().map(repr), st.floats().map(str))
+    texts = st.one_of(
+        st.none(),
+        st.text(max_size=25),
+        st.integers(-(10**22), 10**22).map(str),
+        st.floats().map(repr),
+        st.floats().map(str),
+    )
 
     @settings(HYPO, max_examples=100)
     @given(after=texts, wait=texts)
@@ -520,13 +782,37 @@ def test_bad_authorization_and_cookies(world):
     w = world
     alice, bob = w.tokens["alice"], w.tokens["bob"]
     mine = w.docs["alice"]
-    bad = ["Bearer", "Bearer ", "Bearer  ", "bearer", "Bearer " + "x" * 10_000, "Bearer " + "x" * 201,
-           "Basic xyz", "Basic YWxpY2U6cHctYWxpY2U=", "Token " + alice, alice, "Bearer\t" + alice,
-           "Bearer " + alice + "x", "Bearer " + alice[:-1], "Bearer " + alice.upper(),
-           "Bearer " + alice + ",x",
-           f"Bearer {alice} {alice}", "Bearer ☃", "Bearer é", "Bearer \x00", "Bearer " + "💥" * 50,
-           "Digest username=alice", "Bearer null", "Bearer undefined", "Bearer " + "A" * 43, ", Bearer x",
-           "Bearer%20" + alice, "Negotiate " + "Y" * 5000, "\x00" * 20, "" + " " * 100]
+    bad = [
+        "Bearer",
+        "Bearer ",
+        "Bearer  ",
+        "bearer",
+        "Bearer " + "x" * 10_000,
+        "Bearer " + "x" * 201,
+        "Basic xyz",
+        "Basic YWxpY2U6cHctYWxpY2U=",
+        "Token " + alice,
+        alice,
+        "Bearer\t" + alice,
+        "Bearer " + alice + "x",
+        "Bearer " + alice[:-1],
+        "Bearer " + alice.upper(),
+        "Bearer " + alice + ",x",
+        f"Bearer {alice} {alice}",
+        "Bearer ☃",
+        "Bearer é",
+        "Bearer \x00",
+        "Bearer " + "💥" * 50,
+        "Digest username=alice",
+        "Bearer null",
+        "Bearer undefined",
+        "Bearer " + "A" * 43,
+        ", Bearer x",
+        "Bearer%20" + alice,
+        "Negotiate " + "Y" * 5000,
+        "\x00" * 20,
+        "" + " " * 100,
+    ]
     for value in bad:
         hdr = {"Authorization": value}
         resp = send(w, "GET", "/api/documents", who=None, headers=hdr, expect=401)
@@ -537,17 +823,32 @@ def test_bad_authorization_and_cookies(world):
         assert page.headers["Location"].startswith("/login?next=")
         # A write with a bad token: "Bearer ..." skips the CSRF check (no cookie involved) and is 401;
         # anything else is a cookie-style write without a CSRF token: 400.
-        upload = send(w, "POST", "/api/documents", who=None, headers=hdr, expect={400, 401},
-                      data={"file": (io.BytesIO(PDF), "x.pdf")}, content_type="multipart/form-data")
+        upload = send(
+            w,
+            "POST",
+            "/api/documents",
+            who=None,
+            headers=hdr,
+            expect={400, 401},
+            data={"file": (io.BytesIO(PDF), "x.pdf")},
+            content_type="multipart/form-data",
+        )
         assert upload.status_code == (401 if value.lower().startswith("bearer ") else 400), value
     # Harmless spellings of a good token work; another user's good token sees only its own documents.
     for value in (f"bearer {alice}", f"BEARER {alice}", f"Bearer  {alice}  ", f"Bearer {alice}\t"):
         send(w, "GET", f"/api/documents/{mine}", who=None, headers={"Authorization": value}, expect=200)
     send(w, "GET", f"/api/documents/{mine}", who=None, headers={"Authorization": f"Bearer {bob}"}, expect=404)
     # Forged or garbage cookies are no login.
-    for cookie in ("session=garbage", "session=" + "A" * 5000, "session=eyJfdXNlcl9pZCI6IjEifQ.x.y",
-                   "remember_token=1|deadbeef", "remember_token=garbage", "remember_token=" + "9" * 5000,
-                   "session=\x00", "session=%00%ff"):
+    for cookie in (
+        "session=garbage",
+        "session=" + "A" * 5000,
+        "session=eyJfdXNlcl9pZCI6IjEifQ.x.y",
+        "remember_token=1|deadbeef",
+        "remember_token=garbage",
+        "remember_token=" + "9" * 5000,
+        "session=\x00",
+        "session=%00%ff",
+    ):
         resp = send(w, "GET", "/api/documents", who=None, headers={"Cookie": cookie}, expect=401)
         assert error_code(resp) == "unauthorized"
     # Generated header values: never a user.
@@ -591,12 +892,10 @@ def test_bad_content_types_and_multipart(world):
         (mpb, multipart([(b"file", None, PDF)]), 400, "bad_upload"),
         (mpb, multipart([(b"file", b"x.pdf", b"")]), 400, "empty_file"),
         # A filename that is not UTF-8 makes Werkzeug drop the whole form (see the report).
-        (mpb, multipart([(b"file", b"\xff\xfe.pdf", PDF)]), 400,
-         "bad_upload"),
+        (mpb, multipart([(b"file", b"\xff\xfe.pdf", PDF)]), 400, "bad_upload"),
         (";;;=", good, 400, "bad_upload"),
         ("☃/☃", good, 400, "bad_upload"),
-        (mpb, multipart([(b"file", b"x.zip", b"PK\x03\x04" + b"\x00" * 50)]),
-         415, "unsupported_type"),
+        (mpb, multipart([(b"file", b"x.zip", b"PK\x03\x04" + b"\x00" * 50)]), 415, "unsupported_type"),
     ]
     for ctype, body, status, code in cases:
         headers = {"Content-Type": ctype} if ctype else {}
@@ -610,8 +909,11 @@ def test_bad_content_types_and_multipart(world):
 
     # Legitimate spellings are accepted.
     accepted = []
-    for ctype in (f"MULTIPART/FORM-DATA; BOUNDARY={BOUNDARY}", f'multipart/form-data; boundary="{BOUNDARY}"',
-                  f"multipart/form-data; boundary={BOUNDARY}; charset=☃"):
+    for ctype in (
+        f"MULTIPART/FORM-DATA; BOUNDARY={BOUNDARY}",
+        f'multipart/form-data; boundary="{BOUNDARY}"',
+        f"multipart/form-data; boundary={BOUNDARY}; charset=☃",
+    ):
         resp = send(w, "POST", "/api/documents", headers={"Content-Type": ctype}, data=good, expect=201)
         accepted.append(resp.get_json()["id"])
     # Two files in the field: the first one is the upload, and only one document is made.
@@ -630,6 +932,7 @@ def test_bad_content_types_and_multipart(world):
 
 
 # -- uploads -----------------------------------------------------------------------------------------
+
 
 def _zip_bytes() -> bytes:
     buf = io.BytesIO()
@@ -675,15 +978,27 @@ def test_bad_uploads_then_worker(world, redis_conn):
     accepted = {}
     before = api_doc_ids(w)
     for name, (data, status, _) in UPLOADS.items():
-        resp = send(w, "POST", "/api/documents", data={"file": (io.BytesIO(data), name)},
-                    content_type="multipart/form-data", expect=status)
+        resp = send(
+            w,
+            "POST",
+            "/api/documents",
+            data={"file": (io.BytesIO(data), name)},
+            content_type="multipart/form-data",
+            expect=status,
+        )
         if status == 201:
             accepted[name] = resp.get_json()["id"]
         else:
             assert error_code(resp) == ("empty_file" if status == 400 else "unsupported_type"), name
         # Again through the HTML form: the same status, as a page.
-        page = send(w, "POST", "/documents", data={"file": (io.BytesIO(data), name)},
-                    content_type="multipart/form-data", expect=303 if status == 201 else status)
+        page = send(
+            w,
+            "POST",
+            "/documents",
+            data={"file": (io.BytesIO(data), name)},
+            content_type="multipart/form-data",
+            expect=303 if status == 201 else status,
+        )
         if status == 201:
             accepted[name + " (form)"] = page.headers["Location"].rsplit("/", 1)[-1]
     assert len(api_doc_ids(w)) == len(before) + len(accepted)
@@ -710,7 +1025,8 @@ def test_bad_uploads_then_worker(world, redis_conn):
         else:
             send(w, "GET", f"/documents/{doc}/files/1/page-0001.jpg", expect=200)
             assert "event: complete" in send(w, "GET", f"/api/documents/{doc}/events", expect=200).get_data(
-                as_text=True)
+                as_text=True
+            )
         send(w, "GET", f"/documents/{doc}", expect=200)
         send(w, "GET", f"/api/documents/{doc}", expect=200)
         send(w, "GET", f"/api/documents/{doc}/status", who="bob", expect=404)
@@ -749,8 +1065,14 @@ def test_upload_file_names_never_become_paths(world):
     w = world
     made = []
     for sent, shown in FILENAMES.items():
-        resp = send(w, "POST", "/api/documents", data={"file": (io.BytesIO(PDF), sent)},
-                    content_type="multipart/form-data", expect=201)
+        resp = send(
+            w,
+            "POST",
+            "/api/documents",
+            data={"file": (io.BytesIO(PDF), sent)},
+            content_type="multipart/form-data",
+            expect=201,
+        )
         body = resp.get_json()
         assert body["filename"] == shown, (sent[:40], body["filename"][:40])
         assert is_clean_name(body["filename"])
@@ -761,14 +1083,26 @@ def test_upload_file_names_never_become_paths(world):
     assert "<script>alert(1)" not in html
     # Raw multipart with a NUL and a slash in the filename header itself.
     raw = multipart([(b"file", b"..\x00/..\x00/etc/pass\x00wd", PDF)])
-    resp = send(w, "POST", "/api/documents", data=raw, expect=201,
-                headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    resp = send(
+        w,
+        "POST",
+        "/api/documents",
+        data=raw,
+        expect=201,
+        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
     assert resp.get_json()["filename"] == "passwd"
     made.append(resp.get_json()["id"])
     # Escaped backslashes do reach the app as Windows separators.
     raw = multipart([(b"file", b"..\\\\..\\\\windows\\\\win.ini", PDF)])
-    resp = send(w, "POST", "/api/documents", data=raw, expect=201,
-                headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    resp = send(
+        w,
+        "POST",
+        "/api/documents",
+        data=raw,
+        expect=201,
+        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
     assert resp.get_json()["filename"] == "win.ini"
     made.append(resp.get_json()["id"])
 
@@ -778,8 +1112,14 @@ def test_upload_file_names_never_become_paths(world):
     @given(name=names)
     def generated(name):
         count = len(doc_ids_on_disk(w.storage))
-        resp = send(w, "POST", "/api/documents", data={"file": (io.BytesIO(PDF), name)},
-                    content_type="multipart/form-data", expect={201, 400})
+        resp = send(
+            w,
+            "POST",
+            "/api/documents",
+            data={"file": (io.BytesIO(PDF), name)},
+            content_type="multipart/form-data",
+            expect={201, 400},
+        )
         if resp.status_code == 201:  # quotes or line breaks in the name can break the test client's multipart
             body = resp.get_json()
             assert is_clean_name(body["filename"]), body["filename"]
@@ -800,13 +1140,25 @@ def test_oversized_uploads_are_413(world):
     before = api_doc_ids(w)
     big = b"%PDF-1.4\n" + b"0" * 20_000
     for route in ("/api/documents", "/documents"):
-        resp = send(w, "POST", route, data={"file": (io.BytesIO(big), "big.pdf")},
-                    content_type="multipart/form-data", expect=413)
+        resp = send(
+            w,
+            "POST",
+            route,
+            data={"file": (io.BytesIO(big), "big.pdf")},
+            content_type="multipart/form-data",
+            expect=413,
+        )
         if route.startswith("/api/"):
             assert error_code(resp) == "too_large"
         # A declared length over the limit is refused before the body is read.
-        send(w, "POST", route, data=b"x" * 20_000, content_type=f"multipart/form-data; boundary={BOUNDARY}",
-             expect=413)
+        send(
+            w,
+            "POST",
+            route,
+            data=b"x" * 20_000,
+            content_type=f"multipart/form-data; boundary={BOUNDARY}",
+            expect=413,
+        )
         # Werkzeug's own form limits: more than MAX_FORM_PARTS parts, a text field over MAX_FORM_MEMORY_SIZE.
         w.app.config["MAX_CONTENT_LENGTH"] = 2_000_000
         many = multipart([(b"f%d" % i, None, b"x") for i in range(1200)] + [(b"file", b"x.pdf", PDF)])
@@ -816,8 +1168,14 @@ def test_oversized_uploads_are_413(world):
         send(w, "POST", route, data=field, content_type=mpb, expect=413)
         w.app.config["MAX_CONTENT_LENGTH"] = 10_000
     # Just under the limit is fine.
-    small = send(w, "POST", "/api/documents", data={"file": (io.BytesIO(PDF), "fits.pdf")},
-                 content_type="multipart/form-data", expect=201).get_json()["id"]
+    small = send(
+        w,
+        "POST",
+        "/api/documents",
+        data={"file": (io.BytesIO(PDF), "fits.pdf")},
+        content_type="multipart/form-data",
+        expect=201,
+    ).get_json()["id"]
     assert api_doc_ids(w) == [small, *before]
     assert doc_ids_on_disk(w.storage) == {small, *w.docs.values()}
     still_serves(w)
@@ -825,20 +1183,34 @@ def test_oversized_uploads_are_413(world):
 
 # -- fixed bugs, test client (were strict xfails) ------------------------------
 
+
 def test_max_upload_mb_is_enforced_by_default(redis_url, storage_dir, worker_env, tmp_path, redis_conn):
     from app import create_app
 
-    app = create_app({"TESTING": True, "SECRET_KEY": "test", "REDIS_URL": redis_url,
-                      "STORAGE_DIR": str(storage_dir), "RATELIMIT_ENABLED": False, "MAX_UPLOAD_MB": 1,
-                      "SQLALCHEMY_DATABASE_URI": dbs.fresh(tmp_path / "limit")})
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "REDIS_URL": redis_url,
+            "STORAGE_DIR": str(storage_dir),
+            "RATELIMIT_ENABLED": False,
+            "MAX_UPLOAD_MB": 1,
+            "SQLALCHEMY_DATABASE_URI": dbs.fresh(tmp_path / "limit"),
+        }
+    )
     try:
-
         client = app.test_client()
         token = Users(app, client).create("limited")
         w = World(app, client, storage_dir, {"limited": token}, {}, seq=0)
         big = b"%PDF-1.4\n" + b"0" * (3 * 1024 * 1024)
-        resp = send(w, "POST", "/api/documents", who="limited", data={"file": (io.BytesIO(big), "big.pdf")},
-                    content_type="multipart/form-data")
+        resp = send(
+            w,
+            "POST",
+            "/api/documents",
+            who="limited",
+            data={"file": (io.BytesIO(big), "big.pdf")},
+            content_type="multipart/form-data",
+        )
         assert resp.status_code == 413, f"a 3 MB upload with MAX_UPLOAD_MB=1 got {resp.status_code}"
     finally:
         app.extensions["livedoc.redis"].connection_pool.disconnect()
@@ -856,17 +1228,27 @@ class BrokenBody(io.BytesIO):
 def test_unreadable_request_body_is_400_not_500(world):
     w = world
     statuses = []
-    for route, who, ctype in (("/api/documents", "alice", f"multipart/form-data; boundary={BOUNDARY}"),
-                              ("/documents", "alice", f"multipart/form-data; boundary={BOUNDARY}"),
-                              ("/login", None, "application/x-www-form-urlencoded")):
-        resp = send(w, "POST", route, who=who, input_stream=BrokenBody(),
-                    headers={"Content-Type": ctype, "Transfer-Encoding": "chunked"},
-                    environ_overrides={"wsgi.input_terminated": True}, known_bug=True)
+    for route, who, ctype in (
+        ("/api/documents", "alice", f"multipart/form-data; boundary={BOUNDARY}"),
+        ("/documents", "alice", f"multipart/form-data; boundary={BOUNDARY}"),
+        ("/login", None, "application/x-www-form-urlencoded"),
+    ):
+        resp = send(
+            w,
+            "POST",
+            route,
+            who=who,
+            input_stream=BrokenBody(),
+            headers={"Content-Type": ctype, "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+            known_bug=True,
+        )
         statuses.append(resp.status_code)
     assert statuses == [400, 400, 400], statuses
 
 
 # -- the real server ---------------------------------------------------------------------------------
+
 
 @dataclass
 class LiveWorld:
@@ -882,8 +1264,9 @@ class LiveWorld:
 
 def _wait_terminal(session, base: str, doc: str, timeout: float = 60) -> dict:
     """Poll the (not rate-limited) document endpoint until the conversion has ended."""
-    return wait_document(session, base, doc, lambda body: body["progress"]["state"] in TERMINAL, timeout,
-                         what="finished")["progress"]
+    return wait_document(
+        session, base, doc, lambda body: body["progress"]["state"] in TERMINAL, timeout, what="finished"
+    )["progress"]
 
 
 @pytest.fixture(scope="module")
@@ -911,7 +1294,7 @@ def _dechunk(body: bytes) -> bytes:
         if size == 0:
             break
         out += rest[:size]
-        body = rest[size + 2:]
+        body = rest[size + 2 :]
     return out
 
 
@@ -943,9 +1326,19 @@ def raw_http(port: int, request: bytes, timeout: float = 15) -> tuple[int | None
 STREAM_ROUTES = ("/status", "/events")
 
 
-def live_send(lw: LiveWorld, method: str, target: str | bytes, *, who: str | None = "alice",
-              headers: list[tuple[str, str | bytes]] = (), body: bytes = b"", length: bool = True,
-              expect: set[int | None], server: bool = False, known_bug: bool = False):
+def live_send(
+    lw: LiveWorld,
+    method: str,
+    target: str | bytes,
+    *,
+    who: str | None = "alice",
+    headers: list[tuple[str, str | bytes]] = (),
+    body: bytes = b"",
+    length: bool = True,
+    expect: set[int | None],
+    server: bool = False,
+    known_bug: bool = False,
+):
     """One raw HTTP/1.1 request to gunicorn, counted and checked. `server`: gunicorn itself refuses it."""
     lines = [_b(method) + b" " + _b(target) + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
     if who:
@@ -958,8 +1351,17 @@ def live_send(lw: LiveWorld, method: str, target: str | bytes, *, who: str | Non
     STATS["live"] += 1
     app_answered = "content-security-policy" in hdrs
     path = _b(target).decode("latin-1").split("?")[0]
-    check(status, hdrs.items(), data, url=path, method=method, sent=repr(request), foreign=lw.foreign(who),
-          app_answered=app_answered, known_bug=known_bug)
+    check(
+        status,
+        hdrs.items(),
+        data,
+        url=path,
+        method=method,
+        sent=repr(request),
+        foreign=lw.foreign(who),
+        app_answered=app_answered,
+        known_bug=known_bug,
+    )
     allowed = set(expect)
     if app_answered and path.endswith(STREAM_ROUTES):
         allowed.add(429)  # the per-IP stream limit is shared with the other live tests in this session
@@ -977,8 +1379,15 @@ def live_send(lw: LiveWorld, method: str, target: str | bytes, *, who: str | Non
 
 def _live_upload(lw: LiveWorld, data: bytes, name: bytes = b"x.pdf", who: str = "alice"):
     body = multipart([(b"file", name, data)])
-    return live_send(lw, "POST", "/api/documents", who=who, body=body, expect={201, 400, 415},
-                     headers=[("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")])
+    return live_send(
+        lw,
+        "POST",
+        "/api/documents",
+        who=who,
+        body=body,
+        expect={201, 400, 415},
+        headers=[("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -987,9 +1396,15 @@ def live_routes(tmp_path_factory, redis_url) -> Map:
     from app import create_app
 
     work = tmp_path_factory.mktemp("routes")
-    app = create_app({"TESTING": True, "SECRET_KEY": "routes", "REDIS_URL": redis_url,
-                      "STORAGE_DIR": str(work),
-                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{work / 'routes.db'}"})
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "routes",
+            "REDIS_URL": redis_url,
+            "STORAGE_DIR": str(work),
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{work / 'routes.db'}",
+        }
+    )
     return app.url_map
 
 
@@ -1006,9 +1421,27 @@ def lw(live_world):
 
 # Bad ids, spread over the document routes (the stream routes are rate limited). Formatted with the
 # ids of the live world: {mine} is alice's document, {bobs} bob's.
-LIVE_BAD_IDS = ["x", "..", "%2e%2e", "..%2f..%2fetc%2fpasswd", "%2e%2e%2f%2e%2e%2fmanifest.json", "%00",
-                "0" * 32 + "%00", "%c0%ae%c0%ae", quote("é" * 32), "{mine_upper}", "{mine_short}", "{mine}0",
-                "A" * 32, "0" * 33, "..%5c..%5c", "%ff", "../../etc/passwd", ABSENT, "{bobs}"]
+LIVE_BAD_IDS = [
+    "x",
+    "..",
+    "%2e%2e",
+    "..%2f..%2fetc%2fpasswd",
+    "%2e%2e%2f%2e%2e%2fmanifest.json",
+    "%00",
+    "0" * 32 + "%00",
+    "%c0%ae%c0%ae",
+    quote("é" * 32),
+    "{mine_upper}",
+    "{mine_short}",
+    "{mine}0",
+    "A" * 32,
+    "0" * 33,
+    "..%5c..%5c",
+    "%ff",
+    "../../etc/passwd",
+    ABSENT,
+    "{bobs}",
+]
 
 
 def live_id(lw: LiveWorld, template: str) -> str:
@@ -1026,14 +1459,20 @@ def test_live_bad_id(lw, live_routes, i, template):
 
 
 # Targets gunicorn refuses before the app: raw bytes, a 10k request line, a space in the path.
-SERVER_REFUSED_TARGETS = [b"/api/documents/\x00", "/api/documents/é", b"/api/documents/" + b"a" * 10_000,
-                          "/documents/{mine}/files/" + "x" * 10_000, b"/api/documents/\xff\xfe/status",
-                          "/api/documents/{mine} x"]
+SERVER_REFUSED_TARGETS = [
+    b"/api/documents/\x00",
+    "/api/documents/é",
+    b"/api/documents/" + b"a" * 10_000,
+    "/documents/{mine}/files/" + "x" * 10_000,
+    b"/api/documents/\xff\xfe/status",
+    "/api/documents/{mine} x",
+]
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("target", SERVER_REFUSED_TARGETS,
-                         ids=["nul", "non-ascii", "long-id", "long-name", "raw-bytes", "space"])
+@pytest.mark.parametrize(
+    "target", SERVER_REFUSED_TARGETS, ids=["nul", "non-ascii", "long-id", "long-name", "raw-bytes", "space"]
+)
 def test_live_target_refused_by_gunicorn(lw, target):
     if isinstance(target, str):
         target = live_id(lw, target)
@@ -1041,8 +1480,9 @@ def test_live_target_refused_by_gunicorn(lw, target):
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("name", ["manifest.json", "original", "..%2fmanifest.json", "%2fetc%2fpasswd",
-                                  "page-0001.jpg%00"])
+@pytest.mark.parametrize(
+    "name", ["manifest.json", "original", "..%2fmanifest.json", "%2fetc%2fpasswd", "page-0001.jpg%00"]
+)
 def test_live_bad_file_name(lw, live_routes, name):
     template = f"/documents/{lw.docs['alice']}/files/1/{{id}}"
     expect = id_status(live_routes, "GET", template, name)
@@ -1055,8 +1495,11 @@ def test_live_page_file_is_served(lw):
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("method, route", DOC_ROUTES[:2] + DOC_ROUTES[3:],
-                         ids=[f"{m} {r}" for m, r in DOC_ROUTES[:2] + DOC_ROUTES[3:]])
+@pytest.mark.parametrize(
+    "method, route",
+    DOC_ROUTES[:2] + DOC_ROUTES[3:],
+    ids=[f"{m} {r}" for m, r in DOC_ROUTES[:2] + DOC_ROUTES[3:]],
+)
 def test_live_not_yours_answers_exactly_like_absent(lw, method, route):
     answers = []
     for doc in (lw.docs["alice"], ABSENT):
@@ -1068,10 +1511,11 @@ def test_live_not_yours_answers_exactly_like_absent(lw, method, route):
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("value", ["-1", "abc", "9" * 25, "99999999999999999999", "é☃".encode(), "x" * 5000,
-                                   "١٢".encode(), "{seq}"],
-                         ids=["negative", "word", "25-nines", "20-nines", "utf8", "5000-x", "arabic-digits",
-                              "the-final-seq"])
+@pytest.mark.parametrize(
+    "value",
+    ["-1", "abc", "9" * 25, "99999999999999999999", "é☃".encode(), "x" * 5000, "١٢".encode(), "{seq}"],
+    ids=["negative", "word", "25-nines", "20-nines", "utf8", "5000-x", "arabic-digits", "the-final-seq"],
+)
 def test_live_last_event_id(lw, value):
     """On the owner's complete document the stream sends the final event (unless it is the one the
     client already has) and ends."""
@@ -1093,10 +1537,23 @@ def test_live_last_event_id_on_a_foreign_document_or_oversized(lw):
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("query, expect", [
-    ("after=-1", 400), ("after=abc", 400), ("wait=nan", 400), ("wait=inf", 400), ("wait=1e309", 400),
-    ("wait=-1", 400), ("after=%ff", 400), ("after=9007199254740993", 400), ("after=1&after=x", 200),
-    ("wait=5&wait=x", 200), ("after=0&wait=1e3", 200), ("wait=%E2%88%9E", 400)])
+@pytest.mark.parametrize(
+    "query, expect",
+    [
+        ("after=-1", 400),
+        ("after=abc", 400),
+        ("wait=nan", 400),
+        ("wait=inf", 400),
+        ("wait=1e309", 400),
+        ("wait=-1", 400),
+        ("after=%ff", 400),
+        ("after=9007199254740993", 400),
+        ("after=1&after=x", 200),
+        ("wait=5&wait=x", 200),
+        ("after=0&wait=1e3", 200),
+        ("wait=%E2%88%9E", 400),
+    ],
+)
 def test_live_after_and_wait(lw, query, expect):
     started = time.monotonic()
     live_send(lw, "GET", f"/api/documents/{lw.docs['alice']}/status?{query}", expect={expect})
@@ -1104,33 +1561,58 @@ def test_live_after_and_wait(lw, query, expect):
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("method, route", [
-    ("PUT", "/api/documents/{id}"), ("PATCH", "/api/documents/{id}"),
-    ("POST", "/api/documents/{id}/position"), ("GET", "/api/documents/{id}/retry"),
-    ("DELETE", "/api/documents"), ("TRACE", "/api/documents"), ("PROPFIND", "/api/documents/{id}"),
-    ("PUT", "/documents/{id}")])
+@pytest.mark.parametrize(
+    "method, route",
+    [
+        ("PUT", "/api/documents/{id}"),
+        ("PATCH", "/api/documents/{id}"),
+        ("POST", "/api/documents/{id}/position"),
+        ("GET", "/api/documents/{id}/retry"),
+        ("DELETE", "/api/documents"),
+        ("TRACE", "/api/documents"),
+        ("PROPFIND", "/api/documents/{id}"),
+        ("PUT", "/documents/{id}"),
+    ],
+)
 def test_live_wrong_method(lw, method, route):
     status, hdrs, _ = live_send(lw, method, route.replace("{id}", lw.docs["alice"]), expect={405})
     assert "allow" in hdrs
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("value", ["Bearer", "Bearer ", "Basic xyz", "Bearer é☃".encode(),
-                                   "Bearer " + "x" * 300, "Token {token}", "{token}"],
-                         ids=["bare-scheme", "empty-token", "basic", "utf8", "300-x", "other-scheme",
-                              "no-scheme"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer",
+        "Bearer ",
+        "Basic xyz",
+        "Bearer é☃".encode(),
+        "Bearer " + "x" * 300,
+        "Token {token}",
+        "{token}",
+    ],
+    ids=["bare-scheme", "empty-token", "basic", "utf8", "300-x", "other-scheme", "no-scheme"],
+)
 def test_live_bad_authorization(lw, value):
     if isinstance(value, str):
         value = value.format(token=lw.tokens["alice"])
-    status, _, data = live_send(lw, "GET", "/api/documents", who=None, headers=[("Authorization", value)],
-                                expect={401})
+    status, _, data = live_send(
+        lw, "GET", "/api/documents", who=None, headers=[("Authorization", value)], expect={401}
+    )
     assert json.loads(data)["error"]["code"] == "unauthorized"
 
 
 @pytest.mark.live
 def test_live_oversized_authorization_is_refused_by_gunicorn(lw):
-    live_send(lw, "GET", "/api/documents", who=None, headers=[("Authorization", "Bearer " + "x" * 10_000)],
-              expect={431}, server=True)
+    live_send(
+        lw,
+        "GET",
+        "/api/documents",
+        who=None,
+        headers=[("Authorization", "Bearer " + "x" * 10_000)],
+        expect={431},
+        server=True,
+    )
 
 
 GOOD_UPLOAD = multipart([(b"file", b"x.pdf", PDF)])
@@ -1138,42 +1620,87 @@ MULTIPART = ("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("ctype, body", [
-    ("multipart/form-data", GOOD_UPLOAD), ("application/x-www-form-urlencoded", b"file=x"),
-    ("application/pdf", PDF), ("multipart/form-data; boundary=nope", GOOD_UPLOAD)],
-    ids=["no-boundary", "urlencoded", "bare-pdf", "wrong-boundary"])
+@pytest.mark.parametrize(
+    "ctype, body",
+    [
+        ("multipart/form-data", GOOD_UPLOAD),
+        ("application/x-www-form-urlencoded", b"file=x"),
+        ("application/pdf", PDF),
+        ("multipart/form-data; boundary=nope", GOOD_UPLOAD),
+    ],
+    ids=["no-boundary", "urlencoded", "bare-pdf", "wrong-boundary"],
+)
 def test_live_bad_content_type(lw, ctype, body):
     live_send(lw, "POST", "/api/documents", headers=[("Content-Type", ctype)], body=body, expect={400})
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("lengths", [["-1"], ["abc"], ["1e3"], ["10", "20"], [" 5 5"]],
-                         ids=["negative", "word", "float", "two-values", "spaces"])
+@pytest.mark.parametrize(
+    "lengths",
+    [["-1"], ["abc"], ["1e3"], ["10", "20"], [" 5 5"]],
+    ids=["negative", "word", "float", "two-values", "spaces"],
+)
 def test_live_unparseable_content_length_is_refused_by_gunicorn(lw, lengths):
-    live_send(lw, "POST", "/api/documents", headers=[MULTIPART] + [("Content-Length", v) for v in lengths],
-              body=GOOD_UPLOAD, length=False, expect={400}, server=True)
+    live_send(
+        lw,
+        "POST",
+        "/api/documents",
+        headers=[MULTIPART] + [("Content-Length", v) for v in lengths],
+        body=GOOD_UPLOAD,
+        length=False,
+        expect={400},
+        server=True,
+    )
 
 
 @pytest.mark.live
 def test_live_inconsistent_lengths(lw):
     """gunicorn refuses a length with chunking; the app refuses a body cut short or declared too long."""
-    live_send(lw, "POST", "/api/documents", headers=[MULTIPART, ("Content-Length", str(len(GOOD_UPLOAD))),
-                                                     ("Transfer-Encoding", "chunked")],
-              body=GOOD_UPLOAD, length=False, expect={400}, server=True)
+    live_send(
+        lw,
+        "POST",
+        "/api/documents",
+        headers=[MULTIPART, ("Content-Length", str(len(GOOD_UPLOAD))), ("Transfer-Encoding", "chunked")],
+        body=GOOD_UPLOAD,
+        length=False,
+        expect={400},
+        server=True,
+    )
     short = str(len(GOOD_UPLOAD) - 50)
-    live_send(lw, "POST", "/api/documents", headers=[MULTIPART, ("Content-Length", short)], body=GOOD_UPLOAD,
-              length=False, expect={400})
+    live_send(
+        lw,
+        "POST",
+        "/api/documents",
+        headers=[MULTIPART, ("Content-Length", short)],
+        body=GOOD_UPLOAD,
+        length=False,
+        expect={400},
+    )
     # Declared longer than sent, and the multipart is cut: the app sees the end of the body early.
     long = str(len(GOOD_UPLOAD) + 500)
-    live_send(lw, "POST", "/api/documents", headers=[MULTIPART, ("Content-Length", long)],
-              body=GOOD_UPLOAD[:-60], length=False, expect={400})
+    live_send(
+        lw,
+        "POST",
+        "/api/documents",
+        headers=[MULTIPART, ("Content-Length", long)],
+        body=GOOD_UPLOAD[:-60],
+        length=False,
+        expect={400},
+    )
 
 
 @pytest.mark.live
 def test_live_chunked_upload_is_stored(lw):
     chunked = b"%x\r\n" % len(GOOD_UPLOAD) + GOOD_UPLOAD + b"\r\n0\r\n\r\n"
-    status, _, data = live_send(lw, "POST", "/api/documents", body=chunked, length=False, expect={201},
-                                headers=[MULTIPART, ("Transfer-Encoding", "chunked")])
+    status, _, data = live_send(
+        lw,
+        "POST",
+        "/api/documents",
+        body=chunked,
+        length=False,
+        expect={201},
+        headers=[MULTIPART, ("Transfer-Encoding", "chunked")],
+    )
     storage = Path(lw.stack.env["STORAGE_DIR"])
     assert (storage / json.loads(data)["id"] / "original").read_bytes() == PDF
 
@@ -1220,12 +1747,28 @@ def test_live_malformed_chunked_body_is_400_not_500(live_world):
     mp = ("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")
     statuses = []
     for body in (b"zz\r\nabc\r\n0\r\n\r\n", b"1000\r\nabc"):
-        status, _, _ = live_send(lw, "POST", "/api/documents", headers=[mp, ("Transfer-Encoding", "chunked")],
-                                 body=body, length=False, expect=set(), known_bug=True)
+        status, _, _ = live_send(
+            lw,
+            "POST",
+            "/api/documents",
+            headers=[mp, ("Transfer-Encoding", "chunked")],
+            body=body,
+            length=False,
+            expect=set(),
+            known_bug=True,
+        )
         statuses.append(status)
-    status, _, _ = live_send(lw, "POST", "/login", who=None, body=b"zz\r\nabc\r\n0\r\n\r\n", length=False,
-                             headers=[("Content-Type", "application/x-www-form-urlencoded"),
-                                      ("Transfer-Encoding", "chunked")], expect=set(), known_bug=True)
+    status, _, _ = live_send(
+        lw,
+        "POST",
+        "/login",
+        who=None,
+        body=b"zz\r\nabc\r\n0\r\n\r\n",
+        length=False,
+        headers=[("Content-Type", "application/x-www-form-urlencoded"), ("Transfer-Encoding", "chunked")],
+        expect=set(),
+        known_bug=True,
+    )
     statuses.append(status)
     assert lw.stack.webs[0].popen.poll() is None
     assert statuses == [400, 400, 400], statuses
@@ -1235,8 +1778,11 @@ def test_live_malformed_chunked_body_is_400_not_500(live_world):
 def test_live_declared_oversized_body_is_413(live_world):
     lw = live_world
     good = multipart([(b"file", b"x.pdf", PDF)])
-    headers = [("Content-Type", f"multipart/form-data; boundary={BOUNDARY}"),
-               ("Content-Length", "99999999999999")]
-    status, _, _ = live_send(lw, "POST", "/api/documents", body=good, length=False, expect=set(),
-                             known_bug=True, headers=headers)
+    headers = [
+        ("Content-Type", f"multipart/form-data; boundary={BOUNDARY}"),
+        ("Content-Length", "99999999999999"),
+    ]
+    status, _, _ = live_send(
+        lw, "POST", "/api/documents", body=good, length=False, expect=set(), known_bug=True, headers=headers
+    )
     assert status == 413, status

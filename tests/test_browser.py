@@ -8,6 +8,7 @@ Every page is watched for JavaScript errors and console errors (a CSP violation 
 fails the test, except network errors a test provokes on purpose (the server restart).
 Screenshots of the viewer go to docs/.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 DOCS = ROOT / "docs"
 SETTINGS = {"RENDER_DPI": "250"}
 PAGES = 60
-BIG_PDF = make_pdf([f"Page {i} of the browser test document\nLine two of page {i}"
-                    for i in range(1, PAGES + 1)])
+BIG_PDF = make_pdf(
+    [f"Page {i} of the browser test document\nLine two of page {i}" for i in range(1, PAGES + 1)]
+)
 SMALL_PDF = make_pdf(["one", "two", "three"])
 CORRUPT_PDF = b"%PDF-1.7\n garbage"
 DAMAGED = re.compile(r"^\w+( PDF)? is damaged and cannot be read\.$")  # "This PDF is damaged…"
@@ -129,8 +131,15 @@ def fail_like_a_dead_worker(stack, conn, doc_id: str) -> None:
     job_id = jobs.job_id(doc_id, 1)
     jobs.queue(conn, stack.env.get("QUEUE_NAME", "livedoc")).remove(job_id)
     job = Job.fetch(job_id, connection=conn, serializer=jobs.SERIALIZER)
-    job.meta[progress.META_KEY].update(state="running", stage="rendering", seq=2, percent=20, page=3,
-                                       pages=3, message="Rendering page 3 of 3")
+    job.meta[progress.META_KEY].update(
+        state="running",
+        stage="rendering",
+        seq=2,
+        percent=20,
+        page=3,
+        pages=3,
+        message="Rendering page 3 of 3",
+    )
     job.save_meta()
     job.set_status("failed")
 
@@ -175,11 +184,15 @@ def test_upload_shows_live_progress_then_pages_without_reload(stack, open_contex
     started = time.monotonic()
     stack.start_worker()
     # Mid-conversion: rendering, a real "page i of n" on screen.
-    page.wait_for_function("""() => {
+    page.wait_for_function(
+        """() => {
         const v = +document.querySelector('#progress').getAttribute('aria-valuenow');
         return (v >= 20 && v < 90) || document.querySelector('#viewer').dataset.state !== 'running'
                && document.querySelector('#viewer').dataset.state !== 'queued';
-    }""", polling=25, timeout=60_000)
+    }""",
+        polling=25,
+        timeout=60_000,
+    )
     mid = page.evaluate("""() => {
         const q = (s) => document.querySelector(s);
         return {state: q('#viewer').dataset.state, count: q('#page-count').textContent,
@@ -243,8 +256,7 @@ def test_corrupt_pdf_shows_message_without_retry(stack, signed_in, console):
     console.assert_clean()
 
 
-def test_retryable_failure_offers_retry_and_the_retry_completes(stack, signed_in, console,
-                                                                 flag_conn):
+def test_retryable_failure_offers_retry_and_the_retry_completes(stack, signed_in, console, flag_conn):
     conn = flag_conn(stack)
     page = signed_in(stack, "cyd")
     doc_id = watch_upload(page, SMALL_PDF, "three.pdf")
@@ -274,8 +286,7 @@ def test_retryable_failure_offers_retry_and_the_retry_completes(stack, signed_in
 
 
 # -- 3. real-time switched off or changed at runtime ------------------------------------------------
-def test_realtime_off_at_runtime_viewer_completes_by_polling(stack, open_context, console,
-                                                             flag_conn):
+def test_realtime_off_at_runtime_viewer_completes_by_polling(stack, open_context, console, flag_conn):
     conn = flag_conn(stack)
     stack.user("dan")
     ctx = open_context(stack, "dan")
@@ -295,7 +306,7 @@ def test_realtime_off_at_runtime_viewer_completes_by_polling(stack, open_context
         stack.start_worker()
         for p in (page, late):
             assert_complete_with_pages(p, 3)
-            assert "live" not in recorded(p)["conn"][recorded(p)["conn"].index("polling"):]
+            assert "live" not in recorded(p)["conn"][recorded(p)["conn"].index("polling") :]
             assert_not_reloaded(p)
     finally:
         flags.clear_override(conn)
@@ -351,8 +362,10 @@ def test_server_restart_mid_conversion_is_survived_without_reload(stack, signed_
     watch_upload(page, BIG_PDF, "restart.pdf")
     # While the server is away the browser reports its failed connection attempts. The stream cut
     # at the old server's graceful timeout was a bug, pinned by the test below.
-    console.allow(r"net::ERR_CONNECTION_(REFUSED|RESET)|net::ERR_EMPTY_RESPONSE"
-                  r"|net::ERR_INCOMPLETE_CHUNKED_ENCODING")
+    console.allow(
+        r"net::ERR_CONNECTION_(REFUSED|RESET)|net::ERR_EMPTY_RESPONSE"
+        r"|net::ERR_INCOMPLETE_CHUNKED_ENCODING"
+    )
 
     t0 = time.monotonic()
     stack.webs[0].stop()
@@ -403,7 +416,8 @@ def test_keyboard_only_login_upload_view_and_retry(stack, open_context, console,
     assert_focus_visible(page)
     # A native file dialog cannot be driven: hand the file to the focused input instead.
     page.locator("*:focus").set_input_files(
-        files=[{"name": "keyboard.pdf", "mimeType": "application/pdf", "buffer": SMALL_PDF}])
+        files=[{"name": "keyboard.pdf", "mimeType": "application/pdf", "buffer": SMALL_PDF}]
+    )
     tab_to(page, "#upload-form button[type=submit]", limit=3)
     assert_focus_visible(page)
     page.keyboard.press("Enter")

@@ -1,4 +1,5 @@
 """One document over every worker: page-range jobs on two real `rq worker`s, merged progress, faults."""
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,9 @@ def _start_workers(stack, count: int, conn: Redis) -> None:
 
 
 def _upload(session, base: str) -> dict:
-    resp = session.post(f"{base}/api/documents", files={"file": ("big.pdf", PDF, "application/pdf")},
-                        timeout=10)
+    resp = session.post(
+        f"{base}/api/documents", files={"file": ("big.pdf", PDF, "application/pdf")}, timeout=10
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()
 
@@ -107,6 +109,7 @@ def stack_conn(make_stack):
         stack = make_stack(**{"CHUNK_PAGES": str(CHUNK), "RENDER_PROCESSES": "1", **settings})
         conn = connect(stack.redis_url)
         return stack, conn
+
     return make
 
 
@@ -123,8 +126,10 @@ def test_a_long_document_is_shared_by_two_workers(stack_conn):
     assert len([e for e in published if e["message"].startswith("Rendering:")]) == PAGES - 1
     _assert_every_page_in_order(session, stack.base_url, body["id"])
     doc_worker = Job.fetch(job_id, connection=conn, serializer=jobs.SERIALIZER).worker_name
-    chunk_workers = {Job.fetch(f"{job_id}-a1-c{i}", connection=conn, serializer=jobs.SERIALIZER).worker_name
-                     for i in (1, 2)}
+    chunk_workers = {
+        Job.fetch(f"{job_id}-a1-c{i}", connection=conn, serializer=jobs.SERIALIZER).worker_name
+        for i in (1, 2)
+    }
     assert chunk_workers - {doc_worker}, "the second worker took no chunk"
     assert not conn.keys("livedoc:chunks:*"), "the chunk plan outlived the conversion"
 
@@ -182,9 +187,14 @@ def test_a_chunk_whose_worker_is_killed_is_taken_over(stack_conn):
     # Mid-chunk: some pages of its range are stored (chunk c<i> renders pages i*CHUNK+1 to (i+1)*CHUNK).
     index = int(chunk_job.rsplit("-c", 1)[1])
     stored = stack.dir / "storage" / body["id"] / "a1"
-    wait_for(lambda: any((stored / f"page-{n:04d}.jpg").exists()
-                         for n in range(index * CHUNK + 1, (index + 1) * CHUNK + 1)), 60, 0.05,
-             what=f"a page of chunk {index} stored")
+    wait_for(
+        lambda: any(
+            (stored / f"page-{n:04d}.jpg").exists() for n in range(index * CHUNK + 1, (index + 1) * CHUNK + 1)
+        ),
+        60,
+        0.05,
+        what=f"a page of chunk {index} stored",
+    )
     for horse in _horses(proc.popen.pid):
         os.killpg(horse, signal.SIGKILL)
     proc.popen.send_signal(signal.SIGKILL)
@@ -206,10 +216,18 @@ def test_deleting_a_long_document_stops_every_chunk(stack_conn):
     _worker_running_a_chunk(stack, conn, job_id)
     assert session.delete(f"{stack.base_url}/api/documents/{body['id']}", timeout=10).status_code == 204
     registry = StartedJobRegistry(jobs.queue(conn, "livedoc").name, connection=conn)
-    wait_for(lambda: not registry.get_job_ids() and not any(w.get_current_job_id()
-                                                            for w in Worker.all(connection=conn)),
-             30, what="every chunk stopped")
+    wait_for(
+        lambda: (
+            not registry.get_job_ids()
+            and not any(w.get_current_job_id() for w in Worker.all(connection=conn))
+        ),
+        30,
+        what="every chunk stopped",
+    )
     # The last horse to stop removes what it stored meanwhile (it waits at most 5 s for the others).
-    wait_for(lambda: not (stack.dir / "storage" / body["id"]).exists(), 10,
-             what="no file of the deleted document left")
+    wait_for(
+        lambda: not (stack.dir / "storage" / body["id"]).exists(),
+        10,
+        what="no file of the deleted document left",
+    )
     assert session.get(f"{stack.base_url}/api/documents/{body['id']}", timeout=10).status_code == 404

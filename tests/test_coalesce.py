@@ -1,4 +1,5 @@
 """SSE_COALESCE_MS: a connection watching many documents is woken at most once a slot, in one write."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ class ChunkedStream:
 
     def __init__(self, port: int, path: str, token: str):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-                          "Accept: text/event-stream\r\n\r\n".encode())
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
         self.buf = b""
         head = self._until(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), head
@@ -56,8 +59,9 @@ class ChunkedStream:
         for block in body.split("\n\n"):
             fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
             if "data" in fields:
-                events.append({"event": fields.get("event"), "id": fields.get("id"),
-                               "data": json.loads(fields["data"])})
+                events.append(
+                    {"event": fields.get("event"), "id": fields.get("id"), "data": json.loads(fields["data"])}
+                )
         return time.monotonic(), events
 
     def close(self) -> None:
@@ -78,8 +82,10 @@ def test_saves_in_one_slot_go_out_as_one_write(make_stack):
     conn = connect(stack.redis_url)
     stream = ChunkedStream(stack.ports[0], "/api/events?docs=" + ",".join(ids), token)
     try:
-        writers = [ProgressWriter(Job.fetch(jobs.job_id(d, 1), connection=conn, serializer=jobs.SERIALIZER),
-                                  conn) for d in ids]
+        writers = [
+            ProgressWriter(Job.fetch(jobs.job_id(d, 1), connection=conn, serializer=jobs.SERIALIZER), conn)
+            for d in ids
+        ]
         opening: list[dict] = []
         while len(opening) < DOCS:  # retry: first, then every document's queued state
             opening += stream.chunk()[1]
@@ -110,8 +116,13 @@ def test_saves_in_one_slot_go_out_as_one_write(make_stack):
         for e in got:
             doc = e["data"]["document_id"]
             i = ids.index(doc)
-            assert (e["event"], e["data"]["seq"], e["data"]["state"], e["data"]["stage"],
-                    e["data"]["percent"]) == ("progress", last[doc] + 1, "running", "rendering", 10 * (i + 1))
+            assert (
+                e["event"],
+                e["data"]["seq"],
+                e["data"]["state"],
+                e["data"]["stage"],
+                e["data"]["percent"],
+            ) == ("progress", last[doc] + 1, "running", "rendering", 10 * (i + 1))
             last[doc] += 1
 
         # Coalesced endings: every document still ends on its terminal event, then the stream ends.

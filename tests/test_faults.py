@@ -15,6 +15,7 @@ strict xfails and pinned the root causes fixed since: a worker that quit on a Re
 progress rolled back when a work horse died (workers.rqworker.LivedocWorker), and streams opened on a
 stopping server (StreamHub.close_all covers later connections too).
 """
+
 from __future__ import annotations
 
 import functools
@@ -75,11 +76,14 @@ class Tally:
 
     def report(self) -> str:
         survived = sum(1 for *_, ok in self.faults if ok)
-        lines = [f"faults injected: {len(self.faults)}, survived: {survived}, not survived: "
-                 f"{len(self.faults) - survived}; viewers checked: {self.viewers}, on a wrong final "
-                 f"state: {len(self.wrong)}"]
-        lines += [f"  {'survived    ' if ok else 'NOT survived'}  {test}: {what}"
-                  for test, what, ok in self.faults]
+        lines = [
+            f"faults injected: {len(self.faults)}, survived: {survived}, not survived: "
+            f"{len(self.faults) - survived}; viewers checked: {self.viewers}, on a wrong final "
+            f"state: {len(self.wrong)}"
+        ]
+        lines += [
+            f"  {'survived    ' if ok else 'NOT survived'}  {test}: {what}" for test, what, ok in self.faults
+        ]
         lines += [f"  wrong final state: {name}" for name in self.wrong]
         lines += [f"  {text}" for text in self.notes]
         return "\n".join(lines)
@@ -126,10 +130,23 @@ class OwnRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> OwnRedis:
-        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else \
-            ["--appendonly", "no"]
-        cmd = [devredis.server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               *aof, "--dir", str(self.dir), "--maxclients", "10000"]
+        aof = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        )
+        cmd = [
+            devredis.server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            *aof,
+            "--dir",
+            str(self.dir),
+            "--maxclients",
+            "10000",
+        ]
         with open(self.dir / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
@@ -204,14 +221,19 @@ def on_truth(test: str, viewers: list[Viewer], truth: dict | None) -> list[str]:
     wrong = []
     for v in viewers:
         final = v.final
-        ok = (truth is not None and final is not None
-              and (final["state"], final["seq"]) == (truth["state"], truth["seq"]))
+        ok = (
+            truth is not None
+            and final is not None
+            and (final["state"], final["seq"]) == (truth["state"], truth["seq"])
+        )
         TALLY.viewer(f"{test}/{v.name}", ok)
         if not ok:
             seen = v.latest and (v.latest["state"], v.latest["stage"], v.latest["seq"])
-            wrong.append(f"{v.name}: final {final and (final['state'], final['seq'])}, last applied {seen}, "
-                         f"truth {truth and (truth['state'], truth['seq'])}, ignored "
-                         f"{[(p['state'], p['seq']) for p in v.ignored][-3:]}, failures {v.failures[-4:]}")
+            wrong.append(
+                f"{v.name}: final {final and (final['state'], final['seq'])}, last applied {seen}, "
+                f"truth {truth and (truth['state'], truth['seq'])}, ignored "
+                f"{[(p['state'], p['seq']) for p in v.ignored][-3:]}, failures {v.failures[-4:]}"
+            )
     return wrong
 
 
@@ -250,8 +272,10 @@ def raw_stream(port: int, token: str, events_url: str, rcvbuf: int | None = None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(5)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET {events_url} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
-                 f"Authorization: Bearer {token}\r\n\r\n".encode())
+    sock.sendall(
+        f"GET {events_url} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
     return sock
 
 
@@ -315,9 +339,11 @@ def _redis_restart(tmp_path, test: str, persistent: bool, worker_args: tuple[str
             truth = settled_status(s, stack.base_url, body, timeout=3)
         except AssertionError:
             truth = None
-        note = (f"{test}: after the restart: {why} "
-                f"({time.monotonic() - restarted:.1f} s); worker alive: {alive(worker)}; rq status "
-                f"{rq_status(conn, job_id)}; status {truth and (truth['state'], truth['seq'])}")
+        note = (
+            f"{test}: after the restart: {why} "
+            f"({time.monotonic() - restarted:.1f} s); worker alive: {alive(worker)}; rq status "
+            f"{rq_status(conn, job_id)}; status {truth and (truth['state'], truth['seq'])}"
+        )
         return truth, viewers, note
     finally:
         teardown(stack)
@@ -349,8 +375,11 @@ def test_redis_restart_without_persistence(tmp_path):
     truth, viewers, note = _redis_restart(tmp_path, "redis-restart-empty", False, (), grace=60)
     TALLY.note(note)
     wrong = on_truth("redis-restart-empty", viewers, truth)
-    TALLY.fault("redis-restart-empty", "Redis SIGKILL + restart without persistence mid-conversion",
-                truth is not None and not wrong)
+    TALLY.fault(
+        "redis-restart-empty",
+        "Redis SIGKILL + restart without persistence mid-conversion",
+        truth is not None and not wrong,
+    )
     assert truth is not None, note
     assert not wrong, wrong
 
@@ -411,8 +440,13 @@ def horse_killed(tmp_path_factory, redis_url):
         took = time.monotonic() - killed
         truth = settled_status(s, stack.base_url, body, 10)
         history = recorder.stop()
-        return {"viewer": viewer, "truth": truth, "history": history, "took": took,
-                "worker_log": worker.log()}
+        return {
+            "viewer": viewer,
+            "truth": truth,
+            "history": history,
+            "took": took,
+            "worker_log": worker.log(),
+        }
     finally:
         teardown(stack)
         conn.flushdb()
@@ -434,8 +468,10 @@ def test_work_horse_sigkill_keeps_progress_seq_increasing(horse_killed):
     history = horse_killed["history"]
     seqs = [seq for seq, _, _ in history]
     back = [(a, b) for a, b in zip(seqs, seqs[1:]) if b <= a]
-    TALLY.note(f"horse-sigkill: progress seq went back {back[:3]}; attempts seen "
-               f"{sorted({attempt for _, attempt, _ in history})}")
+    TALLY.note(
+        f"horse-sigkill: progress seq went back {back[:3]}; attempts seen "
+        f"{sorted({attempt for _, attempt, _ in history})}"
+    )
     assert not back, f"seq went back: {back[:5]}"
     assert horse_killed["truth"]["attempt"] == 2, "the retry is a new attempt"
 
@@ -456,8 +492,9 @@ def test_web_restarted_and_recycled(tmp_path, own_db):
         token = stack.user("recycled")
         s = api(token)
         body = upload(s, stack.base_url, slow_pdf(250))
-        viewers = [Viewer(f"viewer{i}", token, stack.base_url, body["events_url"], deadline=150)
-                   for i in range(3)]
+        viewers = [
+            Viewer(f"viewer{i}", token, stack.base_url, body["events_url"], deadline=150) for i in range(3)
+        ]
         watch_rendering(stack, viewers, 5)
 
         # Stop (SIGTERM to the master) and start again on the same port.
@@ -466,28 +503,41 @@ def test_web_restarted_and_recycled(tmp_path, own_db):
         down = time.monotonic() - term
         page_at_restart = max(v.latest["page"] for v in viewers)
         web = stack.start_web(port=port)
-        wait_for(lambda: all(v.connected and v.latest["page"] > page_at_restart for v in viewers), 20,
-                 what="viewers stream from the restarted server")
+        wait_for(
+            lambda: all(v.connected and v.latest["page"] > page_at_restart for v in viewers),
+            20,
+            what="viewers stream from the restarted server",
+        )
         assert all(v.latest["state"] == "running" for v in viewers), "conversion still running for HUP"
 
         # HUP: the master boots a new worker and sends the old one SIGTERM.
         ends = [len(v.stream_ends) for v in viewers]
         hup = time.monotonic()
         web.send(signal.SIGHUP)
-        wait_for(lambda: all(len(v.stream_ends) > n for v, n in zip(viewers, ends)), 10, 0.02,
-                 what="streams end on HUP")
+        wait_for(
+            lambda: all(len(v.stream_ends) > n for v, n in zip(viewers, ends)),
+            10,
+            0.02,
+            what="streams end on HUP",
+        )
         hup_ends = max(v.stream_ends[n] for v, n in zip(viewers, ends)) - hup
         for v in viewers:
             v.finish(90)
         truth = settled_status(s, stack.base_url, body, 10)
         wrong = on_truth("web-restart-hup", viewers, truth)
-        TALLY.fault("web-restart", "gunicorn SIGTERM + start on the same port, mid-conversion",
-                    term_ends < PROMPT and not wrong)
-        TALLY.fault("web-hup", "gunicorn HUP (worker recycled), mid-conversion",
-                    hup_ends < PROMPT and not wrong)
-        TALLY.note(f"web: streams end {term_ends:.2f} s after SIGTERM (server down after {down:.1f} s: "
-                   f"kept-alive connections hold the worker for GRACEFUL_TIMEOUT), {hup_ends:.2f} s after "
-                   f"HUP; connections per viewer {[v.connects for v in viewers]}")
+        TALLY.fault(
+            "web-restart",
+            "gunicorn SIGTERM + start on the same port, mid-conversion",
+            term_ends < PROMPT and not wrong,
+        )
+        TALLY.fault(
+            "web-hup", "gunicorn HUP (worker recycled), mid-conversion", hup_ends < PROMPT and not wrong
+        )
+        TALLY.note(
+            f"web: streams end {term_ends:.2f} s after SIGTERM (server down after {down:.1f} s: "
+            f"kept-alive connections hold the worker for GRACEFUL_TIMEOUT), {hup_ends:.2f} s after "
+            f"HUP; connections per viewer {[v.connects for v in viewers]}"
+        )
         assert term_ends < PROMPT
         assert hup_ends < PROMPT
         assert not wrong, wrong
@@ -521,8 +571,9 @@ def test_slow_clients_that_never_read_do_not_delay_others(tmp_path, own_db):
 
         def watch(name: str, slow_count: int = 0) -> tuple[Viewer, dict, list[socket.socket]]:
             body = upload(s, stack.base_url, pdf)
-            slow = [raw_stream(stack.ports[0], token, body["events_url"], rcvbuf=2048)
-                    for _ in range(slow_count)]
+            slow = [
+                raw_stream(stack.ports[0], token, body["events_url"], rcvbuf=2048) for _ in range(slow_count)
+            ]
             for sock in slow:
                 assert sock.recv(16).startswith(b"HTTP/1.1 200")  # and never read again
             viewer = Viewer(name, token, stack.base_url, body["events_url"])
@@ -538,17 +589,23 @@ def test_slow_clients_that_never_read_do_not_delay_others(tmp_path, own_db):
         held = stats(admin, stack.base_url)["totalConnections"]
         for sock in slow:
             vanish(sock)
-        wait_for(lambda: stats(admin, stack.base_url)["totalConnections"] == 0, 15, 0.2,
-                 what="never-reading streams reaped")
+        wait_for(
+            lambda: stats(admin, stack.base_url)["totalConnections"] == 0,
+            15,
+            0.2,
+            what="never-reading streams reaped",
+        )
 
         lat_base, lat_slow = _latencies(base), _latencies(normal)
-        TALLY.note(f"slow clients: normal viewer save-to-arrival median/p95/max "
-                   f"{statistics.median(lat_base) * 1000:.0f}/{_p95(lat_base) * 1000:.0f}/"
-                   f"{max(lat_base) * 1000:.0f} ms alone, {statistics.median(lat_slow) * 1000:.0f}/"
-                   f"{_p95(lat_slow) * 1000:.0f}/{max(lat_slow) * 1000:.0f} ms beside 100 never-reading "
-                   f"streams ({len(lat_base)}/{len(lat_slow)} events); ~{unread} B unread in each slow "
-                   f"socket's receive buffer, the rest in the server's send buffers: {held} of the 100 "
-                   f"slow streams still blocked in a write after the terminal event")
+        TALLY.note(
+            f"slow clients: normal viewer save-to-arrival median/p95/max "
+            f"{statistics.median(lat_base) * 1000:.0f}/{_p95(lat_base) * 1000:.0f}/"
+            f"{max(lat_base) * 1000:.0f} ms alone, {statistics.median(lat_slow) * 1000:.0f}/"
+            f"{_p95(lat_slow) * 1000:.0f}/{max(lat_slow) * 1000:.0f} ms beside 100 never-reading "
+            f"streams ({len(lat_base)}/{len(lat_slow)} events); ~{unread} B unread in each slow "
+            f"socket's receive buffer, the rest in the server's send buffers: {held} of the 100 "
+            f"slow streams still blocked in a write after the terminal event"
+        )
         wrong = on_truth("slow-clients", [base], base_truth) + on_truth("slow-clients", [normal], truth)
         fast = _p95(lat_slow) < _p95(lat_base) + 0.25 and max(lat_slow) < 1.0
         TALLY.fault("slow-clients", "100 never-reading streams, 300 progress events each", fast and not wrong)
@@ -571,8 +628,12 @@ def test_fifty_vanished_clients_are_reaped(tmp_path, own_db):
         socks = [raw_stream(stack.ports[0], token, bodies[i % 5]["events_url"]) for i in range(50)]
         for sock in socks:
             assert sock.recv(16).startswith(b"HTTP/1.1 200")
-        counted = wait_for(lambda: (st := stats(admin, stack.base_url))["totalConnections"] == 50 and st,
-                           10, 0.2, what="50 streams counted")
+        counted = wait_for(
+            lambda: (st := stats(admin, stack.base_url))["totalConnections"] == 50 and st,
+            10,
+            0.2,
+            what="50 streams counted",
+        )
         assert counted["documentSubscriptions"] == 5
         gone = time.monotonic()
         for i, sock in enumerate(socks):
@@ -580,8 +641,9 @@ def test_fifty_vanished_clients_are_reaped(tmp_path, own_db):
                 vanish(sock)  # RST
             else:
                 sock.close()  # FIN, and nobody reads what the server still writes
-        wait_for(lambda: stats(admin, stack.base_url)["totalConnections"] == 0, 20, 0.2,
-                 what="stats back to zero")
+        wait_for(
+            lambda: stats(admin, stack.base_url)["totalConnections"] == 0, 20, 0.2, what="stats back to zero"
+        )
         reaped = time.monotonic() - gone
         local = stats(admin, stack.base_url)["local"]
         survived = local["connectionsByDocument"] == {} and local["watchedJobs"] == 0
@@ -636,11 +698,16 @@ def test_stream_reopened_on_a_dying_server_ends_promptly(tmp_path, own_db):
         # A window in which no reconnect may stay held by the dying server, so a fixed wait.
         time.sleep(PROMPT + 0.5)
         held = viewer.connected and viewer.connects > 1
-        TALLY.fault("dying-server-keepalive", "reconnect over a kept-alive connection to a server on SIGTERM",
-                    not held)
-        TALLY.note(f"dying-server-keepalive: first stream ended {viewer.stream_ends[0] - term:.2f} s after "
-                   f"SIGTERM; {viewer.connects - 1} reconnect(s) reached the dying server, "
-                   f"{'one still open' if held else 'none open'} {time.monotonic() - term:.1f} s after it")
+        TALLY.fault(
+            "dying-server-keepalive",
+            "reconnect over a kept-alive connection to a server on SIGTERM",
+            not held,
+        )
+        TALLY.note(
+            f"dying-server-keepalive: first stream ended {viewer.stream_ends[0] - term:.2f} s after "
+            f"SIGTERM; {viewer.connects - 1} reconnect(s) reached the dying server, "
+            f"{'one still open' if held else 'none open'} {time.monotonic() - term:.1f} s after it"
+        )
         viewer.stopped.set()
         assert not held, "a stream reopened on the dying server is still open"
     finally:
@@ -713,8 +780,9 @@ def _abandoned_scenario(work_dir: Path, url: str) -> dict:
 @pytest.fixture(scope="module")
 def abandoned_job(tmp_path_factory, redis_url):
     """Started as soon as the module starts (see _start_long_scenarios): it spends ~65 s waiting."""
-    run = Background(_abandoned_scenario, tmp_path_factory.mktemp("abandoned"),
-                     redis_url.rsplit("/", 1)[0] + "/7")
+    run = Background(
+        _abandoned_scenario, tmp_path_factory.mktemp("abandoned"), redis_url.rsplit("/", 1)[0] + "/7"
+    )
     run.start()
     yield run
     run.join(150)
@@ -745,8 +813,10 @@ def test_whole_worker_sigkill_job_is_detected_as_abandoned(abandoned_job):
     truth, viewer = run["truth"], run["viewer"]
     survived = truth["state"] == "complete" and truth["attempt"] == 2
     TALLY.fault("worker-sigkill", "whole rq worker (+scheduler, horse) SIGKILL mid-job, new worker", survived)
-    TALLY.note(f"worker-sigkill: kill -> retry running {run['retried'] or float('nan'):.1f} s, -> viewer on "
-               f"complete {run['took']:.1f} s (--job-monitoring-interval 5 on the killed worker, "
-               f"--maintenance-interval 5 --worker-ttl 20 on the new one)")
+    TALLY.note(
+        f"worker-sigkill: kill -> retry running {run['retried'] or float('nan'):.1f} s, -> viewer on "
+        f"complete {run['took']:.1f} s (--job-monitoring-interval 5 on the killed worker, "
+        f"--maintenance-interval 5 --worker-ttl 20 on the new one)"
+    )
     assert not on_truth("worker-sigkill", [viewer], truth)
     assert survived, truth

@@ -2,6 +2,7 @@
 (at least 2,000 in all), no 5xx, every answer as the description says (status, content type,
 headers, JSON schema). Runs offline: the schema comes from the stack under test.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -26,9 +27,15 @@ def fuzz_stack(redis_url, tmp_path_factory):
     url = redis_url.rsplit("/", 1)[0] + "/3"
     conn = connect(url)
     conn.flushdb()
-    stack = Stack(url, tmp_path_factory.mktemp("fuzz"), RATELIMIT_ENABLED="false",
-                  MAX_CONVERSIONS_PER_USER="3", QUOTA_DOCUMENTS="60", QUOTA_MB="5",
-                  SSE_PING_INTERVAL="1000")
+    stack = Stack(
+        url,
+        tmp_path_factory.mktemp("fuzz"),
+        RATELIMIT_ENABLED="false",
+        MAX_CONVERSIONS_PER_USER="3",
+        QUOTA_DOCUMENTS="60",
+        QUOTA_MB="5",
+        SSE_PING_INTERVAL="1000",
+    )
     stack.start_web()
     stack.start_worker()
     stack.token = stack.user("fuzzer")
@@ -52,8 +59,14 @@ def test_api_answers_as_described(label, api_schema, fuzz_stack):
     auth = {"Authorization": f"Bearer {fuzz_stack.token}"}
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
     def check(case):
         COUNTS["requests"] += 1
         resp = case.call(base_url=fuzz_stack.base_url, headers=auth, timeout=60, allow_redirects=False)

@@ -4,6 +4,7 @@ Each file is converted by a real RQ worker in its own process (tests/hostile_chi
 and the peak RSS measured are the conversion's alone. The bounds are generous for a loaded 2-core
 machine but far below what the unbounded code took (a 44 MB single-line text: more than 300 s).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,19 +58,23 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
 def _pdf_many_pages(count: int) -> bytes:
     """A page tree listing one page object `count` times: a few MB claiming a huge document."""
     kids = b" ".join([b"3 0 R"] * count)
-    return pdfgen._assemble({
-        1: b"<< /Type /Catalog /Pages 2 0 R >>",
-        2: b"<< /Type /Pages /Kids [" + kids + b"] /Count " + str(count).encode() + b" >>",
-        3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
-    })
+    return pdfgen._assemble(
+        {
+            1: b"<< /Type /Catalog /Pages 2 0 R >>",
+            2: b"<< /Type /Pages /Kids [" + kids + b"] /Count " + str(count).encode() + b" >>",
+            3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+        }
+    )
 
 
 def _pdf_lying_count() -> bytes:
-    return pdfgen._assemble({
-        1: b"<< /Type /Catalog /Pages 2 0 R >>",
-        2: b"<< /Type /Pages /Kids [3 0 R] /Count 2147483647 >>",
-        3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
-    })
+    return pdfgen._assemble(
+        {
+            1: b"<< /Type /Catalog /Pages 2 0 R >>",
+            2: b"<< /Type /Pages /Kids [3 0 R] /Count 2147483647 >>",
+            3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>",
+        }
+    )
 
 
 def _pdf_deep_tree(depth: int) -> bytes:
@@ -84,30 +89,40 @@ def _pdf_deep_tree(depth: int) -> bytes:
 
 def _pdf_deep_arrays(depth: int) -> bytes:
     """One page whose resources nest arrays `depth` deep."""
-    return pdfgen._assemble({
-        1: b"<< /Type /Catalog /Pages 2 0 R >>",
-        2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Foo " + b"[" * depth
-           + b"]" * depth + b" >>",
-    })
+    return pdfgen._assemble(
+        {
+            1: b"<< /Type /Catalog /Pages 2 0 R >>",
+            2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Foo "
+            + b"[" * depth
+            + b"]" * depth
+            + b" >>",
+        }
+    )
 
 
 def _pdf_content_bomb(ops: int) -> bytes:
     """One page whose Flate content stream inflates to `ops` tiny path operations."""
     body = zlib.compress(b"0 0 m 1 1 l S\n" * ops, 9)
-    return pdfgen._assemble({
-        1: b"<< /Type /Catalog /Pages 2 0 R >>",
-        2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
-        4: f"<< /Length {len(body)} /Filter /FlateDecode >>\nstream\n".encode() + body + b"\nendstream",
-    })
+    return pdfgen._assemble(
+        {
+            1: b"<< /Type /Catalog /Pages 2 0 R >>",
+            2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+            4: f"<< /Length {len(body)} /Filter /FlateDecode >>\nstream\n".encode() + body + b"\nendstream",
+        }
+    )
 
 
 # name: (kind, bytes factory, expected state, expected error code or None)
 HOSTILE = {
     "text-one-44mb-line": ("text", lambda: b"a" * (44 * MB), "failed", "too_many_pages"),
-    "text-one-44mb-line-of-words": ("text", lambda: b"lorem ipsum " * (44 * MB // 12), "failed",
-                                    "too_many_pages"),
+    "text-one-44mb-line-of-words": (
+        "text",
+        lambda: b"lorem ipsum " * (44 * MB // 12),
+        "failed",
+        "too_many_pages",
+    ),
     "text-44mb-of-tabs": ("text", lambda: b"\t" * (44 * MB), "failed", "empty"),
     "text-44mb-line-of-tab-x": ("text", lambda: b"\tx" * (22 * MB), "failed", "too_many_pages"),
     "text-44mb-of-newlines": ("text", lambda: b"\n" * (44 * MB), "failed", "empty"),
@@ -122,19 +137,44 @@ HOSTILE = {
     "pdf-page-tree-100000-deep": ("pdf", lambda: _pdf_deep_tree(100_000), "failed", "corrupt"),
     "pdf-arrays-1000000-deep": ("pdf", lambda: _pdf_deep_arrays(1_000_000), "complete", None),
     "pdf-content-bomb": ("pdf", lambda: _pdf_content_bomb(1_000_000), "complete", None),
-    "pdf-page-1x60000-points": ("pdf", lambda: pdfgen.make_pdf(["x"], sizes=[(1, 60000)]), "failed",
-                                "page_too_large"),
-    "pdf-page-14400x14400-points": ("pdf", lambda: pdfgen.make_pdf(["x"], sizes=[(14400, 14400)]),
-                                    "failed", "page_too_large"),
+    "pdf-page-1x60000-points": (
+        "pdf",
+        lambda: pdfgen.make_pdf(["x"], sizes=[(1, 60000)]),
+        "failed",
+        "page_too_large",
+    ),
+    "pdf-page-14400x14400-points": (
+        "pdf",
+        lambda: pdfgen.make_pdf(["x"], sizes=[(14400, 14400)]),
+        "failed",
+        "page_too_large",
+    ),
 }
 
 
 def _run(redis_url: str, storage: Path, kind: str, source: Path) -> dict:
-    env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "STORAGE_DIR": str(storage),
-           "JOB_RETRY_INTERVALS": "0,0,0", "JOB_TIMEOUT": "120"}
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "hostile_child.py"), redis_url, str(storage),
-                          kind, str(source)], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=180)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REDIS_URL": redis_url,
+        "STORAGE_DIR": str(storage),
+        "JOB_RETRY_INTERVALS": "0,0,0",
+        "JOB_TIMEOUT": "120",
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "hostile_child.py"),
+            redis_url,
+            str(storage),
+            kind,
+            str(source),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -146,8 +186,10 @@ def test_hostile_upload_is_bounded(name, redis_url, redis_conn, tmp_path):
     source.write_bytes(make())
     result = _run(redis_url, tmp_path / "storage", kind, source)
     final = result["progress"]
-    print(f"{name}: {result['seconds']} s, peak {result['peak_mb']} MB "
-          f"(base {result['base_mb']} MB), {final['state']} {final.get('error')}")
+    print(
+        f"{name}: {result['seconds']} s, peak {result['peak_mb']} MB "
+        f"(base {result['base_mb']} MB), {final['state']} {final.get('error')}"
+    )
     assert final["state"] == state, (name, final)
     assert (final.get("error") or {}).get("code") == code, (name, final)
     if code is not None:
@@ -176,8 +218,13 @@ def test_a_timed_out_job_is_retried_once(redis_conn, storage_dir, worker_env, mo
     monkeypatch.setitem(convert.CONVERTERS, "text", too_slow)
     doc_id = new_doc_id()
     DocumentFiles(LocalStorage(storage_dir), doc_id).save_original(b"hello\n")
-    config = {"QUEUE_NAME": "livedoc", "JOB_RETRY_INTERVALS": "0,0,0", "JOB_RETRIES": 3, "JOB_TIMEOUT": 1,
-              "RESULT_TTL": 600}
+    config = {
+        "QUEUE_NAME": "livedoc",
+        "JOB_RETRY_INTERVALS": "0,0,0",
+        "JOB_RETRIES": 3,
+        "JOB_TIMEOUT": 1,
+        "RESULT_TTL": 600,
+    }
     job_id = jobs.enqueue_conversion(redis_conn, config, doc_id, "text", seq=1, attempt=1)
     run_jobs(redis_conn)
     final = progress.read(redis_conn, job_id)

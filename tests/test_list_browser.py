@@ -7,6 +7,7 @@ real-time connections twice: in the browser (requests and WebSockets it opens) a
 (the admin stats endpoint, which sums every web process's stream hub). Each test runs once with SSE
 (the default) and once with the WebSocket enabled by the runtime flags override.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,8 +33,10 @@ PDF = make_pdf([f"Page {i} of a list test document\nLine two of page {i}" for i 
 # What the server names each transport in its stats while this page is open.
 STAT_NAME = {"sse": "sse-multi", "ws": "ws"}
 # Network errors a server restart provokes on purpose (never CSP violations or script errors).
-RESTART_NOISE = (r"net::ERR_CONNECTION_(REFUSED|RESET)|net::ERR_EMPTY_RESPONSE"
-                 r"|net::ERR_INCOMPLETE_CHUNKED_ENCODING|WebSocket connection to .* failed")
+RESTART_NOISE = (
+    r"net::ERR_CONNECTION_(REFUSED|RESET)|net::ERR_EMPTY_RESPONSE"
+    r"|net::ERR_INCOMPLETE_CHUNKED_ENCODING|WebSocket connection to .* failed"
+)
 
 ROW_STATES = "() => Array.from(document.querySelectorAll('#doc-list tbody tr')).map(tr => tr.dataset.state)"
 # Records every state each row shows, from inside the page (test code, outside the app's CSP).
@@ -107,16 +110,20 @@ def upload_api(stack, token: str, n: int) -> list[str]:
     session = api(token)
     ids = []
     for i in range(n):
-        resp = session.post(f"{stack.base_url}/api/documents",
-                            files={"file": (f"doc-{i:02d}.pdf", PDF, "application/pdf")}, timeout=10)
+        resp = session.post(
+            f"{stack.base_url}/api/documents",
+            files={"file": (f"doc-{i:02d}.pdf", PDF, "application/pdf")},
+            timeout=10,
+        )
         assert resp.status_code == 201, resp.text
         ids.append(resp.json()["id"])
     return ids
 
 
 def server_stats(stack, admin_token: str) -> dict:
-    resp = requests.get(f"{stack.base_url}/api/realtime/stats",
-                        headers={"Authorization": f"Bearer {admin_token}"}, timeout=5)
+    resp = requests.get(
+        f"{stack.base_url}/api/realtime/stats", headers={"Authorization": f"Bearer {admin_token}"}, timeout=5
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -138,9 +145,12 @@ def open_list(page: Page, name: str, transport: str) -> None:
 
 
 def wait_all_complete(page: Page, n: int, timeout: float = 120_000) -> None:
-    page.wait_for_function(f"() => {{ const s = ({ROW_STATES})(); "
-                           f"return s.length === {n} && s.every((x) => x === 'complete'); }}",
-                           timeout=timeout, polling=100)
+    page.wait_for_function(
+        f"() => {{ const s = ({ROW_STATES})(); "
+        f"return s.length === {n} && s.every((x) => x === 'complete'); }}",
+        timeout=timeout,
+        polling=100,
+    )
 
 
 def assert_one_connection(traffic: Traffic, transport: str) -> None:
@@ -186,8 +196,10 @@ def test_ten_conversions_update_live_over_one_connection(deploy, transport, open
         page.wait_for_timeout(300)  # the sampling period
     wait_all_complete(page, DOCS, timeout=1_000)
     converting = [s for s in samples if "running" in s[0]]
-    print(f"{len(samples)} stats samples, {len(converting)} while a row was running; "
-          f"first: {samples[0][1:]}, last: {samples[-1][1:]}")
+    print(
+        f"{len(samples)} stats samples, {len(converting)} while a row was running; "
+        f"first: {samples[0][1:]}, last: {samples[-1][1:]}"
+    )
     assert len(converting) >= 3, "too few samples taken while converting"
     expected = {STAT_NAME[transport]: 1}
     # Never more than this page's one connection. The very last samples may already see it gone
@@ -212,8 +224,9 @@ def test_ten_conversions_update_live_over_one_connection(deploy, transport, open
         expect(row.locator(".doc-percent")).to_have_text("100%")
         expect(row.locator("a.doc-link")).to_have_attribute("href", re.compile(r"^/documents/[0-9a-f]{32}$"))
     announced = rec["live"]
-    assert sorted(announced) == sorted(f"doc-{i:02d}.pdf: conversion complete, {PAGES} pages"
-                                       for i in range(DOCS)), announced
+    assert sorted(announced) == sorted(
+        f"doc-{i:02d}.pdf: conversion complete, {PAGES} pages" for i in range(DOCS)
+    ), announced
     expect(page.locator("#connection")).to_have_text("Up to date")
     # Done: the connection is closed, not left open or reconnecting. A window in which the page must
     # not reconnect (checked by the traffic below), so a fixed wait.
@@ -234,8 +247,9 @@ def test_upload_from_list_joins_the_live_feed(deploy, transport, open_context, c
     traffic = Traffic(page)
     open_list(page, "bob", transport)
 
-    page.set_input_files("#file", files=[{"name": "from the form.pdf", "mimeType": "application/pdf",
-                                          "buffer": PDF}])
+    page.set_input_files(
+        "#file", files=[{"name": "from the form.pdf", "mimeType": "application/pdf", "buffer": PDF}]
+    )
     page.click("#upload-form button[type=submit]")
     top = page.locator("#doc-list tbody tr").first
     expect(top.locator("a.doc-link")).to_have_text("from the form.pdf")
@@ -276,8 +290,16 @@ def test_upload_error_is_shown_on_the_list(make_stack, signed_in, console):
     page.evaluate(RECORDER)
     mark_page(page)
     console.allow(r"Failed to load resource: the server responded with a status of 4\d\d")
-    page.set_input_files("#file", files=[{"name": "notes.exe", "mimeType": "application/octet-stream",
-                                          "buffer": b"MZ\x90\x00 not a document"}])
+    page.set_input_files(
+        "#file",
+        files=[
+            {
+                "name": "notes.exe",
+                "mimeType": "application/octet-stream",
+                "buffer": b"MZ\x90\x00 not a document",
+            }
+        ],
+    )
     page.click("#upload-form button[type=submit]")
     alert = page.locator("#upload-error")
     expect(alert).to_be_visible()
@@ -300,8 +322,9 @@ def test_server_restart_loses_no_final_state(deploy, transport, open_context, co
 
     stack.start_worker()
     # Cut the connection with some documents finished and some still converting.
-    page.wait_for_function(f"() => ({ROW_STATES})().filter((s) => s === 'complete').length >= 1",
-                           timeout=60_000, polling=50)
+    page.wait_for_function(
+        f"() => ({ROW_STATES})().filter((s) => s === 'complete').length >= 1", timeout=60_000, polling=50
+    )
     stack.webs[0].stop()
     expect(page.locator("#connection")).not_to_have_attribute("data-state", "live", timeout=15_000)
     # Conversions go on while the server is away: their final states must still reach the page. The
@@ -361,8 +384,9 @@ def test_refused_websocket_falls_back_to_one_sse_stream(make_stack, flag_conn, o
     console.assert_clean()
 
 
-def test_operator_switch_moves_the_list_down_and_it_still_completes(make_stack, flag_conn, open_context,
-                                                                    console):
+def test_operator_switch_moves_the_list_down_and_it_still_completes(
+    make_stack, flag_conn, open_context, console
+):
     """ws → sse (the WebSocket switched off) → poll (real-time off), each over one connection."""
     stack = make_stack(**SETTINGS)
     conn = flag_conn(stack)
@@ -375,11 +399,15 @@ def test_operator_switch_moves_the_list_down_and_it_still_completes(make_stack, 
     open_list(page, "gil", "ws")
 
     flags.set_override(conn, websocket=False)
-    page.wait_for_function("() => window.livedoc.mode() === 'sse' && window.livedoc.connection() === 'live'",
-                           timeout=10_000)
+    page.wait_for_function(
+        "() => window.livedoc.mode() === 'sse' && window.livedoc.connection() === 'live'", timeout=10_000
+    )
     # The hub publishes its stats every poll tick.
-    wait_for(lambda: server_stats(stack, admin)["connectionsByTransport"] == {"sse-multi": 1}, 10,
-             what="one multiplexed stream counted")
+    wait_for(
+        lambda: server_stats(stack, admin)["connectionsByTransport"] == {"sse-multi": 1},
+        10,
+        what="one multiplexed stream counted",
+    )
     assert len(traffic.sockets) == 1 and traffic.multi_streams == 1
 
     flags.set_override(conn, mode="off")

@@ -1,4 +1,5 @@
 """Streaming end to end: a real gunicorn gevent server, a real `rq worker`, a real Redis."""
+
 from __future__ import annotations
 
 import json

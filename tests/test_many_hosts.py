@@ -3,6 +3,7 @@
 Each process runs in a working directory of its own with its own STORAGE_DIR, SCRATCH_DIR and
 INSTANCE_DIR (only SECRET_KEY is shared): whatever one host writes locally, no other host can see.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,11 @@ def host(base: Path, name: str) -> tuple[Path, dict[str, str]]:
     root = base / name
     for sub in ("cwd", "storage", "scratch", "instance"):
         (root / sub).mkdir(parents=True)
-    return root / "cwd", {"STORAGE_DIR": str(root / "storage"), "SCRATCH_DIR": str(root / "scratch"),
-                          "INSTANCE_DIR": str(root / "instance")}
+    return root / "cwd", {
+        "STORAGE_DIR": str(root / "storage"),
+        "SCRATCH_DIR": str(root / "scratch"),
+        "INSTANCE_DIR": str(root / "instance"),
+    }
 
 
 def local_files(base: Path) -> list[str]:
@@ -37,7 +41,8 @@ def local_files(base: Path) -> list[str]:
 
 
 def test_two_web_hosts_and_two_workers_share_only_redis_database_and_s3(
-        redis_url, tmp_path, moto_server, s3_settings, shared_database_url):
+    redis_url, tmp_path, moto_server, s3_settings, shared_database_url
+):
     url = redis_url.rsplit("/", 1)[0] + "/3"
     conn = connect(url)
     conn.flushdb()
@@ -67,8 +72,9 @@ def test_two_web_hosts_and_two_workers_share_only_redis_database_and_s3(
         # Page 1 through either host: a presigned URL of the same object.
         pages = []
         for base in (web1, web2):
-            resp = s.get(f"{base}/documents/{body['id']}/files/1/page-0001.jpg", allow_redirects=False,
-                         timeout=5)
+            resp = s.get(
+                f"{base}/documents/{body['id']}/files/1/page-0001.jpg", allow_redirects=False, timeout=5
+            )
             assert resp.status_code == 302
             assert resp.headers["Location"].startswith(moto_server.url + "/")
             pages.append(requests.get(resp.headers["Location"], timeout=5).content)
@@ -94,8 +100,9 @@ def test_two_web_hosts_and_two_workers_share_only_redis_database_and_s3(
         workers = {Redis.from_url(url).hget(f"rq:job:doc-{d['id']}-1", "worker_name") for d in (body, other)}
         assert len(workers) == 2, workers
         for doc, n in ((body, 60), (other, 30)):
-            resp = s.get(f"{web2}/documents/{doc['id']}/files/1/page-{n:04d}.jpg", allow_redirects=False,
-                         timeout=5)
+            resp = s.get(
+                f"{web2}/documents/{doc['id']}/files/1/page-{n:04d}.jpg", allow_redirects=False, timeout=5
+            )
             assert resp.status_code == 302
             assert requests.get(resp.headers["Location"], timeout=5).content[:3] == b"\xff\xd8\xff"
 
@@ -105,7 +112,9 @@ def test_two_web_hosts_and_two_workers_share_only_redis_database_and_s3(
         assert local_files(hosts) == []
         # ...though each worker did render into its own scratch directory.
         assert sorted(p.parent.parent.name for p in hosts.glob("*/scratch/livedoc-scratch")) == [
-            "worker1", "worker2"]
+            "worker1",
+            "worker2",
+        ]
     finally:
         stack.stop()
         conn.flushdb()

@@ -1,4 +1,5 @@
 """Migrations (Flask-Migrate / Alembic): the schema comes from `flask db upgrade` and nothing else."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +30,16 @@ def _engine(url: str) -> sa.Engine:
 def _make_app(url: str, redis_url: str, storage_dir):
     from app import create_app
 
-    return create_app({"TESTING": True, "SECRET_KEY": "test", "REDIS_URL": redis_url,
-                       "STORAGE_DIR": str(storage_dir), "SQLALCHEMY_DATABASE_URI": url,
-                       "RATELIMIT_ENABLED": False})
+    return create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "REDIS_URL": redis_url,
+            "STORAGE_DIR": str(storage_dir),
+            "SQLALCHEMY_DATABASE_URI": url,
+            "RATELIMIT_ENABLED": False,
+        }
+    )
 
 
 def _dispose(app) -> None:
@@ -65,19 +73,26 @@ def test_upgrade_from_0001_keeps_rows_and_old_tokens_work(tmp_path, redis_url, s
     engine = _engine(url)
     created = datetime(2026, 11, 30, 12, 0, 0)
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            'INSERT INTO "user" (id, username, password_hash, is_admin, token_digest, created_at) '
-            "VALUES (1, 'alice', 'x', false, :digest, :at), (2, 'bob', 'y', true, NULL, :at)"),
-            {"digest": hashlib.sha256(TOKEN.encode()).hexdigest(), "at": created})
-        conn.execute(sa.text(
-            "INSERT INTO document (id, owner_id, filename, kind, size, created_at, job_id, state, last_seq, "
-            "attempt, pages, error_code, error_message, error_retryable) VALUES "
-            "(:id, 1, 'old.pdf', 'pdf', 1234, :at, NULL, 'complete', 9, 1, 3, NULL, NULL, NULL)"),
-            {"id": "a" * 32, "at": created})
+        conn.execute(
+            sa.text(
+                'INSERT INTO "user" (id, username, password_hash, is_admin, token_digest, created_at) '
+                "VALUES (1, 'alice', 'x', false, :digest, :at), (2, 'bob', 'y', true, NULL, :at)"
+            ),
+            {"digest": hashlib.sha256(TOKEN.encode()).hexdigest(), "at": created},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO document (id, owner_id, filename, kind, size, created_at, job_id, state, "
+                "last_seq, attempt, pages, error_code, error_message, error_retryable) VALUES "
+                "(:id, 1, 'old.pdf', 'pdf', 1234, :at, NULL, 'complete', 9, 1, 3, NULL, NULL, NULL)"
+            ),
+            {"id": "a" * 32, "at": created},
+        )
     dbs.upgrade(url)
     with engine.connect() as conn:
-        users = conn.execute(sa.text(
-            'SELECT id, username, is_admin, session_version FROM "user" ORDER BY id'))
+        users = conn.execute(
+            sa.text('SELECT id, username, is_admin, session_version FROM "user" ORDER BY id')
+        )
         assert [tuple(r) for r in users] == [(1, "alice", False, 0), (2, "bob", True, 0)]
         tokens = conn.execute(sa.text("SELECT user_id, name, digest, revoked_at FROM api_token"))
         digest = hashlib.sha256(TOKEN.encode()).hexdigest()
@@ -93,14 +108,16 @@ def test_upgrade_from_0001_keeps_rows_and_old_tokens_work(tmp_path, redis_url, s
         resp = client.get("/api/documents", headers={"Authorization": f"Bearer {TOKEN}"})
         assert resp.status_code == 200
         assert [(d["id"], d["filename"], d["progress"]["state"]) for d in resp.get_json()["documents"]] == [
-            ("a" * 32, "old.pdf", "complete")]
+            ("a" * 32, "old.pdf", "complete")
+        ]
         assert client.get("/api/documents", headers={"Authorization": "Bearer nope"}).status_code == 401
     finally:
         _dispose(app)
 
 
-def test_app_on_an_unmigrated_database_says_so_and_creates_nothing(tmp_path, redis_url, storage_dir,
-                                                                    redis_conn, caplog, monkeypatch):
+def test_app_on_an_unmigrated_database_says_so_and_creates_nothing(
+    tmp_path, redis_url, storage_dir, redis_conn, caplog, monkeypatch
+):
     url = dbs.empty(tmp_path)
     app = _make_app(url, redis_url, storage_dir)
     try:
@@ -114,7 +131,8 @@ def test_app_on_an_unmigrated_database_says_so_and_creates_nothing(tmp_path, red
         assert api.get_json() == {"error": {"code": "schema_outdated", "message": schema.MESSAGE}}
         assert page.status_code == 503 and page.mimetype == "text/html"
         assert "The database schema is not up to date: run `flask --app app db upgrade`." in page.get_data(
-            as_text=True).replace("&#96;", "`")
+            as_text=True
+        ).replace("&#96;", "`")
         said = [r.getMessage() for r in caplog.records if schema.MESSAGE in r.getMessage()]
         assert said == [f"database at revision None, code needs 0003: {schema.MESSAGE}"]
         cli = app.test_cli_runner().invoke(args=["users", "create", "x", "--password", "pass1"])
@@ -134,14 +152,29 @@ def test_concurrent_first_starts_on_a_migrated_database_all_succeed(tmp_path, re
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "SECRET_KEY": "t"}
 
     def create(i: int) -> subprocess.CompletedProcess:
-        return subprocess.run([str(dbs.FLASK), "--app", "app", "users", "create", f"user{i}", "--password",
-                               "a-long-enough-pass1"], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
+        return subprocess.run(
+            [
+                str(dbs.FLASK),
+                "--app",
+                "app",
+                "users",
+                "create",
+                f"user{i}",
+                "--password",
+                "a-long-enough-pass1",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(create, range(8)))
     assert [(r.returncode, r.stdout.strip()) for r in results] == [
-        (0, f"user 'user{i}' created") for i in range(8)]
+        (0, f"user 'user{i}' created") for i in range(8)
+    ]
     engine = _engine(url)
     with engine.connect() as conn:
         assert conn.execute(sa.text('SELECT count(*) FROM "user"')).scalar() == 8
@@ -151,8 +184,14 @@ def test_concurrent_first_starts_on_a_migrated_database_all_succeed(tmp_path, re
 def test_downgrade_to_0001_and_back(tmp_path):
     url = dbs.fresh(tmp_path)
     env = {**os.environ, "DATABASE_URL": url}
-    out = subprocess.run([str(dbs.FLASK), "--app", "app", "db", "downgrade", "0001"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(dbs.FLASK), "--app", "app", "db", "downgrade", "0001"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     dbs.upgrade(url)
     engine = _engine(url)

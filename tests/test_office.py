@@ -1,4 +1,5 @@
 """Office documents with the real LibreOffice: conversion, refusals, a hung LibreOffice, capabilities."""
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,10 @@ WORDS = ["Aardvark", "Bumblebee", "Chinchilla"]
 def documents(tmp_path_factory) -> dict[str, bytes]:
     """A DOCX, PPTX, XLSX and ODT made by LibreOffice, page n starting with WORDS[n-1]."""
     out = tmp_path_factory.mktemp("office")
-    return {kind: officegen.make(kind, WORDS, out / f"sample.{kind}").read_bytes()
-            for kind in ("docx", "pptx", "xlsx", "odt")}
+    return {
+        kind: officegen.make(kind, WORDS, out / f"sample.{kind}").read_bytes()
+        for kind in ("docx", "pptx", "xlsx", "odt")
+    }
 
 
 class Published:
@@ -55,8 +58,9 @@ class Published:
 def _convert(redis_conn: Redis, storage_dir: Path, data: bytes) -> tuple[DocumentFiles, str, list[dict]]:
     files = DocumentFiles(LocalStorage(storage_dir), new_doc_id())
     files.save_original(data)
-    job_id = jobs.enqueue_conversion(redis_conn, Settings.from_env().as_flask_config(), files.doc_id,
-                                     "office", seq=1, attempt=1)
+    job_id = jobs.enqueue_conversion(
+        redis_conn, Settings.from_env().as_flask_config(), files.doc_id, "office", seq=1, attempt=1
+    )
     published = Published(redis_conn)
     run_jobs(redis_conn)
     return files, job_id, published.drain()
@@ -88,8 +92,9 @@ def test_office_document_converts_with_its_words(kind, documents, redis_conn, st
     converting = [m for m in messages if m["stage"] == "converting"]
     assert all(m["percent"] < office.CONVERT_END for m in converting)
     # A live event at least every second while LibreOffice works (with some slack for a busy host).
-    times = [m["updated_at"] for m in converting] + [next(m for m in messages if m["stage"] == "rendering")
-                                                      ["updated_at"]]
+    times = [m["updated_at"] for m in converting] + [
+        next(m for m in messages if m["stage"] == "rendering")["updated_at"]
+    ]
     assert max(b - a for a, b in zip(times, times[1:])) < 1.6, times
     assert any("LibreOffice (" in m["message"] for m in converting) or times[-1] - times[0] < 1.0
     _assert_invariants(messages)
@@ -97,8 +102,9 @@ def test_office_document_converts_with_its_words(kind, documents, redis_conn, st
     assert layout["kind"] == "office" and len(layout["sizes"]) == final["pages"]
 
 
-def test_office_document_in_page_range_jobs_and_its_sharper_pages(documents, redis_conn, storage_dir,
-                                                                 worker_env, monkeypatch):
+def test_office_document_in_page_range_jobs_and_its_sharper_pages(
+    documents, redis_conn, storage_dir, worker_env, monkeypatch
+):
     # One page a chunk: the pages come from the attempt's stored PDF, as on another host.
     monkeypatch.setenv("CHUNK_PAGES", "1")
     files, job_id, messages = _convert(redis_conn, storage_dir, documents["docx"])
@@ -110,8 +116,10 @@ def test_office_document_in_page_range_jobs_and_its_sharper_pages(documents, red
     assert files.storage.get_bytes(files.key(1, SOURCE_PDF))[:5] == b"%PDF-"
     # A reader zooming into page 2 gets it rendered again from that PDF, sharper than the page image.
     assert render.render_hd(files.doc_id, "office", 1, 2) == {"stored": True}
-    with Image.open(io.BytesIO(files.storage.get_bytes(files.key(1, hd_name(2))))) as hd, \
-            Image.open(io.BytesIO(files.storage.get_bytes(files.key(1, page_names(2)["image"])))) as page:
+    with (
+        Image.open(io.BytesIO(files.storage.get_bytes(files.key(1, hd_name(2))))) as hd,
+        Image.open(io.BytesIO(files.storage.get_bytes(files.key(1, page_names(2)["image"])))) as page,
+    ):
         assert hd.width > 2 * page.width and hd.height > 2 * page.height
     assert render.render_hd(files.doc_id, "office", 1, 2) == {"stored": False}  # made once
 
@@ -169,8 +177,9 @@ def _hanging_office(tmp_path: Path) -> tuple[Path, Path]:
     return script, pids
 
 
-def test_hung_libreoffice_is_killed_at_the_timeout_and_retried_once(documents, redis_conn, storage_dir,
-                                                                     worker_env, monkeypatch, tmp_path):
+def test_hung_libreoffice_is_killed_at_the_timeout_and_retried_once(
+    documents, redis_conn, storage_dir, worker_env, monkeypatch, tmp_path
+):
     script, pids = _hanging_office(tmp_path)
     monkeypatch.setenv("OFFICE_BINARY", str(script))
     monkeypatch.setenv("OFFICE_TIMEOUT", "2")
@@ -191,8 +200,12 @@ def test_hung_libreoffice_is_killed_at_the_timeout_and_retried_once(documents, r
 
 def test_guard_kills_libreoffice_when_the_worker_dies(tmp_path):
     script, pids = _hanging_office(tmp_path)
-    guard = subprocess.Popen([sys.executable, "-m", "workers.office_guard", str(script)], cwd=ROOT,
-                             stdin=subprocess.PIPE, start_new_session=True)
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "workers.office_guard", str(script)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 10
     while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -210,13 +223,18 @@ def test_no_libreoffice_means_office_uploads_are_refused(client, users, redis_co
     token = users.create()
 
     def upload(data: bytes, name: str):
-        return client.post("/api/documents", headers={"Authorization": f"Bearer {token}"},
-                           data={"file": (io.BytesIO(data), name)}, content_type="multipart/form-data")
+        return client.post(
+            "/api/documents",
+            headers={"Authorization": f"Bearer {token}"},
+            data={"file": (io.BytesIO(data), name)},
+            content_type="multipart/form-data",
+        )
 
     resp = upload(documents["docx"], "handout.docx")
     assert resp.status_code == 415
-    assert resp.get_json() == {"error": {"code": "unsupported_type",
-                                         "message": "Office documents are not enabled on this server."}}
+    assert resp.get_json() == {
+        "error": {"code": "unsupported_type", "message": "Office documents are not enabled on this server."}
+    }
     capabilities.advertise(redis_conn, ["office"], ttl=30)
     resp = upload(documents["docx"], "handout.docx")
     assert resp.status_code == 201 and resp.get_json()["kind"] == "office"
@@ -259,5 +277,5 @@ def test_upload_form_offers_office_files_only_when_a_worker_converts_them(client
     assert ".docx" not in page and "PDF, PNG, JPEG or plain text, up to" in page
     capabilities.advertise(redis_conn, ["office"], ttl=30)
     page = client.get("/documents").get_data(as_text=True)
-    assert f"text/plain,{capabilities.OFFICE_ACCEPT}\"" in page
+    assert f'text/plain,{capabilities.OFFICE_ACCEPT}"' in page
     assert "plain text or Office documents (Word, PowerPoint, Excel,\n      OpenDocument, RTF), up to" in page

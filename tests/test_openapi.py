@@ -1,4 +1,5 @@
 """The OpenAPI description is true to the app: every route is in it, and it holds no route the app lacks."""
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ status code says nothing about whether an operator sees a job: these tests read 
 The walk visits every page a reader, an operator or a stranger can reach and fails on any uncaught
 script error, CSP violation, console error or failed same-origin request. New pages join `walk`.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,15 @@ def upload(stack, token: str, data: bytes, name: str) -> dict:
 
 def wait_state(stack, token: str, doc_id: str, states: set[str], timeout: float = 60) -> dict:
     body = {"id": doc_id, "status_url": f"/api/documents/{doc_id}/status"}
-    return streams.wait_status(api(token), stack.base_url, body, lambda st: st["state"] in states, timeout,
-                               0.1, what=f"one of {sorted(states)}")
+    return streams.wait_status(
+        api(token),
+        stack.base_url,
+        body,
+        lambda st: st["state"] in states,
+        timeout,
+        0.1,
+        what=f"one of {sorted(states)}",
+    )
 
 
 @pytest.fixture
@@ -94,8 +102,9 @@ def test_rq_dashboard_shows_queues_jobs_job_progress_and_workers(admin_stack, op
     console.assert_clean()
 
 
-def test_rq_dashboard_actions_work_from_its_pages_and_refuse_get_and_other_sites(admin_stack, open_context,
-                                                                                   console):
+def test_rq_dashboard_actions_work_from_its_pages_and_refuse_get_and_other_sites(
+    admin_stack, open_context, console
+):
     stack, token, _doc = admin_stack
     failed = upload(stack, token, CORRUPT_PDF, "broken.pdf")
     wait_state(stack, token, failed["id"], {"failed"})
@@ -110,8 +119,10 @@ def test_rq_dashboard_actions_work_from_its_pages_and_refuse_get_and_other_sites
     expect(page.locator(f"#jobs tbody tr[data-job-id='{job_id}']")).to_have_count(1)
 
     # A write from another site is refused even with the admin's cookie.
-    cross = page.request.post(stack.base_url + f"/rq/job/{job_id}/delete",
-                              headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})
+    cross = page.request.post(
+        stack.base_url + f"/rq/job/{job_id}/delete",
+        headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+    )
     assert cross.status == 403
     assert page.request.get(stack.base_url + f"/rq/0/data/job/{job_id}.json").status == 200
 

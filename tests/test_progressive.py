@@ -3,6 +3,7 @@
 Pages are served the moment they are ready, search covers the ready part, and deleting a document
 mid-conversion stops it, ends its streams and leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,11 @@ pytestmark = pytest.mark.live
 
 WORDS = ["apple", "banana", "cherry", "damson", "elder", "fig", "grape", "hazel", "iris", "juniper"]
 PAGES = 60
-OUTLINE = [("Front matter", 0, []), ("Part one", 1, [("Chapter 1", 2, []), ("Chapter 2", 9, [])]),
-           ("Part two", 30, [])]
+OUTLINE = [
+    ("Front matter", 0, []),
+    ("Part one", 1, [("Chapter 1", 2, []), ("Chapter 2", 9, [])]),
+    ("Part two", 30, []),
+]
 TEXTS = [f"Page {i} of the book\nThe {WORDS[i % 10]}{i} keyword lives here" for i in range(1, PAGES + 1)]
 BOOK = make_pdf(TEXTS, outline=OUTLINE)
 SLOW = {"RENDER_DPI": "300", "RATELIMIT_STREAM": "6000 per minute"}
@@ -66,9 +70,16 @@ def test_first_page_is_served_while_the_rest_converts(slow_stack):
     # The outline is there from the start too.
     assert doc["outline"] == [
         {"title": "Front matter", "page": 1, "children": []},
-        {"title": "Part one", "page": 2, "children": [{"title": "Chapter 1", "page": 3, "children": []},
-                                                      {"title": "Chapter 2", "page": 10, "children": []}]},
-        {"title": "Part two", "page": 31, "children": []}]
+        {
+            "title": "Part one",
+            "page": 2,
+            "children": [
+                {"title": "Chapter 1", "page": 3, "children": []},
+                {"title": "Chapter 2", "page": 10, "children": []},
+            ],
+        },
+        {"title": "Part two", "page": 31, "children": []},
+    ]
 
     final = wait_status(s, base, body, lambda st: st["state"] == "complete")
     assert final["ready"] == final["pages"] == PAGES
@@ -159,18 +170,24 @@ def test_delete_mid_conversion_stops_it_ends_the_stream_and_leaves_no_files(slow
     assert ending["error"] == {"code": "deleted", "message": "This document was deleted.", "retryable": False}
     assert resp.raw.read() == b"", "the stream ended after the deleted event"
 
-    for url in (f"/api/documents/{doc_id}", f"/api/documents/{doc_id}/status", f"/documents/{doc_id}",
-                f"/api/documents/{doc_id}/events", f"/documents/{doc_id}/files/1/page-0001.jpg",
-                f"/documents/{doc_id}/download", f"/api/documents/{doc_id}/search?q=x"):
+    for url in (
+        f"/api/documents/{doc_id}",
+        f"/api/documents/{doc_id}/status",
+        f"/documents/{doc_id}",
+        f"/api/documents/{doc_id}/events",
+        f"/documents/{doc_id}/files/1/page-0001.jpg",
+        f"/documents/{doc_id}/download",
+        f"/api/documents/{doc_id}/search?q=x",
+    ):
         assert s.get(base + url, timeout=10).status_code == 404, url
     assert s.delete(f"{base}/api/documents/{doc_id}", timeout=10).status_code == 404
 
     # The work horse was stopped and wrote nothing more; the worker goes on with other work.
     conn = connect(slow_stack.redis_url)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and (storage.exists() or
-                                           conn.exists(f"rq:job:{jobs.job_id(doc_id, 1)}") and
-                                           not _stopped(conn, doc_id)):
+    while time.monotonic() < deadline and (
+        storage.exists() or conn.exists(f"rq:job:{jobs.job_id(doc_id, 1)}") and not _stopped(conn, doc_id)
+    ):
         time.sleep(0.1)
     assert not storage.exists(), "files of the deleted document remain"
     time.sleep(1.5)  # a horse that was not stopped would write another page within this time

@@ -1,4 +1,5 @@
 """Forwarded headers against a real gunicorn: trusted for exactly TRUSTED_PROXIES hops, else ignored."""
+
 from __future__ import annotations
 
 import json
@@ -16,18 +17,20 @@ def _login(base: str, name: str, password: str, headers: dict) -> requests.Respo
     page = requests.get(f"{base}/login", headers=headers, timeout=10)
     # Sent by hand: over (proxied) https the cookie is Secure and requests keeps it off plain http.
     cookie = page.headers["Set-Cookie"].split(";")[0]
-    return requests.post(f"{base}/login", data={"username": name, "password": password,
-                                                 "csrf_token": csrf_from(page.text)},
-                         headers={**headers, "Cookie": cookie,
-                                  "Referer": base.replace("http:", "https:") + "/login"},
-                         allow_redirects=False, timeout=10)
+    return requests.post(
+        f"{base}/login",
+        data={"username": name, "password": password, "csrf_token": csrf_from(page.text)},
+        headers={**headers, "Cookie": cookie, "Referer": base.replace("http:", "https:") + "/login"},
+        allow_redirects=False,
+        timeout=10,
+    )
 
 
 def _audit_ips(stack, event: str) -> list[str]:
     ips = []
     for line in stack.logs().splitlines():
         if "livedoc.audit" in line and f'"event":"{event}"' in line:
-            ips.append(json.loads(line[line.index("{"):])["ip"])
+            ips.append(json.loads(line[line.index("{") :])["ip"])
     return ips
 
 
@@ -47,8 +50,9 @@ def test_without_trusted_proxies_forwarded_headers_are_ignored(make_stack):
 
 
 def test_one_trusted_proxy_gives_the_real_client_address_and_scheme(make_stack):
-    stack = make_stack(TRUSTED_PROXIES="1", RATELIMIT_LOGIN="3 per minute",
-                       RATELIMIT_LOGIN_USER="100 per minute")
+    stack = make_stack(
+        TRUSTED_PROXIES="1", RATELIMIT_LOGIN="3 per minute", RATELIMIT_LOGIN_USER="100 per minute"
+    )
     stack.user("alice")
     # The client claims 198.51.100.66; the one proxy appends the address it saw, which is what counts.
     via_proxy = {"X-Forwarded-For": "198.51.100.66, 203.0.113.9", "X-Forwarded-Proto": "https"}

@@ -1,4 +1,5 @@
 """Per-user quotas and streamed uploads: one user cannot fill the disk or the queue for everyone."""
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,12 @@ MB = 1024 * 1024
 
 
 def _upload(client, token: str, data: bytes, name: str = "notes.txt"):
-    return client.post("/api/documents", headers={"Authorization": f"Bearer {token}"},
-                       data={"file": (io.BytesIO(data), name)}, content_type="multipart/form-data")
+    return client.post(
+        "/api/documents",
+        headers={"Authorization": f"Bearer {token}"},
+        data={"file": (io.BytesIO(data), name)},
+        content_type="multipart/form-data",
+    )
 
 
 def _me(client, token: str) -> dict:
@@ -71,15 +76,22 @@ def test_the_storage_quota_answers_413_while_copying(app, client, users, storage
     assert resp.status_code == 413
     error = resp.get_json()["error"]
     assert error["code"] == "quota_mb" and "0.3 MB left" in error["message"]
-    assert error["quota"] == {"name": "QUOTA_MB", "used": len(first), "limit": MB,
-                              "remaining": MB - len(first)}
+    assert error["quota"] == {
+        "name": "QUOTA_MB",
+        "used": len(first),
+        "limit": MB,
+        "remaining": MB - len(first),
+    }
     assert _stored_dirs(storage_dir) == before  # the partial copy is gone
     assert _me(client, token)["usage"]["documents"]["used"] == 1
     # The HTML form says the same as a page.
     users.login("alice")
     csrf = csrf_from(client.get("/documents").get_data(as_text=True))
-    page = client.post("/documents", data={"file": (io.BytesIO(b"c" * (700 * 1024)), "c.txt"),
-                                           "csrf_token": csrf}, content_type="multipart/form-data")
+    page = client.post(
+        "/documents",
+        data={"file": (io.BytesIO(b"c" * (700 * 1024)), "c.txt"), "csrf_token": csrf},
+        content_type="multipart/form-data",
+    )
     assert page.status_code == 413 and "storage quota of 1 MB" in page.get_data(as_text=True)
 
 
@@ -112,8 +124,15 @@ def test_a_large_upload_is_stored_byte_for_byte_and_checked_to_its_end(app, clie
     assert _stored_dirs(storage_dir) == before
 
 
-@pytest.mark.parametrize("data,kind", [(b"%PDF-1.4\n", "pdf"), (b"\x89PNG\r\n\x1a\n", "image"),
-                                       (b"\xff\xd8\xff", "image"), (b"plain\n", "text")])
+@pytest.mark.parametrize(
+    "data,kind",
+    [
+        (b"%PDF-1.4\n", "pdf"),
+        (b"\x89PNG\r\n\x1a\n", "image"),
+        (b"\xff\xd8\xff", "image"),
+        (b"plain\n", "text"),
+    ],
+)
 def test_the_kind_comes_from_the_first_bytes(app, client, users, data, kind):
     token = users.create("alice")
     resp = _upload(client, token, data, name="whatever.bin")

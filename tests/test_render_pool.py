@@ -1,4 +1,5 @@
 """One document on every core: pages render in several processes and still become ready in order."""
+
 from __future__ import annotations
 
 import json
@@ -39,20 +40,25 @@ def test_pages_render_in_several_processes_and_are_stored_in_order(tmp_path):
         names = page_names(entry["n"])
         stored.append(entry["n"])
         texts[entry["n"]] = files.storage.get_bytes(files.key(1, names["text"])).decode()
-        assert size == sum(len(files.storage.get_bytes(files.key(1, names[k])))
-                           for k in ("image", "thumb", "text", "layer"))
+        assert size == sum(
+            len(files.storage.get_bytes(files.key(1, names[k]))) for k in ("image", "thumb", "text", "layer")
+        )
 
     pids = pdf.render_pages(source, settings, scratch, files, 1, 1, len(MANY), reported)
     assert stored == list(range(1, len(MANY) + 1))
     assert len(pids) == 2 and os.getpid() not in pids
     assert all(f"wombat{n}." in texts[n] for n in stored)
     assert list(scratch.iterdir()) == []  # every scratch file was moved into storage
-    assert not [p for p in pids if Path(f"/proc/{p}").exists()
-                and Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] != "Z"], "a render process survived"
+    assert not [
+        p
+        for p in pids
+        if Path(f"/proc/{p}").exists() and Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] != "Z"
+    ], "a render process survived"
     # A range, in one process (RENDER_PROCESSES=1 renders in the caller).
     stored.clear()
-    assert pdf.render_pages(source, Settings(RENDER_PROCESSES=1), scratch, files, 1, 5, 7,
-                            reported) == {os.getpid()}
+    assert pdf.render_pages(source, Settings(RENDER_PROCESSES=1), scratch, files, 1, 5, 7, reported) == {
+        os.getpid()
+    }
     assert stored == [5, 6, 7]
 
 
@@ -61,28 +67,34 @@ def test_render_processes_default_to_every_core():
     assert pdf.render_processes(Settings(RENDER_PROCESSES=3)) == 3
 
 
-@pytest.mark.parametrize(("interval", "expected"), [
-    # Every page saved as it becomes ready...
-    ("0", [0, 0, *range(1, 13), 12]),
-    # ...or, with pages arriving faster than PROGRESS_INTERVAL, the first page at once, the ones
-    # between held back (nothing kept the work horse waiting for a tick), the last page at once.
-    ("10000", [0, 0, 1, 12, 12]),
-])
-def test_a_job_with_a_pool_keeps_ready_in_page_order(redis_conn: Redis, storage_dir, worker_env, monkeypatch,
-                                                     interval, expected):
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [
+        # Every page saved as it becomes ready...
+        ("0", [0, 0, *range(1, 13), 12]),
+        # ...or, with pages arriving faster than PROGRESS_INTERVAL, the first page at once, the ones
+        # between held back (nothing kept the work horse waiting for a tick), the last page at once.
+        ("10000", [0, 0, 1, 12, 12]),
+    ],
+)
+def test_a_job_with_a_pool_keeps_ready_in_page_order(
+    redis_conn: Redis, storage_dir, worker_env, monkeypatch, interval, expected
+):
     monkeypatch.setenv("RENDER_PROCESSES", "2")
     monkeypatch.setenv("PROGRESS_INTERVAL", interval)
     files = DocumentFiles(LocalStorage(storage_dir), new_doc_id())
     files.save_original(pdfgen.make_pdf(TEXTS))
-    job_id = jobs.enqueue_conversion(redis_conn, Settings.from_env().as_flask_config(), files.doc_id, "pdf",
-                                     seq=1, attempt=1)
+    job_id = jobs.enqueue_conversion(
+        redis_conn, Settings.from_env().as_flask_config(), files.doc_id, "pdf", seq=1, attempt=1
+    )
     pubsub = redis_conn.pubsub()
     pubsub.psubscribe(progress.CHANNEL_PATTERN)
     pubsub.get_message(timeout=5)
     # A forking worker, as deployed: the pool is used only from a single-threaded work horse (RQ's
     # SimpleWorker runs the job beside its pub/sub thread, where pages render in the caller).
-    Worker([jobs.queue(redis_conn, "livedoc")], connection=redis_conn,
-           serializer=jobs.SERIALIZER).work(burst=True, with_scheduler=False)
+    Worker([jobs.queue(redis_conn, "livedoc")], connection=redis_conn, serializer=jobs.SERIALIZER).work(
+        burst=True, with_scheduler=False
+    )
     messages = []
     while (message := pubsub.get_message(timeout=0.3)) is not None:
         if message["type"] == "pmessage":

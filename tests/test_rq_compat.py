@@ -1,5 +1,6 @@
 """RQ as RQ documents it: stock `rq worker` processes run livedoc's jobs, and misconfigured ones
 end the document failed with the cause instead of leaving it queued."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,9 @@ NO_WORKER = "No conversion worker is running. The document will be converted whe
 
 
 def wait_terminal(session, base: str, doc_id: str, timeout: float = 60) -> dict:
-    return wait_document(session, base, doc_id, lambda body: body["progress"]["state"] in TERMINAL, timeout,
-                         what="finished")
+    return wait_document(
+        session, base, doc_id, lambda body: body["progress"]["state"] in TERMINAL, timeout, what="finished"
+    )
 
 
 def wait_workers(conn, n: int, timeout: float = 20) -> None:
@@ -80,13 +82,18 @@ def test_worker_with_another_serializer_fails_the_document_naming_the_cause(paus
     doc = upload(s, base)
     worker = paused_stack.start_stock_worker("-S", "json", name="json")
     final = wait_terminal(s, base, doc["id"], timeout=30)
-    message = ("A conversion worker could not read this job (DeserializationError): it was started with a "
-               "serializer other than RQ's default (-S). Start workers with scripts/worker or a plain "
-               "`rq worker`.")
+    message = (
+        "A conversion worker could not read this job (DeserializationError): it was started with a "
+        "serializer other than RQ's default (-S). Start workers with scripts/worker or a plain "
+        "`rq worker`."
+    )
     assert final["progress"]["state"] == "failed"
     assert final["progress"]["attempt"] == 1
-    assert final["progress"]["error"] == {"code": "worker_misconfigured", "message": message,
-                                          "retryable": True}
+    assert final["progress"]["error"] == {
+        "code": "worker_misconfigured",
+        "message": message,
+        "retryable": True,
+    }
     conn = connect(paused_stack.redis_url)
     job_key = progress.job_key(f"doc-{doc['id']}-1")
     # Not retried: RQ holds the job as failed, not scheduled for another round on the same worker.
@@ -104,7 +111,8 @@ def test_worker_missing_a_package_fails_the_document_naming_the_cause(paused_sta
     shadow = tmp_path / "shadow"
     shadow.mkdir()
     (shadow / "pypdfium2.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'pypdfium2'\", name='pypdfium2')\n")
+        "raise ModuleNotFoundError(\"No module named 'pypdfium2'\", name='pypdfium2')\n"
+    )
     s = api(paused_stack.user("broken-worker"))
     base = paused_stack.base_url
     doc = upload(s, base)
@@ -114,10 +122,15 @@ def test_worker_missing_a_package_fails_the_document_naming_the_cause(paused_sta
     finally:
         del paused_stack.env["PYTHONPATH"]
     final = wait_terminal(s, base, doc["id"], timeout=30)
-    message = ("A conversion worker could not load the conversion code (ModuleNotFoundError: no module "
-               "named 'pypdfium2').")
-    assert final["progress"]["error"] == {"code": "worker_misconfigured", "message": message,
-                                          "retryable": True}
+    message = (
+        "A conversion worker could not load the conversion code (ModuleNotFoundError: no module "
+        "named 'pypdfium2')."
+    )
+    assert final["progress"]["error"] == {
+        "code": "worker_misconfigured",
+        "message": message,
+        "retryable": True,
+    }
     assert final["progress"]["attempt"] == 1
 
 
@@ -132,8 +145,13 @@ def test_failure_callback_leaves_abandoned_and_failed_jobs_to_rq(redis_conn, wor
     from livedoc import jobs
     from workers import unrunnable
 
-    config = {"JOB_RETRY_INTERVALS": "1", "JOB_RETRIES": 3, "QUEUE_NAME": "livedoc", "JOB_TIMEOUT": 60,
-              "RESULT_TTL": 60}
+    config = {
+        "JOB_RETRY_INTERVALS": "1",
+        "JOB_RETRIES": 3,
+        "QUEUE_NAME": "livedoc",
+        "JOB_TIMEOUT": 60,
+        "RESULT_TTL": 60,
+    }
     job_id = jobs.enqueue_conversion(redis_conn, config, "b" * 32, "pdf", seq=1, attempt=1)
     job = Job.fetch(job_id, connection=redis_conn, serializer=jobs.SERIALIZER)
     before = progress.read(redis_conn, job_id)

@@ -1,4 +1,5 @@
 """Object storage end to end: gunicorn (gevent) + `rq worker` on S3 (moto's server as its own process)."""
+
 from __future__ import annotations
 
 import time
@@ -23,7 +24,8 @@ def keys_under(moto_server, settings: dict, doc_id: str) -> list[str]:
 
 
 def test_conversion_on_s3_serves_pages_while_running_and_delete_removes_every_object(
-        make_stack, moto_server, s3_settings):
+    make_stack, moto_server, s3_settings
+):
     stack = make_stack(RENDER_DPI="300", **s3_settings)
     s = api(stack.user("s3reader"))
     body = upload(s, stack.base_url, SLOW_PDF)
@@ -46,13 +48,17 @@ def test_conversion_on_s3_serves_pages_while_running_and_delete_removes_every_ob
     assert location.startswith(f"{moto_server.url}/{s3_settings['STORAGE_URL'][5:]}/{doc}/a1/page-0001.jpg?")
     image = requests.get(location, timeout=5)
     assert (image.status_code, image.headers["Content-Type"], image.content[:3]) == (
-        200, "image/jpeg", b"\xff\xd8\xff")
+        200,
+        "image/jpeg",
+        b"\xff\xd8\xff",
+    )
     # A page view costs the web no S3 request at all (signing is local), and the browser one GET
     # (the worker meanwhile goes on PUTting pages, so only the other requests are counted).
     s3_calls = moto_server.requests()[before:]
-    assert [c for c in s3_calls[:after_redirect - before] if not c.startswith("PUT ")] == []
+    assert [c for c in s3_calls[: after_redirect - before] if not c.startswith("PUT ")] == []
     assert [c.split("?")[0] for c in s3_calls if doc in c and not c.startswith("PUT ")] == [
-        f"GET /{s3_settings['STORAGE_URL'][5:]}/{doc}/a1/page-0001.jpg"]
+        f"GET /{s3_settings['STORAGE_URL'][5:]}/{doc}/a1/page-0001.jpg"
+    ]
     still = s.get(stack.base_url + body["status_url"], timeout=5).json()
     assert still["state"] == "running", f"conversion ended before the page was checked: {running}, {still}"
 
@@ -65,7 +71,8 @@ def test_conversion_on_s3_serves_pages_while_running_and_delete_removes_every_ob
     # The viewer page reads the attempt's layout (page sizes, outline): one S3 GET (the worker
     # meanwhile only PUTs pages).
     assert [c for c in moto_server.requests()[before:] if not c.startswith("PUT ")] == [
-        f"GET /{s3_settings['STORAGE_URL'][5:]}/{doc}/a1/layout.json"]
+        f"GET /{s3_settings['STORAGE_URL'][5:]}/{doc}/a1/layout.json"
+    ]
     csp = viewer.headers["Content-Security-Policy"].split("; ")
     img_src = next(d for d in csp if d.startswith("img-src"))
     assert img_src == f"img-src 'self' data: {moto_server.url}"
@@ -75,7 +82,8 @@ def test_conversion_on_s3_serves_pages_while_running_and_delete_removes_every_ob
     original = requests.get(download.headers["Location"], timeout=5)
     assert original.content == SLOW_PDF
     assert original.headers["Content-Disposition"] == (
-        "attachment; filename=\"doc.pdf\"; filename*=UTF-8''doc.pdf")
+        "attachment; filename=\"doc.pdf\"; filename*=UTF-8''doc.pdf"
+    )
 
     assert s.delete(f"{stack.base_url}/api/documents/{doc}", timeout=10).status_code == 204
     # The worker stops at its next page and removes what it stored meanwhile.
@@ -99,16 +107,26 @@ def test_complete_document_on_s3_lists_every_file_and_serves_them(make_stack, mo
     # manifest once when it records the final state, and lists the document once for its quota.
     root = f"/{s3_settings['STORAGE_URL'][5:]}/{doc}"
     bucket = root.split("/")[1]
-    per_page = [f"PUT {root}/a1/{role}-{n:04d}.{ext}" for n in (1, 2)
-                for role, ext in (("page", "jpg"), ("thumb", "jpg"), ("text", "txt"), ("layer", "json"))]
+    per_page = [
+        f"PUT {root}/a1/{role}-{n:04d}.{ext}"
+        for n in (1, 2)
+        for role, ext in (("page", "jpg"), ("thumb", "jpg"), ("text", "txt"), ("layer", "json"))
+    ]
     assert moto_server.requests()[start:] == [
         f"PUT {root}/original",
-        f"HEAD {root}/original", f"GET {root}/original",
-        f"PUT {root}/a1/layout.json", *per_page, f"PUT {root}/a1/manifest.json",
+        f"HEAD {root}/original",
+        f"GET {root}/original",
+        f"PUT {root}/a1/layout.json",
+        *per_page,
+        f"PUT {root}/a1/manifest.json",
         f"GET {root}/a1/manifest.json",
-        f"GET /{bucket}?list-type=2&prefix={root[len(bucket) + 2:]}/&encoding-type=url"]
-    pages = [f"{doc}/a1/{role}-{n:04d}.{ext}" for n in (1, 2)
-             for role, ext in (("page", "jpg"), ("thumb", "jpg"), ("text", "txt"), ("layer", "json"))]
+        f"GET /{bucket}?list-type=2&prefix={root[len(bucket) + 2 :]}/&encoding-type=url",
+    ]
+    pages = [
+        f"{doc}/a1/{role}-{n:04d}.{ext}"
+        for n in (1, 2)
+        for role, ext in (("page", "jpg"), ("thumb", "jpg"), ("text", "txt"), ("layer", "json"))
+    ]
     expected = sorted([f"{doc}/original", f"{doc}/a1/layout.json", f"{doc}/a1/manifest.json", *pages])
     assert keys_under(moto_server, s3_settings, doc) == expected
     before = len(moto_server.requests())

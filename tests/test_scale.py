@@ -1,4 +1,5 @@
 """The stream hub across processes and hosts: shared stats, fan-out to every host, limits, metrics."""
+
 from __future__ import annotations
 
 import socket
@@ -27,9 +28,13 @@ def test_two_hosts_share_progress_and_stats(make_stack):
 
     def both_hosts_counted(url):
         stats = admin.get(url + "/api/realtime/stats", timeout=5).json()
-        ok = (stats["totalConnections"] == 2 and len(stats["hosts"]) == 2
-              and stats["connectionsByDocument"] == {body["id"]: 2} and stats["documentSubscriptions"] == 1
-              and stats["connectionsByTransport"] == {"sse": 2})
+        ok = (
+            stats["totalConnections"] == 2
+            and len(stats["hosts"]) == 2
+            and stats["connectionsByDocument"] == {body["id"]: 2}
+            and stats["documentSubscriptions"] == 1
+            and stats["connectionsByTransport"] == {"sse": 2}
+        )
         return stats if ok else None
 
     for i in (0, 1):
@@ -101,8 +106,13 @@ def test_metrics_in_prometheus_format_for_admins(live):
     assert [e for e in sse_events(resp) if "event" in e][-1]["event"] == "complete"
     text = admin.get(live.base_url + "/metrics", timeout=5)
     assert text.status_code == 200 and text.headers["Content-Type"].startswith("text/plain")
-    for name in ("livedoc_open_streams", "livedoc_events_sent_total", "livedoc_save_to_send_seconds_bucket",
-                 "livedoc_hub_polls_total", "livedoc_redis_errors_total"):
+    for name in (
+        "livedoc_open_streams",
+        "livedoc_events_sent_total",
+        "livedoc_save_to_send_seconds_bucket",
+        "livedoc_hub_polls_total",
+        "livedoc_redis_errors_total",
+    ):
         assert name in text.text
     assert 'livedoc_events_sent_total{transport="sse"}' in text.text
     assert reader.get(live.base_url + "/metrics", timeout=5).status_code == 403

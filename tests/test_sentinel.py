@@ -1,4 +1,5 @@
 """Redis Sentinel: URL parsing, the web's client and rate limits, and a live failover mid-conversion."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,32 +13,47 @@ from tests.support import wait_for
 from tests.support.app import Users, csrf_from
 from tests.support.streams import Viewer, settled_status, slow_pdf, upload
 
-needs_sentinel = pytest.mark.skipif(sentinel_binary() is None,
-                                    reason="redis-sentinel is not installed (Debian: redis-sentinel)")
+needs_sentinel = pytest.mark.skipif(
+    sentinel_binary() is None, reason="redis-sentinel is not installed (Debian: redis-sentinel)"
+)
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("redis+sentinel://127.0.0.1:26379/mymaster/3",
-     SentinelURL([("127.0.0.1", 26379)], "mymaster", 3)),
-    ("redis+sentinel://:s3cret@a:1,b:2, c:3/m",
-     SentinelURL([("a", 1), ("b", 2), ("c", 3)], "m", 0, None, "s3cret")),
-    ("redis+sentinel://me:p%40ss@[::1]:5000/m/0",
-     SentinelURL([("[::1]", 5000)], "m", 0, "me", "p@ss")),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("redis+sentinel://127.0.0.1:26379/mymaster/3", SentinelURL([("127.0.0.1", 26379)], "mymaster", 3)),
+        (
+            "redis+sentinel://:s3cret@a:1,b:2, c:3/m",
+            SentinelURL([("a", 1), ("b", 2), ("c", 3)], "m", 0, None, "s3cret"),
+        ),
+        ("redis+sentinel://me:p%40ss@[::1]:5000/m/0", SentinelURL([("[::1]", 5000)], "m", 0, "me", "p@ss")),
+    ],
+)
 def test_sentinel_url_parses(url, expected):
     assert SentinelURL.parse(url) == expected
 
 
-@pytest.mark.parametrize("bad", ["redis+sentinel://a:1", "redis+sentinel://a/m/0", "redis+sentinel://a:1/m/x",
-                                 "redis+sentinel://a:1/m/0/1", "redis+sentinel://:x/m"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "redis+sentinel://a:1",
+        "redis+sentinel://a/m/0",
+        "redis+sentinel://a:1/m/x",
+        "redis+sentinel://a:1/m/0/1",
+        "redis+sentinel://:x/m",
+    ],
+)
 def test_bad_sentinel_url_is_a_clear_settings_error(bad):
     with pytest.raises(ValueError, match="bad value for REDIS_URL: (sentinel|a sentinel URL)"):
         Settings.from_env({"REDIS_URL": bad})
 
 
 def test_redis_sentinels_setting_makes_the_url_and_keeps_the_db():
-    env = {"REDIS_URL": "redis://ignored:6379/4", "REDIS_SENTINELS": "s1:26379, s2:26379",
-           "REDIS_SENTINEL_MASTER": "prod"}
+    env = {
+        "REDIS_URL": "redis://ignored:6379/4",
+        "REDIS_SENTINELS": "s1:26379, s2:26379",
+        "REDIS_SENTINEL_MASTER": "prod",
+    }
     assert Settings.from_env(env).REDIS_URL == "redis+sentinel://s1:26379,s2:26379/prod/4"
     assert Settings.from_env({"REDIS_SENTINELS": "s1:1"}).REDIS_URL == "redis+sentinel://s1:1/mymaster/0"
     with pytest.raises(ValueError, match="bad value for REDIS_SENTINELS"):
@@ -82,10 +98,16 @@ def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path, database_u
     url = group.url.rsplit("/", 1)[0] + f"/{db}"
     master = Redis(port=group.master_port(), db=db)
     master.flushdb()
-    app = create_app({"TESTING": True, "SECRET_KEY": "t", "REDIS_URL": url,
-                      "STORAGE_DIR": str(tmp_path / "s"),
-                      "SQLALCHEMY_DATABASE_URI": database_url,
-                      "RATELIMIT_LOGIN": "2 per minute"})
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "t",
+            "REDIS_URL": url,
+            "STORAGE_DIR": str(tmp_path / "s"),
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "RATELIMIT_LOGIN": "2 per minute",
+        }
+    )
     client = app.test_client()
     codes = []
     for _ in range(3):
@@ -95,8 +117,10 @@ def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path, database_u
     assert codes == [401, 401, 429]  # wrong password twice, then limited
     counters = {k: master.get(k) for k in master.keys("LIMITS*")}
     # Both login limits (per address, per user name) count in the master, not in a local fallback.
-    assert counters == {b"LIMITS:LIMITER/127.0.0.1/auth.login/2/1/minute": b"3",
-                        b"LIMITS:LIMITER/login-user:x/auth.login/10/1/minute": b"3"}, counters
+    assert counters == {
+        b"LIMITS:LIMITER/127.0.0.1/auth.login/2/1/minute": b"3",
+        b"LIMITS:LIMITER/login-user:x/auth.login/10/1/minute": b"3",
+    }, counters
     master.flushdb()
 
 
@@ -130,7 +154,10 @@ def test_viewers_survive_a_failover_and_the_master_dying_mid_conversion(tmp_path
         final = viewer.finish(120)
         truth = settled_status(s, stack.base_url, body, 30)
         assert (first_master, second_master, third_master) == (
-            group.redis_ports[0], group.redis_ports[1], group.redis_ports[0])
+            group.redis_ports[0],
+            group.redis_ports[1],
+            group.redis_ports[0],
+        )
         assert final is not None, f"viewer did not end: {viewer.failures}\n{stack.logs()}"
         assert (final["state"], final["ready"], final["pages"]) == ("complete", 80, 80)
         assert (truth["state"], truth["seq"]) == ("complete", final["seq"])
@@ -147,9 +174,16 @@ def test_viewers_survive_a_failover_and_the_master_dying_mid_conversion(tmp_path
 def test_rq_dashboard_reads_queues_through_the_sentinels(group, tmp_path, database_url):
     from app import create_app
 
-    app = create_app({"TESTING": True, "SECRET_KEY": "t", "REDIS_URL": group.url.rsplit("/", 1)[0] + "/3",
-                      "STORAGE_DIR": str(tmp_path / "s"),
-                      "SQLALCHEMY_DATABASE_URI": database_url, "RATELIMIT_ENABLED": False})
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "t",
+            "REDIS_URL": group.url.rsplit("/", 1)[0] + "/3",
+            "STORAGE_DIR": str(tmp_path / "s"),
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "RATELIMIT_ENABLED": False,
+        }
+    )
     client = app.test_client()
     users = Users(app, client)
     users.create("boss", admin=True)

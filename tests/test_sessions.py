@@ -1,4 +1,5 @@
 """Sessions, login throttling, passwords, API tokens and the metrics token: who may act, and for how long."""
+
 from __future__ import annotations
 
 import statistics
@@ -15,9 +16,11 @@ LONG = "a-long-password-1"
 
 def _login(client, name: str, password: str, **environ):
     page = client.get("/login")
-    return client.post("/login", data={"username": name, "password": password,
-                                       "csrf_token": csrf_from(page.get_data(as_text=True))},
-                       environ_overrides=environ)
+    return client.post(
+        "/login",
+        data={"username": name, "password": password, "csrf_token": csrf_from(page.get_data(as_text=True))},
+        environ_overrides=environ,
+    )
 
 
 def _cookie(client) -> str:
@@ -82,9 +85,16 @@ def test_cookies_are_secure_and_hsts_sent_only_over_https(app, users):
     assert "Strict-Transport-Security" not in resp.headers
     secure = app.test_client()
     page = secure.get("/login", base_url="https://localhost")
-    resp = secure.post("/login", base_url="https://localhost", headers={"Referer": "https://localhost/login"},
-                       data={"username": "alice", "password": "pw-alice",
-                             "csrf_token": csrf_from(page.get_data(as_text=True))})
+    resp = secure.post(
+        "/login",
+        base_url="https://localhost",
+        headers={"Referer": "https://localhost/login"},
+        data={
+            "username": "alice",
+            "password": "pw-alice",
+            "csrf_token": csrf_from(page.get_data(as_text=True)),
+        },
+    )
     assert resp.status_code == 302
     assert resp.headers["Set-Cookie"].endswith("; Secure") or "; Secure;" in resp.headers["Set-Cookie"]
     assert resp.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
@@ -94,11 +104,18 @@ def test_cookies_are_secure_and_hsts_sent_only_over_https(app, users):
 def limited_app(redis_conn, redis_url, storage_dir, worker_env, database_url):
     from app import create_app
 
-    app = create_app({"TESTING": True, "SECRET_KEY": "test", "REDIS_URL": redis_url,
-                      "STORAGE_DIR": str(storage_dir),
-                      "SQLALCHEMY_DATABASE_URI": database_url,
-                      "RATELIMIT_ENABLED": True, "RATELIMIT_LOGIN": "1000 per minute",
-                      "RATELIMIT_LOGIN_USER": "3 per minute"})
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "REDIS_URL": redis_url,
+            "STORAGE_DIR": str(storage_dir),
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "RATELIMIT_ENABLED": True,
+            "RATELIMIT_LOGIN": "1000 per minute",
+            "RATELIMIT_LOGIN_USER": "3 per minute",
+        }
+    )
     yield app
     app.extensions["livedoc.redis"].connection_pool.disconnect()
 

@@ -1,10 +1,12 @@
 """The SSE wire format, to the byte."""
+
 from livedoc import sse
 
 
 def test_message_with_event_and_id():
     assert sse.message({"seq": 3, "state": "running"}, event="progress", id=3) == (
-        'event: progress\nid: 3\ndata: {"seq":3,"state":"running"}\n\n')
+        'event: progress\nid: 3\ndata: {"seq":3,"state":"running"}\n\n'
+    )
 
 
 def test_message_text_data_is_sent_as_is_and_split_per_line():

@@ -1,5 +1,6 @@
 """Stopping: a worker told to stop (SIGTERM, Ctrl-C) hands its job back and exits at once; another
 worker converts the document; the viewer's stream ends `complete`."""
+
 from __future__ import annotations
 
 import json
@@ -30,11 +31,15 @@ def test_stopped_worker_hands_its_job_to_another_which_finishes_it(make_stack, s
     stack = make_stack(RENDER_DPI="300")
     conn = connect(stack.redis_url)
     s = api(stack.user("stopper"))
-    doc = s.post(f"{stack.base_url}/api/documents", files={"file": ("slow.pdf", SLOW_PDF, "application/pdf")},
-                 timeout=10).json()
+    doc = s.post(
+        f"{stack.base_url}/api/documents",
+        files={"file": ("slow.pdf", SLOW_PDF, "application/pdf")},
+        timeout=10,
+    ).json()
     job_id = f"doc-{doc['id']}-1"
-    stream = s.get(stack.base_url + doc["events_url"], headers={"Accept": "text/event-stream"}, stream=True,
-                   timeout=120)
+    stream = s.get(
+        stack.base_url + doc["events_url"], headers={"Accept": "text/event-stream"}, stream=True, timeout=120
+    )
     first = stack.start_worker()
     deadline = time.monotonic() + 60
     while not _rendering(conn, job_id, 3):
@@ -65,8 +70,7 @@ def test_stopped_worker_hands_its_job_to_another_which_finishes_it(make_stack, s
     while conn.hget(progress.job_key(job_id), "status") != b"finished":  # RQ records it after the job
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert conn.hmget(progress.job_key(job_id), "status", "retries_left") == [
-        b"finished", b"3"]
+    assert conn.hmget(progress.job_key(job_id), "status", "retries_left") == [b"finished", b"3"]
     assert f"handing job {job_id} back to the queue" in first.log()
     assert job_id in second.log()
     second.stop()
@@ -84,13 +88,25 @@ def test_ctrl_c_in_scripts_run_mid_conversion_stops_everything_within_10_s(tmp_p
     from tests.support import ROOT
 
     port = devredis.free_port()
-    env = {**os.environ, "BIND": f"127.0.0.1:{port}", "RENDER_DPI": "300", "DATABASE_URL": fresh(tmp_path),
-           "STORAGE_DIR": str(tmp_path / "storage"), "PATH": f"{FLASK.parent}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "BIND": f"127.0.0.1:{port}",
+        "RENDER_DPI": "300",
+        "DATABASE_URL": fresh(tmp_path),
+        "STORAGE_DIR": str(tmp_path / "storage"),
+        "PATH": f"{FLASK.parent}:{os.environ['PATH']}",
+    }
     env.pop("REDIS_URL", None)
     log = open(tmp_path / "run.log", "wb")
     # Its own process group, as a shell gives a foreground job: Ctrl-C is SIGINT to that group.
-    run = subprocess.Popen(["bash", str(ROOT / "scripts" / "run")], cwd=ROOT, env=env, stdout=log,
-                           stderr=subprocess.STDOUT, start_new_session=True)
+    run = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "run")],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -98,11 +114,22 @@ def test_ctrl_c_in_scripts_run_mid_conversion_stops_everything_within_10_s(tmp_p
             assert run.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()
             time.sleep(0.2)
         wait_http(f"{base}/login")
-        token = subprocess.run([str(FLASK), "--app", "app", "users", "token", "demo"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        token = (
+            subprocess.run(
+                [str(FLASK), "--app", "app", "users", "token", "demo"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         s = api(token)
-        doc = s.post(f"{base}/api/documents", files={"file": ("slow.pdf", SLOW_PDF, "application/pdf")},
-                     timeout=10).json()
+        doc = s.post(
+            f"{base}/api/documents", files={"file": ("slow.pdf", SLOW_PDF, "application/pdf")}, timeout=10
+        ).json()
         deadline = time.monotonic() + 60
         while not (st := s.get(base + doc["status_url"], timeout=5).json())["stage"] == "rendering":
             assert time.monotonic() < deadline, st
@@ -119,7 +146,11 @@ def test_ctrl_c_in_scripts_run_mid_conversion_stops_everything_within_10_s(tmp_p
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
+            run.wait(10)
+        log.close()
     assert alive == [], f"still running {took:.1f} s after Ctrl-C: {[p.pid for p in alive]}"
     assert script_done < 10, f"scripts/run took {script_done:.1f} s"
-    print(f"Ctrl-C mid-conversion: scripts/run exited after {script_done:.2f} s, every process gone after "
-          f"{took:.2f} s")
+    print(
+        f"Ctrl-C mid-conversion: scripts/run exited after {script_done:.2f} s, every process gone after "
+        f"{took:.2f} s"
+    )

@@ -1,4 +1,5 @@
 """The storage contract, run against both backends: a local directory and S3 (moto's server process)."""
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,14 @@ def store(request, tmp_path, monkeypatch):
     s3 = request.getfixturevalue("s3_settings")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, s3[name])
-    yield open_storage(Settings(STORAGE_URL=s3["STORAGE_URL"], S3_ENDPOINT_URL=s3["S3_ENDPOINT_URL"],
-                                SCRATCH_DIR=str(tmp_path / "scratch"), S3_URL_EXPIRY=60))
+    yield open_storage(
+        Settings(
+            STORAGE_URL=s3["STORAGE_URL"],
+            S3_ENDPOINT_URL=s3["S3_ENDPOINT_URL"],
+            SCRATCH_DIR=str(tmp_path / "scratch"),
+            S3_URL_EXPIRY=60,
+        )
+    )
 
 
 def test_open_storage_picks_the_backend(store, tmp_path):
@@ -121,26 +128,34 @@ def test_local_files_are_paths_and_s3_files_are_presigned_urls(store):
     assert store.local_path(f"{DOC}/a1/page-0001.jpg") is None
     page = requests.get(store.url(f"{DOC}/a1/page-0001.jpg"), timeout=10)
     assert (page.status_code, page.headers["Content-Type"], page.content) == (
-        200, "image/jpeg", b"\xff\xd8\xff\xe0jpeg")
+        200,
+        "image/jpeg",
+        b"\xff\xd8\xff\xe0jpeg",
+    )
     down = requests.get(store.url(f"{DOC}/original", 'Résumé "final"; v2.pdf'), timeout=10)
     assert down.status_code == 200
     assert down.content == b"%PDF-1.4 original"
     assert down.headers["Content-Type"] == "application/octet-stream"
     assert down.headers["Content-Disposition"] == (
-        "attachment; filename=\"R_sum_ _final__ v2.pdf\"; "
-        "filename*=UTF-8''R%C3%A9sum%C3%A9%20%22final%22%3B%20v2.pdf")
+        'attachment; filename="R_sum_ _final__ v2.pdf"; '
+        "filename*=UTF-8''R%C3%A9sum%C3%A9%20%22final%22%3B%20v2.pdf"
+    )
     # moto checks neither signatures nor expiry: the test can check only what the URL asks for.
     query = parse_qs(urlsplit(store.url(f"{DOC}/a1/page-0001.jpg")).query)
     assert (query["X-Amz-Expires"], query["X-Amz-Algorithm"], query["X-Amz-SignedHeaders"]) == (
-        ["60"], ["AWS4-HMAC-SHA256"], ["host"])
+        ["60"],
+        ["AWS4-HMAC-SHA256"],
+        ["host"],
+    )
     assert len(query["X-Amz-Signature"][0]) == 64
 
 
 def test_delete_prefix_pages_through_more_than_one_listing_and_batch(s3_settings, monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, s3_settings[name])
-    store = open_storage(Settings(STORAGE_URL=s3_settings["STORAGE_URL"],
-                                  S3_ENDPOINT_URL=s3_settings["S3_ENDPOINT_URL"]))
+    store = open_storage(
+        Settings(STORAGE_URL=s3_settings["STORAGE_URL"], S3_ENDPOINT_URL=s3_settings["S3_ENDPOINT_URL"])
+    )
     from concurrent.futures import ThreadPoolExecutor
 
     # 1003 objects: two list pages (1000 keys each at most) and two DeleteObjects batches.
@@ -151,11 +166,14 @@ def test_delete_prefix_pages_through_more_than_one_listing_and_batch(s3_settings
     assert store.size_of_prefix(f"{DOC}/") == 0
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("s3://bucket/prefix", ("bucket", "prefix")),
-    ("s3://bucket", ("bucket", "")),
-    ("s3://bucket/a/b/", ("bucket", "a/b")),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("s3://bucket/prefix", ("bucket", "prefix")),
+        ("s3://bucket", ("bucket", "")),
+        ("s3://bucket/a/b/", ("bucket", "a/b")),
+    ],
+)
 def test_parse_s3_url(url, expected):
     assert parse_s3_url(url) == expected
 
@@ -173,4 +191,5 @@ def test_bad_addressing_style_is_a_clear_settings_error():
 
 def test_content_disposition_ascii_names_are_kept():
     assert content_disposition("report 2024.pdf") == (
-        "attachment; filename=\"report 2024.pdf\"; filename*=UTF-8''report%202024.pdf")
+        "attachment; filename=\"report 2024.pdf\"; filename*=UTF-8''report%202024.pdf"
+    )

@@ -1,5 +1,6 @@
 """A connection carries its Transport (what the flags judge) and its stats label apart: the
 multiplexed SSE stream is counted as "sse-multi" and judged as SSE, and flags never see a label."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """A job whose record vanished from Redis: one rule (livedoc/progress.vanished_endings), one clock in
 Redis that the stream hubs and the status readers of every host share, on a real Redis."""
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,11 @@ def test_after_the_grace_the_ending_is_lost_with_a_seq_above_any_write(redis_con
     assert list(endings) == ["j1"]  # j2's clock starts now
     ending = endings["j1"]
     assert ending["state"] == "failed" and ending["stage"] == "failed"
-    assert ending["error"] == {"code": "worker_lost", "message": "The conversion stopped unexpectedly.",
-                               "retryable": True}
+    assert ending["error"] == {
+        "code": "worker_lost",
+        "message": "The conversion stopped unexpectedly.",
+        "retryable": True,
+    }
     assert ending["seq"] >= before_ms and ending["percent"] == 40 and ending["attempt"] == 1
 
 
@@ -90,8 +94,12 @@ def test_the_hub_forgets_the_clock_when_the_record_is_back(redis_conn):
 def test_the_status_of_a_vanished_job_waits_out_the_grace_then_is_lost(client, users, redis_conn):
     token = users.create()
     auth = {"Authorization": f"Bearer {token}"}
-    body = client.post("/api/documents", headers=auth, content_type="multipart/form-data",
-                       data={"file": (io.BytesIO(make_pdf(["one"])), "a.pdf")}).get_json()
+    body = client.post(
+        "/api/documents",
+        headers=auth,
+        content_type="multipart/form-data",
+        data={"file": (io.BytesIO(make_pdf(["one"])), "a.pdf")},
+    ).get_json()
     job_id = f"doc-{body['id']}-1"
     redis_conn.delete(progress.job_key(job_id))
     status = client.get(body["status_url"], headers=auth).get_json()

@@ -5,6 +5,7 @@ keys, `#page=N`, the last page read, zoom, the text layer, find, the outline, th
 by keyboard, and a 360 px phone. Screenshots go to docs/ (viewer-reading.png, viewer-find.png,
 viewer-phone.png, viewer-phone-sidebar.png).
 """
+
 from __future__ import annotations
 
 import re
@@ -22,12 +23,20 @@ pytestmark = pytest.mark.browser
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = 60
-OUTLINE = [("Introduction", 0, []),
-           ("Part one", 2, [("Chapter 1", 3, []), ("Chapter 2", 9, [("Section 2.1", 10, [])])]),
-           ("Part two", 30, [("Chapter 3", 31, [])]),
-           ("Index", 59, [])]
-BOOK = make_pdf([f"Page {i} of the viewer test document\nLine two of page {i} holds zebra{i:02d}\n"
-                 "A third line: alpha beta gamma" for i in range(1, PAGES + 1)], outline=OUTLINE)
+OUTLINE = [
+    ("Introduction", 0, []),
+    ("Part one", 2, [("Chapter 1", 3, []), ("Chapter 2", 9, [("Section 2.1", 10, [])])]),
+    ("Part two", 30, [("Chapter 3", 31, [])]),
+    ("Index", 59, []),
+]
+BOOK = make_pdf(
+    [
+        f"Page {i} of the viewer test document\nLine two of page {i} holds zebra{i:02d}\n"
+        "A third line: alpha beta gamma"
+        for i in range(1, PAGES + 1)
+    ],
+    outline=OUTLINE,
+)
 SLOW = {"RENDER_DPI": "250"}  # a few seconds of conversion: pages visibly stream in
 # At RENDER_DPI=110 a US Letter page image is 935 x 1210 px; 100% zoom is its paper size, 816 px wide.
 WIDTH_100 = round(935 * 96 / 110)
@@ -50,9 +59,14 @@ def doc_json(stack, token: str, doc_id: str) -> tuple[int, dict]:
 
 
 def wait_complete(stack, token: str, doc_id: str, timeout: float = 90) -> dict:
-    return streams.wait_document(api(token), stack.base_url, doc_id,
-                                 lambda body: body["progress"]["state"] == "complete", timeout,
-                                 what="complete")
+    return streams.wait_document(
+        api(token),
+        stack.base_url,
+        doc_id,
+        lambda body: body["progress"]["state"] == "complete",
+        timeout,
+        what="complete",
+    )
 
 
 @pytest.fixture
@@ -86,8 +100,11 @@ def current(page: Page) -> int:
 
 def page_top_at_toolbar(page: Page, n: int) -> float:
     """How far page n's top is below the toolbar's bottom, in CSS px (0 = just under it)."""
-    return page.evaluate("""(n) => document.querySelector('#page-' + n).getBoundingClientRect().top
-                              - document.querySelector('#toolbar').getBoundingClientRect().bottom""", n)
+    return page.evaluate(
+        """(n) => document.querySelector('#page-' + n).getBoundingClientRect().top
+                              - document.querySelector('#toolbar').getBoundingClientRect().bottom""",
+        n,
+    )
 
 
 def box_width(page: Page, n: int) -> float:
@@ -117,8 +134,11 @@ def test_pages_are_readable_and_searchable_before_the_conversion_completes(make_
     stack.start_worker()
 
     # Page 1 is on screen, with its words in the text layer, while the rest still converts.
-    page.wait_for_function("""() => { const img = document.querySelector('#page-1 img');
-                                     return img && img.complete && img.naturalWidth > 0; }""", timeout=60_000)
+    page.wait_for_function(
+        """() => { const img = document.querySelector('#page-1 img');
+                                     return img && img.complete && img.naturalWidth > 0; }""",
+        timeout=60_000,
+    )
     expect(page.locator("#page-1 .text-layer")).to_contain_text("Page 1 of the viewer test document")
     seen = page.evaluate("""() => ({state: document.querySelector('#viewer').dataset.state,
         ready: window.livedoc.state().ready,
@@ -138,7 +158,8 @@ def test_pages_are_readable_and_searchable_before_the_conversion_completes(make_
     page.fill("#find", "alpha beta")
     page.press("#find", "Enter")
     expect(page.locator("#find-status")).to_have_text(
-        re.compile(rf"^Match 1 of \d+ · searched (\d+) of {PAGES} pages \(still converting\)$"))
+        re.compile(rf"^Match 1 of \d+ · searched (\d+) of {PAGES} pages \(still converting\)$")
+    )
     status = page.locator("#find-status").text_content()
     hits, searched = map(int, re.search(r"of (\d+) · searched (\d+)", status).groups())
     assert hits == searched < PAGES, status
@@ -171,8 +192,10 @@ def test_page_box_keys_fragment_and_last_page_read(reader, console):
     expect(download).to_have_attribute("href", f"/documents/{doc_id}/download")
     got = page.request.get(download.get_attribute("href"))
     assert got.status == 200 and got.body() == BOOK
-    assert got.headers["content-disposition"].startswith("attachment;") and "book.pdf" in got.headers[
-        "content-disposition"]
+    assert (
+        got.headers["content-disposition"].startswith("attachment;")
+        and "book.pdf" in got.headers["content-disposition"]
+    )
     assert_at_page(page, 7)
     assert abs(page_top_at_toolbar(page, 7) - 8) < 3  # just under the toolbar
 

@@ -1,4 +1,5 @@
 """HTML pages, the admin area and the RQ dashboard mount, CSRF and security headers."""
+
 from __future__ import annotations
 
 import base64
@@ -57,8 +58,12 @@ def test_forms_need_csrf_but_token_requests_do_not(client, users):
     data = {"file": (io.BytesIO(b"hello\n"), "a.txt")}
     assert client.post("/documents", data=data, content_type="multipart/form-data").status_code == 400
     other = client.application.test_client()
-    resp = other.post("/api/documents", data={"file": (io.BytesIO(b"hello\n"), "a.txt")},
-                      headers={"Authorization": f"Bearer {token}"}, content_type="multipart/form-data")
+    resp = other.post(
+        "/api/documents",
+        data={"file": (io.BytesIO(b"hello\n"), "a.txt")},
+        headers={"Authorization": f"Bearer {token}"},
+        content_type="multipart/form-data",
+    )
     assert resp.status_code == 201
     assert other.post("/logout").status_code in (302, 400, 401)
 
@@ -79,8 +84,11 @@ def test_viewer_renders_progress_then_pages(client, users, redis_conn):
     users.create("alice")
     users.login("alice")
     token = csrf_from(client.get("/documents").text)
-    resp = client.post("/documents", data={"file": (io.BytesIO(make_pdf(["a", "b"])), "two.pdf"),
-                                           "csrf_token": token}, content_type="multipart/form-data")
+    resp = client.post(
+        "/documents",
+        data={"file": (io.BytesIO(make_pdf(["a", "b"])), "two.pdf"), "csrf_token": token},
+        content_type="multipart/form-data",
+    )
     viewer_url = resp.headers["Location"]
     html = client.get(viewer_url).get_data(as_text=True)
     assert 'role="progressbar"' in html and 'data-mode="sse"' in html and 'aria-valuenow="0"' in html

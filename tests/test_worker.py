@@ -1,4 +1,5 @@
 """The conversion job end to end: real Redis, real RQ worker (burst mode, in process), real files."""
+
 from __future__ import annotations
 
 import io
@@ -151,8 +152,9 @@ def _assert_contract(messages: list[dict]) -> None:
             assert "/" not in message["error"]["message"] and "Traceback" not in message["error"]["message"]
 
 
-def _assert_failed_once(redis_conn: Redis, files: Files, job_id: str, messages: list[dict],
-                        code: str, original: bytes) -> dict:
+def _assert_failed_once(
+    redis_conn: Redis, files: Files, job_id: str, messages: list[dict], code: str, original: bytes
+) -> dict:
     final = progress.read(redis_conn, job_id)
     assert final["state"] == "failed"
     assert final["error"]["code"] == code
@@ -184,8 +186,10 @@ def _jpeg(size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
-PAGE_TEXTS = [f"This is page {word} of the test document.\nSecond line {i + 1}."
-              for i, word in enumerate(["one", "two", "three", "four", "five"])]
+PAGE_TEXTS = [
+    f"This is page {word} of the test document.\nSecond line {i + 1}."
+    for i, word in enumerate(["one", "two", "three", "four", "five"])
+]
 
 
 def test_pdf_converts_and_progress_keeps_its_contract(redis_conn, storage_dir, worker_env):
@@ -290,8 +294,9 @@ def test_oversized_page_is_refused_before_rendering(redis_conn, storage_dir, wor
     assert not [m for m in messages if m["stage"] == "rendering"]
 
 
-@pytest.mark.parametrize("data, size", [(_png((640, 480)), (640, 480)), (_jpeg((300, 900)), (300, 900))],
-                         ids=["png", "jpeg"])
+@pytest.mark.parametrize(
+    "data, size", [(_png((640, 480)), (640, 480)), (_jpeg((300, 900)), (300, 900))], ids=["png", "jpeg"]
+)
 def test_image_converts_to_one_page(redis_conn, storage_dir, worker_env, data, size):
     files, job_id, messages = _convert(redis_conn, storage_dir, data, "image")
     final = progress.read(redis_conn, job_id)
@@ -325,19 +330,33 @@ def test_truncated_image_is_corrupt(redis_conn, storage_dir, worker_env):
 # The three checks that stop a large image, each with the case only it can stop and its own message:
 # Pillow's bomb guard refuses past twice the cap from the header alone, the explicit cap refuses the
 # rest before a pixel is decoded, and the side limit refuses what libjpeg could not write.
-@pytest.mark.parametrize("cap, size, message", [
-    pytest.param("1000", (300, 300), "The image is too large; the limit is 0.001 million pixels.",
-                 id="pillow-bomb-guard"),
-    # 20,000 pixels is exactly twice the cap: Pillow only warns, the explicit check refuses it.
-    pytest.param("10000", (200, 100),
-                 "The image is 200 x 100 pixels; the limit is 0.01 million pixels and 65500 pixels a side.",
-                 id="pixel-cap"),
-    pytest.param("40000000", (1, 70_000),
-                 "The image is 1 x 70000 pixels; the limit is 40 million pixels and 65500 pixels a side.",
-                 id="side-limit"),
-])
-def test_image_too_large_is_stopped_by_its_own_check(redis_conn, storage_dir, worker_env, monkeypatch, cap,
-                                                     size, message):
+@pytest.mark.parametrize(
+    "cap, size, message",
+    [
+        pytest.param(
+            "1000",
+            (300, 300),
+            "The image is too large; the limit is 0.001 million pixels.",
+            id="pillow-bomb-guard",
+        ),
+        # 20,000 pixels is exactly twice the cap: Pillow only warns, the explicit check refuses it.
+        pytest.param(
+            "10000",
+            (200, 100),
+            "The image is 200 x 100 pixels; the limit is 0.01 million pixels and 65500 pixels a side.",
+            id="pixel-cap",
+        ),
+        pytest.param(
+            "40000000",
+            (1, 70_000),
+            "The image is 1 x 70000 pixels; the limit is 40 million pixels and 65500 pixels a side.",
+            id="side-limit",
+        ),
+    ],
+)
+def test_image_too_large_is_stopped_by_its_own_check(
+    redis_conn, storage_dir, worker_env, monkeypatch, cap, size, message
+):
     monkeypatch.setenv("MAX_PAGE_PIXELS", cap)
     data = _png(size)
     files, job_id, messages = _convert(redis_conn, storage_dir, data, "image")
@@ -427,8 +446,11 @@ def test_persistent_storage_fault_exhausts_retries_keeps_the_original(redis_conn
     retries = Settings().JOB_RETRIES
     final = progress.read(redis_conn, job_id)
     assert final["state"] == "failed"
-    assert final["error"] == {"code": "storage", "retryable": True,
-                              "message": "A temporary storage problem interrupted the conversion."}
+    assert final["error"] == {
+        "code": "storage",
+        "retryable": True,
+        "message": "A temporary storage problem interrupted the conversion.",
+    }
     assert final["attempt"] == 1 + retries
     _assert_contract(messages)
     retrying = [m for m in messages if m["stage"] == "retrying"]
@@ -448,9 +470,14 @@ def _dead_redis() -> Redis:
 
 
 def _saved_job(redis_conn: Redis, seq: int = 7, attempt: int = 1) -> Job:
-    job = Job.create(jobs.CONVERT, args=("0" * 32, "pdf"), connection=redis_conn,
-                     serializer=jobs.SERIALIZER, id="unit-job",
-                     meta={progress.META_KEY: progress.initial(seq, attempt)})
+    job = Job.create(
+        jobs.CONVERT,
+        args=("0" * 32, "pdf"),
+        connection=redis_conn,
+        serializer=jobs.SERIALIZER,
+        id="unit-job",
+        meta={progress.META_KEY: progress.initial(seq, attempt)},
+    )
     job.save()
     return job
 
@@ -489,8 +516,11 @@ def test_progress_writer_invariants(redis_conn):
     assert restarted["percent"] == 0 and restarted["seq"] == 13 and restarted["attempt"] == 2
     failed = again.fail("corrupt", "The file is damaged and cannot be read.", False)
     assert failed["state"] == "failed" and progress.is_terminal(failed)
-    assert failed["error"] == {"code": "corrupt", "message": "The file is damaged and cannot be read.",
-                               "retryable": False}
+    assert failed["error"] == {
+        "code": "corrupt",
+        "message": "The file is damaged and cannot be read.",
+        "retryable": False,
+    }
     assert progress.read(redis_conn, job.id) == failed
     # The RQ-side copy of meta agrees with what readers see.
     assert _job(redis_conn, job.id).meta[progress.META_KEY] == failed

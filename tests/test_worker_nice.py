@@ -1,4 +1,5 @@
 """WORKER_NICE: a real `scripts/worker` lowers its own priority, so the web keeps the CPU for streams."""
+
 from __future__ import annotations
 
 import os

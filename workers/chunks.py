@@ -13,6 +13,7 @@ rendered again, never a finished one), and alone writes the manifest and the one
 A deleted document stops every chunk at its next page (the merge refuses), and the chunk removes
 what it wrote; a chunk of an attempt that is no longer current stops the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,8 @@ class Plan:
         self.job_id = job_id
         self.attempt = attempt
         base = f"{keys.CHUNKS}{job_id}:{attempt}:"
-        self.table = base + "table"      # hash: pages, chunk, source, render_start, done:<i>, error
-        self.stored = base + "stored"    # bitmap: bit n set once page n is stored
+        self.table = base + "table"  # hash: pages, chunk, source, render_start, done:<i>, error
+        self.stored = base + "stored"  # bitmap: bit n set once page n is stored
         self.entries = base + "entries"  # hash: page n -> its manifest entry; "bytes" stored so far
         self._lease = base + "lease:"
 
@@ -89,8 +90,11 @@ class Plan:
 
     def claim(self, index: int, owner: str, ttl: int) -> bool:
         """Take (or keep) chunk `index` for `owner`, unless it is done or someone else holds it."""
-        return bool(self.connection.register_script(_CLAIM)(keys=[self.table, self.lease(index)],
-                                                            args=[index, owner, ttl]))
+        return bool(
+            self.connection.register_script(_CLAIM)(
+                keys=[self.table, self.lease(index)], args=[index, owner, ttl]
+            )
+        )
 
     def done(self, index: int) -> None:
         """Mark chunk `index` rendered and stored."""
@@ -126,8 +130,10 @@ class _Chunking:
         while True:
             table = self.plan.read()
             pending = set(self.pending(table))
-            index = next((i for i in order if i in pending
-                          and self.plan.claim(i, owner, self.settings.CHUNK_LEASE)), None)
+            index = next(
+                (i for i in order if i in pending and self.plan.claim(i, owner, self.settings.CHUNK_LEASE)),
+                None,
+            )
             if index is None:
                 return
             try:
@@ -145,9 +151,22 @@ class _Chunking:
         def stored(entry: dict | None, size: int, announce: bool) -> None:
             # Each page is recorded at once (the manifest, the lease); its event maybe later.
             status = progress.merge_page(
-                self.plan.connection, self.plan.job_id, self.plan.attempt, entry["n"] if entry else 0,
-                self.pages, self.render_start, RENDER_END, entry, size, owner, self.plan.lease(index),
-                self.settings.CHUNK_LEASE, self.plan.stored, self.plan.entries, announce=announce)
+                self.plan.connection,
+                self.plan.job_id,
+                self.plan.attempt,
+                entry["n"] if entry else 0,
+                self.pages,
+                self.render_start,
+                RENDER_END,
+                entry,
+                size,
+                owner,
+                self.plan.lease(index),
+                self.settings.CHUNK_LEASE,
+                self.plan.stored,
+                self.plan.entries,
+                announce=announce,
+            )
             if status == "deleted":
                 raise Deleted(self.plan.job_id)
             if status != "ok":
@@ -170,9 +189,16 @@ def run(source: Path, settings: Settings, sink: PageSink) -> None:
     ttl = max(settings.JOB_TIMEOUT * 4, 3600)
     with connection.pipeline(transaction=True) as pipe:
         pipe.delete(*plan.all_keys(len(chunk_list)))
-        pipe.hset(plan.table, mapping={"pages": sink.pages, "chunk": settings.CHUNK_PAGES,
-                                       "source": source_key, "render_start": sink.render_start,
-                                       "doc": files.doc_id})
+        pipe.hset(
+            plan.table,
+            mapping={
+                "pages": sink.pages,
+                "chunk": settings.CHUNK_PAGES,
+                "source": source_key,
+                "render_start": sink.render_start,
+                "doc": files.doc_id,
+            },
+        )
         pipe.expire(plan.table, ttl)
         pipe.setbit(plan.stored, 0, 0)
         pipe.expire(plan.stored, ttl)
@@ -202,19 +228,29 @@ def run(source: Path, settings: Settings, sink: PageSink) -> None:
         connection.delete(*plan.all_keys(len(chunk_list)))
 
 
-def _enqueue_chunks(connection: Redis, settings: Settings, doc_id: str, job_id: str, attempt: int,
-                    count: int) -> None:
+def _enqueue_chunks(
+    connection: Redis, settings: Settings, doc_id: str, job_id: str, attempt: int, count: int
+) -> None:
     queue = jobs.queue(connection, settings.QUEUE_NAME)
     intervals = [int(x) for x in settings.JOB_RETRY_INTERVALS.split(",") if x.strip()]
     retry = Retry(max=settings.JOB_RETRIES, interval=intervals) if settings.JOB_RETRIES else None
     # At the front, last first: the chunks of a document being converted go before documents that
     # are still waiting, in page order.
     for index in range(count - 1, 0, -1):
-        queue.enqueue(CHUNK, doc_id, job_id, attempt, index, job_id=f"{job_id}-a{attempt}-c{index}",
-                      at_front=True, job_timeout=settings.JOB_TIMEOUT, result_ttl=CHUNK_RESULT_TTL,
-                      failure_ttl=CHUNK_RESULT_TTL,
-                      retry=retry,
-                      description=f"pages chunk {index + 1}/{count} of {job_id}")
+        queue.enqueue(
+            CHUNK,
+            doc_id,
+            job_id,
+            attempt,
+            index,
+            job_id=f"{job_id}-a{attempt}-c{index}",
+            at_front=True,
+            job_timeout=settings.JOB_TIMEOUT,
+            result_ttl=CHUNK_RESULT_TTL,
+            failure_ttl=CHUNK_RESULT_TTL,
+            retry=retry,
+            description=f"pages chunk {index + 1}/{count} of {job_id}",
+        )
 
 
 def render_chunk(doc_id: str, job_id: str, attempt: int, index: int) -> dict:

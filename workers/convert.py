@@ -7,6 +7,7 @@ once; transient ones (storage, Redis, timeout) let RQ run the job again, and the
 writes its pages afresh under its own attempt number with its percent back at 0. A document deleted
 while it converts stops the job at its next progress save, and the job removes what it wrote.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,12 @@ log = logging.getLogger("livedoc.worker")
 
 # The converter of each kind: convert(original path, settings, sink) renders every page into sink.
 Converter = Callable[[Path, Settings, PageSink], None]
-CONVERTERS: dict[str, Converter] = {"pdf": pdf.convert, "image": images.convert, "text": text.convert,
-                                    "office": office.convert}
+CONVERTERS: dict[str, Converter] = {
+    "pdf": pdf.convert,
+    "image": images.convert,
+    "text": text.convert,
+    "office": office.convert,
+}
 RETRY_MESSAGE = "Temporary problem; trying again shortly."
 
 

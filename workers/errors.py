@@ -4,6 +4,7 @@ A ConversionError carries its ending from the catalogue (livedoc/endings.py: a s
 whether a retry can help) and a ``message`` for people (no paths, no stack traces, no internal
 detail). Permanent errors stop RQ's retries at once; transient ones let RQ run the job again.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -51,6 +52,7 @@ class ConversionError(Exception):
 
 # Permanent: the same input fails the same way every time, so retrying only wastes the user's time.
 
+
 class CorruptDocument(ConversionError):
     """The file is damaged or not what its type claims."""
 
@@ -94,6 +96,7 @@ class InvalidJob(ConversionError):
 
 
 # Transient: the input is fine, something around it was not; RQ retries these.
+
 
 class TransientError(ConversionError):
     """A temporary problem; the same job may well succeed when run again."""

@@ -1,4 +1,5 @@
 """PNG and JPEG uploads: one page each, decoded under the pixel cap before a pixel is read."""
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,9 @@ def _decode(data: bytes, settings: Settings) -> Image.Image:
             image.close()
         return upright
     except Image.DecompressionBombError:
-        raise PageTooLarge(f"The image is too large; the limit is {_megapixels(settings)} million pixels.") \
-            from None
+        raise PageTooLarge(
+            f"The image is too large; the limit is {_megapixels(settings)} million pixels."
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError):
         # The bytes are already in memory, so an OSError here is about the data (truncated, not an
         # image), not about storage: that is permanent.
@@ -55,8 +57,10 @@ def _megapixels(settings: Settings) -> str:
 
 
 def _too_large_message(width: int, height: int, settings: Settings) -> str:
-    return (f"The image is {width} x {height} pixels; the limit is {_megapixels(settings)} million pixels "
-            f"and {MAX_SIDE} pixels a side.")
+    return (
+        f"The image is {width} x {height} pixels; the limit is {_megapixels(settings)} million pixels "
+        f"and {MAX_SIDE} pixels a side."
+    )
 
 
 def convert(source: Path, settings: Settings, sink: PageSink) -> None:

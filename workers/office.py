@@ -8,6 +8,7 @@ or crashed run is killed with its whole group and the attempt is retried once; p
 damaged and unsupported files fail at once, recognised here before LibreOffice is started where the
 format allows it.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,10 @@ BYTES_PER_SECOND = 1_000_000
 ESTIMATE_CAP = 0.95
 
 ENCRYPTED = "This document is protected by a password. Upload a copy without a password."
-NOT_LOADED = ("LibreOffice could not open this document: it is damaged, protected by a password, "
-              "or not really the kind of file it looks like.")
+NOT_LOADED = (
+    "LibreOffice could not open this document: it is damaged, protected by a password, "
+    "or not really the kind of file it looks like."
+)
 MACROS_OFF = """<?xml version="1.0" encoding="UTF-8"?>
 <oor:items xmlns:oor="http://openoffice.org/2001/registry" xmlns:xs="http://www.w3.org/2001/XMLSchema"
  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
@@ -55,9 +58,11 @@ MACROS_OFF = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 OOXML_MAIN = {"word/document.xml": "docx", "ppt/presentation.xml": "pptx", "xl/workbook.xml": "xlsx"}
-ODF_TYPES = {"application/vnd.oasis.opendocument.text": "odt",
-             "application/vnd.oasis.opendocument.presentation": "odp",
-             "application/vnd.oasis.opendocument.spreadsheet": "ods"}
+ODF_TYPES = {
+    "application/vnd.oasis.opendocument.text": "odt",
+    "application/vnd.oasis.opendocument.presentation": "odp",
+    "application/vnd.oasis.opendocument.spreadsheet": "ods",
+}
 OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 
@@ -93,6 +98,7 @@ def local_kinds(settings: Settings) -> list[str]:
 
 # -- telling the formats apart ---------------------------------------------------------------------
 
+
 def identify(path: Path) -> str:
     """The file extension LibreOffice should see (docx, odp, xls, ...); refuses what it cannot open."""
     with open(path, "rb") as f:
@@ -125,8 +131,9 @@ def _identify_zip(path: Path) -> str:
                         return ext
             raise UnsupportedDocument("This kind of file cannot be converted.")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, ValueError):
-        raise CorruptDocument("The document is damaged or incomplete (its zip structure is broken).") \
-            from None
+        raise CorruptDocument(
+            "The document is damaged or incomplete (its zip structure is broken)."
+        ) from None
     except (NotImplementedError, RuntimeError):
         # zipfile raises these for an unknown compression method or an encrypted entry.
         raise CorruptDocument("The document uses a zip feature that cannot be read.") from None
@@ -206,13 +213,13 @@ class _Ole2:
             kind = directory[at + 0x42]
             if kind not in (1, 2, 5) or not 2 <= length <= 64:
                 continue
-            name = directory[at:at + length - 2].decode("utf-16-le", "replace")
+            name = directory[at : at + length - 2].decode("utf-16-le", "replace")
             start, size = struct.unpack_from("<IQ", directory, at + 0x74)
             self.entries[name] = (start, size & 0xFFFFFFFF if self.sector == 512 else size)
 
     def _sector(self, n: int) -> bytes:
         at = (n + 1) * self.sector
-        block = self.data[at:at + self.sector]
+        block = self.data[at : at + self.sector]
         if len(block) < self.sector:
             raise ValueError("sector beyond the end of the file")
         return block
@@ -238,16 +245,18 @@ class _Ole2:
             out += self._sector(s)
             if len(out) >= min(limit, size):
                 break
-        return bytes(out[:min(limit, size)])
+        return bytes(out[: min(limit, size)])
 
 
 # -- running LibreOffice ---------------------------------------------------------------------------
+
 
 def _limit_memory(megabytes: int) -> Callable[[], None]:
     def apply() -> None:
         # In the child between fork and exec: the guard and everything it starts share the limit.
         limit = megabytes * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     return apply
 
 
@@ -274,22 +283,46 @@ def to_pdf(source: Path, workdir: Path, settings: Settings, tick: Callable[[floa
     (profile / "user" / "registrymodifications.xcu").write_text(MACROS_OFF, encoding="utf-8")
     outdir = workdir / "out"
     outdir.mkdir(exist_ok=True)
-    cmd = [binary, "--headless", "--invisible", "--norestore", "--nolockcheck", "--nologo", "--nodefault",
-           f"-env:UserInstallation={profile.as_uri()}", "--convert-to", "pdf", "--outdir", str(outdir),
-           str(source)]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(profile), "LANG": "C.UTF-8",
-           "PYTHONPATH": str(ROOT)}
+    cmd = [
+        binary,
+        "--headless",
+        "--invisible",
+        "--norestore",
+        "--nolockcheck",
+        "--nologo",
+        "--nodefault",
+        f"-env:UserInstallation={profile.as_uri()}",
+        "--convert-to",
+        "pdf",
+        "--outdir",
+        str(outdir),
+        str(source),
+    ]
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(profile),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(ROOT),
+    }
     with open(workdir / "office.log", "wb") as log:
-        guard = subprocess.Popen([sys.executable, "-m", "workers.office_guard", *cmd], stdin=subprocess.PIPE,
-                                 stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
-                                 start_new_session=True, preexec_fn=_limit_memory(settings.OFFICE_MEMORY_MB))
+        guard = subprocess.Popen(
+            [sys.executable, "-m", "workers.office_guard", *cmd],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_limit_memory(settings.OFFICE_MEMORY_MB),
+        )
     started = time.monotonic()
     next_tick = started + TICK_SECONDS
     try:
         while True:
             try:
-                code = guard.wait(timeout=max(0.05, min(next_tick, started + settings.OFFICE_TIMEOUT)
-                                              - time.monotonic()))
+                code = guard.wait(
+                    timeout=max(0.05, min(next_tick, started + settings.OFFICE_TIMEOUT) - time.monotonic())
+                )
                 break
             except subprocess.TimeoutExpired:
                 pass
@@ -326,8 +359,9 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
     sink.writer.update("converting", CONVERT_START, message="Converting with LibreOffice")
 
     def tick(elapsed: float) -> None:
-        sink.writer.update("converting", estimate(elapsed, size),
-                           message=f"Converting with LibreOffice ({elapsed:.0f} s)")
+        sink.writer.update(
+            "converting", estimate(elapsed, size), message=f"Converting with LibreOffice ({elapsed:.0f} s)"
+        )
 
     result = to_pdf(document, workdir, settings, tick)
     shutil.rmtree(workdir / "profile", ignore_errors=True)

@@ -7,6 +7,7 @@ or timed-out work horse by its process group. This guard is that group's leader:
 pipe from the work horse, and end-of-file on it means the horse is gone (killed, crashed) and
 nobody will ever collect LibreOffice's output, so the group is killed at once.
 """
+
 from __future__ import annotations
 
 import os

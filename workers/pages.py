@@ -4,6 +4,7 @@ A converter hands each rendered page to `PageSink.add`; the sink writes the page
 text and text layer into storage and only then raises `ready`, so the viewer can show page k the
 moment k and every page before it are stored.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,15 @@ def thumb_size(width: int, height: int, thumb_width: int) -> tuple[int, int]:
     return tw, max(1, round(height * tw / width))
 
 
-def write_page_files(scratch: Path, n: int, image: Image.Image, text: str, runs: list[Run],
-                     thumb_width: int, thumb: Image.Image | None = None) -> tuple[dict, dict[str, Path]]:
+def write_page_files(
+    scratch: Path,
+    n: int,
+    image: Image.Image,
+    text: str,
+    runs: list[Run],
+    thumb_width: int,
+    thumb: Image.Image | None = None,
+) -> tuple[dict, dict[str, Path]]:
     """Write page n's files into scratch (the thumbnail from `thumb` when the converter rendered
     one itself); returns its manifest entry and the files by name."""
     names = page_names(n)
@@ -64,16 +72,18 @@ def write_page_files(scratch: Path, n: int, image: Image.Image, text: str, runs:
     if thumb is None:
         # A box reduce to about the target, then LANCZOS: a third of the time of reducing_gap=2.0
         # (the page's costliest step before), with no visible difference at thumbnail size.
-        thumb = rgb.resize(thumb_size(rgb.width, rgb.height, thumb_width), Image.Resampling.LANCZOS,
-                           reducing_gap=1.0)
+        thumb = rgb.resize(
+            thumb_size(rgb.width, rgb.height, thumb_width), Image.Resampling.LANCZOS, reducing_gap=1.0
+        )
     small = thumb if thumb.mode == "RGBX" else to_rgb(thumb)
     small.save(paths[names["thumb"]], "JPEG", quality=THUMB_QUALITY)
     if small is not thumb:
         small.close()
     thumb.close()
     paths[names["text"]].write_text(text, encoding="utf-8", newline="")
-    paths[names["layer"]].write_text(json.dumps({"runs": [list(r) for r in runs]}, separators=(",", ":")),
-                                     encoding="utf-8")
+    paths[names["layer"]].write_text(
+        json.dumps({"runs": [list(r) for r in runs]}, separators=(",", ":")), encoding="utf-8"
+    )
     entry = {"n": n, **names, "width": rgb.width, "height": rgb.height}
     if rgb is not image:
         rgb.close()
@@ -115,15 +125,27 @@ class PageSink:
     def begin(self, sizes: list[tuple[int, int]], outline: list[dict] | None = None) -> None:
         """Announce the page count and sizes (the viewer lays out placeholders) before page 1."""
         self.pages = len(sizes)
-        layout = {"kind": self.kind, "pages": self.pages, "sizes": [list(s) for s in sizes],
-                  "outline": outline or []}
-        self.files.storage.put_bytes(self.files.key(self.attempt, LAYOUT),
-                                     json.dumps(layout, separators=(",", ":")).encode())
-        self.writer.update("rendering", self.render_start, page=1, pages=self.pages, ready=0,
-                           message=f"Rendering page 1 of {self.pages}")
+        layout = {
+            "kind": self.kind,
+            "pages": self.pages,
+            "sizes": [list(s) for s in sizes],
+            "outline": outline or [],
+        }
+        self.files.storage.put_bytes(
+            self.files.key(self.attempt, LAYOUT), json.dumps(layout, separators=(",", ":")).encode()
+        )
+        self.writer.update(
+            "rendering",
+            self.render_start,
+            page=1,
+            pages=self.pages,
+            ready=0,
+            message=f"Rendering page 1 of {self.pages}",
+        )
 
-    def add(self, n: int, image: Image.Image, text: str, runs: list[Run],
-            thumb: Image.Image | None = None) -> None:
+    def add(
+        self, n: int, image: Image.Image, text: str, runs: list[Run], thumb: Image.Image | None = None
+    ) -> None:
         """Write page n's files and store them; the page becomes ready with those before it."""
         entry, paths = write_page_files(self.scratch, n, image, text, runs, self.settings.THUMB_WIDTH, thumb)
         self.stored_page(entry, put_page_files(self.files, self.attempt, paths))
@@ -145,17 +167,30 @@ class PageSink:
         percent = self.render_start + (RENDER_END - self.render_start) * done / max(1, total)
         nxt = min(done + 1, total)
         message = f"Rendering page {nxt} of {total}" if done < total else "Finishing up"
-        self.writer.update("rendering" if done < total else "finalizing", percent, page=nxt, pages=total,
-                           ready=done, message=message)
+        self.writer.update(
+            "rendering" if done < total else "finalizing",
+            percent,
+            page=nxt,
+            pages=total,
+            ready=done,
+            message=message,
+        )
 
     def finish(self) -> int:
         """Write the manifest of a complete attempt; returns the page count."""
         page_list = [self.entries[n] for n in range(1, self.pages + 1)]
         names = [e[k] for e in page_list for k in ("image", "thumb", "text", "layer")]
-        manifest = {"kind": self.kind, "pages": self.pages, "attempt": self.attempt, "files": names,
-                    "bytes": self.stored, "page_list": page_list}
-        self.files.storage.put_bytes(self.files.key(self.attempt, MANIFEST),
-                                     json.dumps(manifest, separators=(",", ":")).encode())
+        manifest = {
+            "kind": self.kind,
+            "pages": self.pages,
+            "attempt": self.attempt,
+            "files": names,
+            "bytes": self.stored,
+            "page_list": page_list,
+        }
+        self.files.storage.put_bytes(
+            self.files.key(self.attempt, MANIFEST), json.dumps(manifest, separators=(",", ":")).encode()
+        )
         return self.pages
 
     def close(self) -> None:

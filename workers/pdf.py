@@ -1,4 +1,5 @@
 """PDF uploads via pypdfium2: check the whole document first, then render and store page by page."""
+
 from __future__ import annotations
 
 import ctypes
@@ -56,8 +57,10 @@ def open_document(path: Path) -> pdfium.PdfDocument:
         if code == pdfium_c.FPDF_ERR_PASSWORD:
             raise EncryptedDocument()
         if code == pdfium_c.FPDF_ERR_SECURITY:
-            raise EncryptedDocument("This PDF is protected with a kind of encryption that cannot be opened. "
-                                    "Upload a copy without protection.")
+            raise EncryptedDocument(
+                "This PDF is protected with a kind of encryption that cannot be opened. "
+                "Upload a copy without protection."
+            )
         if code == pdfium_c.FPDF_ERR_FILE:
             raise StorageError()
         raise CorruptDocument("This PDF is damaged and cannot be read.")
@@ -81,8 +84,7 @@ def check_document(doc: pdfium.PdfDocument, settings: Settings) -> list[tuple[in
             width, height = doc.get_page_size(index)
         except pdfium.PdfiumError:
             raise CorruptDocument(f"Page {index + 1} of this PDF is damaged.") from None
-        if (width * scale * height * scale > settings.MAX_PAGE_PIXELS
-                or max(width, height) * scale > MAX_SIDE):
+        if width * scale * height * scale > settings.MAX_PAGE_PIXELS or max(width, height) * scale > MAX_SIDE:
             raise PageTooLarge(f"Page {index + 1} is too large to display at {settings.RENDER_DPI} dpi.")
         sizes.append((max(1, round(width * scale)), max(1, round(height * scale))))
     return sizes
@@ -100,8 +102,11 @@ def outline(doc: pdfium.PdfDocument) -> list[dict]:
                 break
             dest = item.get_dest()
             index = dest.get_index() if dest is not None else None
-            node = {"title": (item.get_title() or "").strip()[:300] or "Untitled",
-                    "page": index + 1 if index is not None else None, "children": []}
+            node = {
+                "title": (item.get_title() or "").strip()[:300] or "Untitled",
+                "page": index + 1 if index is not None else None,
+                "children": [],
+            }
             while stack[-1][0] >= item.level:
                 stack.pop()
             stack[-1][1].append(node)
@@ -125,8 +130,9 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
     if chunks.wanted(settings, len(sizes)):
         chunks.run(source, settings, sink)
     else:
-        render_pages(source, settings, sink.scratch, sink.files, sink.attempt, 1, len(sizes),
-                     sink.stored_page)
+        render_pages(
+            source, settings, sink.scratch, sink.files, sink.attempt, 1, len(sizes), sink.stored_page
+        )
 
 
 # (entry, bytes, announce): page entry stored, with its size; announce says whether its progress is
@@ -139,8 +145,16 @@ def render_processes(settings: Settings) -> int:
     return settings.RENDER_PROCESSES if settings.RENDER_PROCESSES > 0 else (os.cpu_count() or 1)
 
 
-def render_pages(source: Path, settings: Settings, scratch: Path, files: DocumentFiles, attempt: int,
-                 first: int, last: int, stored: Stored) -> set[int]:
+def render_pages(
+    source: Path,
+    settings: Settings,
+    scratch: Path,
+    files: DocumentFiles,
+    attempt: int,
+    first: int,
+    last: int,
+    stored: Stored,
+) -> set[int]:
     """Render pages first..last through scratch into the attempt's storage and report each to
     `stored` (its manifest entry, its bytes) in page order; returns the ids of the processes that
     rendered them.
@@ -165,8 +179,9 @@ def render_pages(source: Path, settings: Settings, scratch: Path, files: Documen
         # its hub, a test run) a child could inherit a lock held forever. The work horse RQ forks
         # is single-threaded; anywhere else the pages are rendered here, one at a time.
         processes = 1
-    render = functools.partial(_render_in_child, scale=scale, scratch=str(scratch),
-                               thumb_width=settings.THUMB_WIDTH)
+    render = functools.partial(
+        _render_in_child, scale=scale, scratch=str(scratch), thumb_width=settings.THUMB_WIDTH
+    )
     if processes <= 1:
         _child_open(str(source), files, attempt)
         try:
@@ -174,8 +189,9 @@ def render_pages(source: Path, settings: Settings, scratch: Path, files: Documen
             return _report_all(map(render, range(first - 1, last)), stored, 0.0)
         finally:
             _child_close()
-    pool = multiprocessing.get_context("fork").Pool(processes, initializer=_child_init,
-                                                    initargs=(str(source), files, attempt))
+    pool = multiprocessing.get_context("fork").Pool(
+        processes, initializer=_child_init, initargs=(str(source), files, attempt)
+    )
     try:
         interval = settings.PROGRESS_INTERVAL / 1000
         return _report_all(_waiting(pool.imap(render, range(first - 1, last)), interval), stored, interval)
@@ -266,10 +282,15 @@ def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -
     assert _child_doc is not None and _child_files is not None
     pages: list[tuple[dict, dict[str, Path]]] = []
     try:
-        render_page(_child_doc, index, scale,
-                    lambda n, image, text, runs, thumb: pages.append(
-                        write_page_files(Path(scratch), n, image, text, runs, thumb_width, thumb)),
-                    thumb_width)
+        render_page(
+            _child_doc,
+            index,
+            scale,
+            lambda n, image, text, runs, thumb: pages.append(
+                write_page_files(Path(scratch), n, image, text, runs, thumb_width, thumb)
+            ),
+            thumb_width,
+        )
     except ConversionError as exc:
         return ({"error": exc.error},)
     entry, paths = pages[0]
@@ -281,9 +302,13 @@ def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -
     return entry, size, os.getpid()
 
 
-def render_page(doc: pdfium.PdfDocument, index: int, scale: float,
-                add: Callable[[int, Image.Image, str, list[Run], Image.Image | None], object],
-                thumb_width: int = 0) -> None:
+def render_page(
+    doc: pdfium.PdfDocument,
+    index: int,
+    scale: float,
+    add: Callable[[int, Image.Image, str, list[Run], Image.Image | None], object],
+    thumb_width: int = 0,
+) -> None:
     """Render one page (and, given a thumb_width, its thumbnail) and hand them to `add` (a sink's
     add); its native memory is released before returning."""
     try:

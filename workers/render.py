@@ -1,5 +1,6 @@
 """Sharper renditions on demand: `render_hd(doc_id, kind, attempt, n)`, queued by the web when a
 reader zooms in further than the page image's pixels allow."""
+
 from __future__ import annotations
 
 import shutil
@@ -34,8 +35,10 @@ def render_hd(doc_id: str, kind: str, attempt: int, n: int) -> dict:
             page = doc[n - 1]
             width, height = page.get_size()
             # Never more pixels than four normal pages' worth: zoom is no way around the bomb cap.
-            scale = min(settings.HD_DPI / POINTS_PER_INCH,
-                        (4 * settings.MAX_PAGE_PIXELS / max(1.0, width * height)) ** 0.5)
+            scale = min(
+                settings.HD_DPI / POINTS_PER_INCH,
+                (4 * settings.MAX_PAGE_PIXELS / max(1.0, width * height)) ** 0.5,
+            )
             bitmap = page.render(scale=scale, rev_byteorder=True)
             image = bitmap.to_pil()
             rgb = to_rgb(image)

@@ -1,4 +1,5 @@
 """The RQ worker class livedoc runs (`rq worker -w workers.rqworker.LivedocWorker`)."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,11 @@ class LivedocWorker(Worker):
         if self._kinds is None:
             self._kinds = office.local_kinds(Settings.from_env())
         try:
-            capabilities.advertise(pipeline if pipeline is not None else self.connection, self._kinds,
-                                   ttl=timeout or self.worker_ttl + 60)
+            capabilities.advertise(
+                pipeline if pipeline is not None else self.connection,
+                self._kinds,
+                ttl=timeout or self.worker_ttl + 60,
+            )
         except Exception:  # noqa: BLE001 - RQ's own heartbeat handles (and logs) Redis trouble
             self.log.warning("could not advertise this worker's converters")
 
@@ -72,8 +76,9 @@ class LivedocWorker(Worker):
             self._handing_back = None
             self._hand_back(job, queue)
             return None
-        return super().handle_job_failure(job, queue, started_job_registry=started_job_registry,
-                                          exc_string=exc_string)
+        return super().handle_job_failure(
+            job, queue, started_job_registry=started_job_registry, exc_string=exc_string
+        )
 
     def _hand_back(self, job: Job, queue: Queue) -> None:
         with self.connection.pipeline() as pipe:

@@ -1,4 +1,5 @@
 """Plain UTF-8 text uploads: paginated by lines, each page drawn as an image with its text alongside."""
+
 from __future__ import annotations
 
 import re
@@ -51,7 +52,7 @@ def iter_lines(text: str) -> Iterator[str]:
     """The lines of `text` as str.splitlines() gives them, lazily."""
     start = 0
     for match in _LINE_BREAK.finditer(text):
-        yield text[start:match.start()]
+        yield text[start : match.start()]
         start = match.end()
     if start < len(text):
         yield text[start:]
@@ -67,7 +68,7 @@ def wrap(lines: Iterable[str], width: int = WRAP_AT, limit: int | None = None) -
     for line in lines:
         if limit is not None:
             # Each display line takes at most `width` characters of the (expanded) line.
-            line = line[:(limit - produced + 1) * width]
+            line = line[: (limit - produced + 1) * width]
         line = line.expandtabs(TAB_SIZE).translate(_BLANK_CONTROLS)
         start, end = 0, len(line)
         while end - start > width:
@@ -128,9 +129,17 @@ def page_runs(lines: list[str], size: tuple[int, int]) -> list[Run]:
     font = _font()
     line_height = _line_height(font)
     width, height = size
-    return [(round(MARGIN / width, 5), round((MARGIN + i * line_height) / height, 5),
-             round(font.getlength(line) / width, 5), round(line_height / height, 5), line)
-            for i, line in enumerate(lines) if line.strip()]
+    return [
+        (
+            round(MARGIN / width, 5),
+            round((MARGIN + i * line_height) / height, 5),
+            round(font.getlength(line) / width, 5),
+            round(line_height / height, 5),
+            line,
+        )
+        for i, line in enumerate(lines)
+        if line.strip()
+    ]
 
 
 def convert(source: Path, settings: Settings, sink: PageSink) -> None:

@@ -6,6 +6,7 @@ cannot import the conversion code), nothing would, and RQ would retry the job on
 worker while the viewer waits. So the attempt ends here, failed, with a message naming the cause.
 This module imports nothing of the conversion code, so it loads where that code does not.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -23,8 +24,9 @@ log = logging.getLogger("livedoc.worker")
 JOB_MODULE = "workers.convert"
 
 
-def report(job: Job, connection: Redis, exc_type: type[BaseException], exc: BaseException,
-           tb: TracebackType | None) -> None:
+def report(
+    job: Job, connection: Redis, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
     """RQ's on_failure callback: end the job failed when the worker could not run it at all."""
     try:
         message = _unrunnable_because(job, exc, tb)
@@ -53,15 +55,21 @@ def _unrunnable_because(job: Job, exc: BaseException, tb) -> str | None:
 def cause(exc: BaseException) -> str:
     """What the viewer and the operator read: the cause, without paths or traces."""
     if isinstance(exc, DeserializationError):
-        return ("A conversion worker could not read this job (DeserializationError): it was started "
-                "with a serializer other than RQ's default (-S). Start workers with scripts/worker "
-                "or a plain `rq worker`.")
+        return (
+            "A conversion worker could not read this job (DeserializationError): it was started "
+            "with a serializer other than RQ's default (-S). Start workers with scripts/worker "
+            "or a plain `rq worker`."
+        )
     if isinstance(exc, ImportError):
-        return (f"A conversion worker could not load the conversion code ({type(exc).__name__}: "
-                f"no module named {exc.name!r}).")
+        return (
+            f"A conversion worker could not load the conversion code ({type(exc).__name__}: "
+            f"no module named {exc.name!r})."
+        )
     if isinstance(exc, AttributeError):
-        return (f"A conversion worker could not load the conversion code ({type(exc).__name__}: "
-                f"no attribute {exc.name!r}); it runs another version of livedoc.")
+        return (
+            f"A conversion worker could not load the conversion code ({type(exc).__name__}: "
+            f"no attribute {exc.name!r}); it runs another version of livedoc."
+        )
     return f"A conversion worker could not start this job ({type(exc).__name__})."
 
 

@@ -3,6 +3,7 @@ SSE for one document or many (events), long-poll and poll (status), WebSocket (w
 connection stats (stats). None of them holds a Redis or database connection while it waits: the
 process's stream hub (livedoc.hub) reads Redis for all of them.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
@@ -58,8 +59,11 @@ def admit(transport: str) -> None:
     if stream_hub().user_streams(current_user.id) >= cap:
         metrics.REJECTED.labels("too_many_streams").inc()
         audit("limit_hit", limit="streams_per_user", transport=transport, cap=cap)
-        raise TooManyRequests(f"You have {cap} live connections open already; close a tab.",
-                              code="too_many_streams", retry_after=10)
+        raise TooManyRequests(
+            f"You have {cap} live connections open already; close a tab.",
+            code="too_many_streams",
+            retry_after=10,
+        )
 
 
 # Connection attempts are limited per IP and per user (Redis storage: shared by all hosts).

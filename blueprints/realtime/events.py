@@ -1,4 +1,5 @@
 """SSE: one document's progress (`/api/documents/<id>/events`), or many documents' (`/api/events`)."""
+
 from __future__ import annotations
 
 import time
@@ -70,17 +71,41 @@ def _open(items: list[tuple], multi: bool) -> Response:
     if any(not is_terminal(current) and job_id for _, job_id, current, _ in items):
         admit(name)
     cfg = current_app.config
-    stream = _stream(stream_hub(), items, multi, user_id, username, cfg["SSE_PING_INTERVAL"] / 1000,
-                     cfg["SSE_RETRY"], request.remote_addr)
+    stream = _stream(
+        stream_hub(),
+        items,
+        multi,
+        user_id,
+        username,
+        cfg["SSE_PING_INTERVAL"] / 1000,
+        cfg["SSE_RETRY"],
+        request.remote_addr,
+    )
     # direct_passthrough: the WSGI server iterates this generator itself, without Werkzeug's
     # ClosingIterator and encoding generator around it; each is a C frame more in every parked
     # stream's saved stack, and the ClosingIterator would keep this Response alive for the stream's life.
-    return Response(stream, mimetype="text/event-stream", direct_passthrough=True, headers={
-        "Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Livedoc-Mode": Transport.SSE.value})
+    return Response(
+        stream,
+        mimetype="text/event-stream",
+        direct_passthrough=True,
+        headers={
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+            "X-Livedoc-Mode": Transport.SSE.value,
+        },
+    )
 
 
-def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, username: str, ping: float,
-            retry_ms: int, ip: str | None):
+def _stream(
+    h: StreamHub,
+    items: list[tuple],
+    multi: bool,
+    user_id: int,
+    username: str,
+    ping: float,
+    retry_ms: int,
+    ip: str | None,
+):
     name = MULTI if multi else SINGLE
     started = time.monotonic()
     reason = "client_gone"
@@ -120,8 +145,15 @@ def _stream(h: StreamHub, items: list[tuple], multi: bool, user_id: int, usernam
         if conn is not None:
             h.disconnect(conn)
         names = ",".join(delivery.seen if delivery is not None else (i[0] for i in items))
-        audit("stream_close", user=username, document=names, transport=name, ip=ip,
-              duration=round(time.monotonic() - started, 3), reason=reason)
+        audit(
+            "stream_close",
+            user=username,
+            document=names,
+            transport=name,
+            ip=ip,
+            duration=round(time.monotonic() - started, 3),
+            reason=reason,
+        )
 
 
 _PING = sse.comment("ping").encode()

@@ -1,4 +1,5 @@
 """Connection stats over every web host, and this host's Prometheus metrics (operators only)."""
+
 from __future__ import annotations
 
 from flask import Response, current_app, jsonify, request

@@ -1,4 +1,5 @@
 """Long-poll and poll: `GET /api/documents/<id>/status?after=<seq>&wait=<s>`."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """WebSocket `/api/ws`: subscribe / unsubscribe / pong in; the same events as SSE out."""
+
 from __future__ import annotations
 
 import json
@@ -65,12 +66,21 @@ def websocket():
     user_id, username, ip = current_user.id, current_user.username, request.remote_addr
     db.session.close()
     try:
-        ws = simple_websocket.Server(request.environ, max_message_size=64 * 1024,
-                                     thread_class=_NoThread, event_class=_NoEvent)
+        ws = simple_websocket.Server(
+            request.environ, max_message_size=64 * 1024, thread_class=_NoThread, event_class=_NoEvent
+        )
     except (ValueError, RuntimeError, OSError):
         raise LivedocError("Bad WebSocket handshake.", code="bad_handshake") from None
-    session = _WsSession(stream_hub(), ws, user_id, username, ip, cfg["SSE_PING_INTERVAL"] / 1000,
-                         cfg["MAX_DOCS_PER_STREAM"], msgrate.MessageRate(cfg["WS_MESSAGE_RATE"]))
+    session = _WsSession(
+        stream_hub(),
+        ws,
+        user_id,
+        username,
+        ip,
+        cfg["SSE_PING_INTERVAL"] / 1000,
+        cfg["MAX_DOCS_PER_STREAM"],
+        msgrate.MessageRate(cfg["WS_MESSAGE_RATE"]),
+    )
     return _WebSocketResponse(ws, session)
 
 
@@ -134,8 +144,17 @@ class _WsSession:
     """One WebSocket served by one greenlet: a readiness watcher on the socket wakes the same hub
     connection the progress does, and the delivery loop drains what arrived before sending."""
 
-    def __init__(self, h: StreamHub, ws, user_id: int, username: str, ip: str | None,
-                 ping: float, cap: int, rate: msgrate.MessageRate):
+    def __init__(
+        self,
+        h: StreamHub,
+        ws,
+        user_id: int,
+        username: str,
+        ip: str | None,
+        ping: float,
+        cap: int,
+        rate: msgrate.MessageRate,
+    ):
         self.h, self.ws, self.ping, self.cap, self.rate = h, ws, ping, cap, rate
         self.user_id, self.username, self.ip = user_id, username, ip
         self.conn = h.connect(user_id, Transport.WS)
@@ -170,8 +189,14 @@ class _WsSession:
             self.watcher.stop()
             self.watcher.close()
             self.h.disconnect(self.conn)
-            audit("stream_close", user=self.username, transport=Transport.WS.value, ip=self.ip,
-                  duration=round(time.monotonic() - started, 3), reason=self.reason)
+            audit(
+                "stream_close",
+                user=self.username,
+                transport=Transport.WS.value,
+                ip=self.ip,
+                duration=round(time.monotonic() - started, 3),
+                reason=self.reason,
+            )
 
     def _on_readable(self) -> None:
         # Runs in the gevent hub: no blocking here. Stopped until drained, or the level-triggered
@@ -213,8 +238,13 @@ class _WsSession:
             ws.connected = False
         while ws.input_buffer:
             if not self.rate.hit():
-                self.send({"type": "error", "code": "rate_limited",
-                           "message": f"More than {self.rate.limit} messages in {self.rate.per:g} s."})
+                self.send(
+                    {
+                        "type": "error",
+                        "code": "rate_limited",
+                        "message": f"More than {self.rate.limit} messages in {self.rate.per:g} s.",
+                    }
+                )
                 self.reason = "rate_limited"
                 self.conn.end("rate_limited")
                 return
@@ -239,8 +269,13 @@ class _WsSession:
             ids = msg.get("documents")
             well_formed = isinstance(ids, list) and all(isinstance(x, str) for x in ids)
             if not well_formed or len(ids) > self.cap:
-                self.send({"type": "error", "code": "bad_message",
-                           "message": f"'documents' must be a list of at most {self.cap} ids."})
+                self.send(
+                    {
+                        "type": "error",
+                        "code": "bad_message",
+                        "message": f"'documents' must be a list of at most {self.cap} ids.",
+                    }
+                )
             elif kind == "subscribe":
                 self._subscribe(list(dict.fromkeys(ids)))
             else:
@@ -248,10 +283,16 @@ class _WsSession:
                     self.delivery.stop(doc_id)
         else:
             self.send({"type": "error", "code": "bad_message", "message": f"Unknown type {kind!r}."})
+
     def _subscribe(self, ids: list[str]) -> None:
         if len(self.conn.subs) + len(ids) > self.cap:
-            self.send({"type": "error", "code": "too_many_documents",
-                       "message": f"At most {self.cap} documents per connection."})
+            self.send(
+                {
+                    "type": "error",
+                    "code": "too_many_documents",
+                    "message": f"At most {self.cap} documents per connection.",
+                }
+            )
             return
         owned = documents.owned_among(ids, self.user_id)
         allowed = [d for d in ids if d in owned]
@@ -260,8 +301,9 @@ class _WsSession:
         news = []
         for doc_id in allowed:
             doc = owned[doc_id]
-            event = self.delivery.start(doc_id, doc.job_id, states[doc_id],
-                                        seen=self.delivery.seen.get(doc_id, 0))
+            event = self.delivery.start(
+                doc_id, doc.job_id, states[doc_id], seen=self.delivery.seen.get(doc_id, 0)
+            )
             if event is not None:
                 news.append(event)
         db.session.close()

@@ -7,6 +7,7 @@ Create Date: 2026-12-01
 A database that `create_all` made before livedoc had migrations already holds these tables: this
 revision then adopts them as they are, so `flask db upgrade` takes it on from here.
 """
+
 import sqlalchemy as sa
 from alembic import op
 

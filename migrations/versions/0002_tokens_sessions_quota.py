@@ -8,6 +8,7 @@ Each user's one token digest becomes an api_token row named "default", so tokens
 upgrade keep working; then user.token_digest goes. Batch mode, so SQLite (which cannot drop a
 column in place on every version) gets the same result by copying the table.
 """
+
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -39,12 +40,18 @@ def upgrade():
     op.create_index("ix_api_token_user_id", "api_token", ["user_id"])
 
     user = sa.table("user", sa.column("id", sa.Integer), sa.column("token_digest", sa.String))
-    api_token = sa.table("api_token", sa.column("user_id", sa.Integer), sa.column("name", sa.String),
-                         sa.column("digest", sa.String), sa.column("created_at", sa.DateTime))
+    api_token = sa.table(
+        "api_token",
+        sa.column("user_id", sa.Integer),
+        sa.column("name", sa.String),
+        sa.column("digest", sa.String),
+        sa.column("created_at", sa.DateTime),
+    )
     now = datetime.now(UTC).replace(tzinfo=None)
     rows = bind.execute(sa.select(user.c.id, user.c.token_digest).where(user.c.token_digest.is_not(None)))
-    tokens = [{"user_id": uid, "name": "default", "digest": digest, "created_at": now}
-              for uid, digest in rows]
+    tokens = [
+        {"user_id": uid, "name": "default", "digest": digest, "created_at": now} for uid, digest in rows
+    ]
     if tokens:
         op.bulk_insert(api_token, tokens)
 
@@ -63,12 +70,20 @@ def downgrade():
         batch.drop_column("stored_bytes")
     with op.batch_alter_table("user") as batch:
         batch.add_column(sa.Column("token_digest", sa.String(64), nullable=True))
-    api_token = sa.table("api_token", sa.column("id", sa.Integer), sa.column("user_id", sa.Integer),
-                         sa.column("digest", sa.String), sa.column("revoked_at", sa.DateTime))
+    api_token = sa.table(
+        "api_token",
+        sa.column("id", sa.Integer),
+        sa.column("user_id", sa.Integer),
+        sa.column("digest", sa.String),
+        sa.column("revoked_at", sa.DateTime),
+    )
     user = sa.table("user", sa.column("id", sa.Integer), sa.column("token_digest", sa.String))
     newest: dict[int, str] = {}
-    for uid, digest in bind.execute(sa.select(api_token.c.user_id, api_token.c.digest)
-                                    .where(api_token.c.revoked_at.is_(None)).order_by(api_token.c.id)):
+    for uid, digest in bind.execute(
+        sa.select(api_token.c.user_id, api_token.c.digest)
+        .where(api_token.c.revoked_at.is_(None))
+        .order_by(api_token.c.id)
+    ):
         newest[uid] = digest
     for uid, digest in newest.items():
         bind.execute(user.update().where(user.c.id == uid).values(token_digest=digest))

@@ -9,6 +9,7 @@ Real processes (Stack, Proc, MotoServer, api, sse_events) stay in tests/live.py,
 in tests/pdfgen.py and tests/officegen.py, databases in tests/dbs.py, sentinels in tests/sentinels.py:
 bench/ imports tests/live.py and tests/pdfgen.py by those paths.
 """
+
 from __future__ import annotations
 
 import time
@@ -31,8 +32,13 @@ TRANSIENT: tuple[type[Exception], ...] = (requests.RequestException, ValueError,
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.1,
-             what: str = "condition", ignore: tuple[type[Exception], ...] = ()) -> T:
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.1,
+    what: str = "condition",
+    ignore: tuple[type[Exception], ...] = (),
+) -> T:
     """Call predicate until it returns a truthy value and return that; fail after timeout seconds.
 
     Exceptions of the `ignore` types count as "not yet"; any other exception fails the wait at once.

@@ -1,4 +1,5 @@
 """In-process app helpers: the CSRF token of a page, users created and logged in, RQ's burst mode."""
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,9 @@ class Users:
         """Log the test client in through the real login form (CSRF token included)."""
         page = self.client.get("/login")
         token = csrf_from(page.get_data(as_text=True))
-        return self.client.post("/login", data={"username": name, "password": password or f"pw-{name}",
-                                                "csrf_token": token})
+        return self.client.post(
+            "/login", data={"username": name, "password": password or f"pw-{name}", "csrf_token": token}
+        )
 
 
 def run_jobs(connection: Redis, queue_name: str = "livedoc") -> None:
@@ -49,6 +51,7 @@ def run_jobs(connection: Redis, queue_name: str = "livedoc") -> None:
 
     from livedoc import jobs
 
-    worker = SimpleWorker([jobs.queue(connection, queue_name)], connection=connection,
-                          serializer=jobs.SERIALIZER)
+    worker = SimpleWorker(
+        [jobs.queue(connection, queue_name)], connection=connection, serializer=jobs.SERIALIZER
+    )
     worker.work(burst=True, with_scheduler=False)

@@ -4,6 +4,7 @@ tests/conftest.py loads this module as a pytest plugin, so its fixtures (browser
 open_context, signed_in) are there for every test module. Without Debian chromium the `browser`
 fixture skips the test; being module-scoped it is set up first, before the test starts any process.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,15 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from tests.live import password_for
 
 CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -108,8 +116,7 @@ def open_context(browser: Browser, console: Console):
     contexts = []
 
     def make(stack, who: str, requests: bool = False, **options) -> BrowserContext:
-        ctx = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 900},
-                                  **options)
+        ctx = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 900}, **options)
         ctx.set_default_timeout(15_000)
         console.base_url = stack.base_url
         console.watch(ctx, who, requests=requests)

@@ -1,4 +1,5 @@
 """Helpers for tests against a live stack: uploads, status waits, SSE streams and EventSource-like viewers."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,7 @@ SMALL_PDF = make_pdf(["one", "two", "three"])
 
 def upload(session: requests.Session, base: str, data: bytes = SMALL_PDF, name: str = "doc.pdf") -> dict:
     """Upload a PDF with the API; returns the 201's body."""
-    resp = session.post(f"{base}/api/documents", files={"file": (name, data, "application/pdf")},
-                        timeout=10)
+    resp = session.post(f"{base}/api/documents", files={"file": (name, data, "application/pdf")}, timeout=10)
     assert resp.status_code == 201, resp.text
     return resp.json()
 
@@ -28,22 +28,40 @@ def status_of(session: requests.Session, base: str, body: dict) -> dict:
     return session.get(base + body["status_url"], timeout=10).json()
 
 
-def wait_status(session: requests.Session, base: str, body: dict, test: Callable[[dict], bool],
-                timeout: float = 90, interval: float = 0.05, what: str = "the state wanted") -> dict:
+def wait_status(
+    session: requests.Session,
+    base: str,
+    body: dict,
+    test: Callable[[dict], bool],
+    timeout: float = 90,
+    interval: float = 0.05,
+    what: str = "the state wanted",
+) -> dict:
     """Poll the document's status until test(status) holds; returns that status."""
-    return wait_for(lambda: (lambda st: st if test(st) else None)(status_of(session, base, body)),
-                    timeout, interval, what=f"{body['status_url']}: {what}")
+    return wait_for(
+        lambda: (lambda st: st if test(st) else None)(status_of(session, base, body)),
+        timeout,
+        interval,
+        what=f"{body['status_url']}: {what}",
+    )
 
 
 def poll_until_terminal(session: requests.Session, base: str, body: dict, timeout: float = 60) -> dict:
     """Poll the document's status until it is complete or failed; returns that status."""
-    return wait_status(session, base, body, lambda st: st["state"] in TERMINAL, timeout, 0.2,
-                       what="finished")
+    return wait_status(session, base, body, lambda st: st["state"] in TERMINAL, timeout, 0.2, what="finished")
 
 
-def wait_document(session: requests.Session, base: str, doc_id: str, test: Callable[[dict], bool],
-                  timeout: float = 60, interval: float = 0.2, what: str = "the state wanted") -> dict:
+def wait_document(
+    session: requests.Session,
+    base: str,
+    doc_id: str,
+    test: Callable[[dict], bool],
+    timeout: float = 60,
+    interval: float = 0.2,
+    what: str = "the state wanted",
+) -> dict:
     """Poll GET /api/documents/<id> (not rate-limited like the status) until test(body) holds."""
+
     def check() -> dict | None:
         body = session.get(f"{base}/api/documents/{doc_id}", timeout=10).json()
         return body if test(body) else None
@@ -51,8 +69,9 @@ def wait_document(session: requests.Session, base: str, doc_id: str, test: Calla
     return wait_for(check, timeout, interval, what=f"document {doc_id}: {what}")
 
 
-def open_stream(session: requests.Session, base: str, body: dict, last_event_id: int | None = None,
-                timeout: float = 30) -> requests.Response:
+def open_stream(
+    session: requests.Session, base: str, body: dict, last_event_id: int | None = None, timeout: float = 30
+) -> requests.Response:
     """Open the document's SSE stream (with Last-Event-ID when given), unread."""
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
@@ -67,6 +86,7 @@ def slow_pdf(pages: int) -> bytes:
 
 def settled_status(session: requests.Session, base: str, body: dict, timeout: float = 60) -> dict:
     """The document's status once it is terminal and stays so: the true final state."""
+
     def terminal():
         status = session.get(base + body["status_url"], timeout=5).json()
         return status if status["state"] in TERMINAL else None
@@ -88,8 +108,9 @@ class Viewer(threading.Thread):
     newer than what it already applied, and stops at the first newer complete/error event.
     """
 
-    def __init__(self, name: str, token: str, bases, events_url: str, deadline: float = 120,
-                 read_timeout: float = 5.0):
+    def __init__(
+        self, name: str, token: str, bases, events_url: str, deadline: float = 120, read_timeout: float = 5.0
+    ):
         super().__init__(name=name, daemon=True)
         self.session = api(token)
         self.bases = bases if callable(bases) else (lambda: bases)
@@ -130,8 +151,9 @@ class Viewer(threading.Thread):
         if self.last_id is not None:
             headers["Last-Event-ID"] = self.last_id
         try:
-            resp = self.session.get(self.bases() + self.events_url, headers=headers, stream=True,
-                                    timeout=(3, self.read_timeout))
+            resp = self.session.get(
+                self.bases() + self.events_url, headers=headers, stream=True, timeout=(3, self.read_timeout)
+            )
         except requests.RequestException as exc:
             self.failures.append(type(exc).__name__)
             return False
