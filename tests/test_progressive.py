@@ -29,6 +29,8 @@ OUTLINE = [
 ]
 TEXTS = [f"Page {i} of the book\nThe {WORDS[i % 10]}{i} keyword lives here" for i in range(1, PAGES + 1)]
 BOOK = make_pdf(TEXTS, outline=OUTLINE)
+# Five times as long: seconds of conversion at 300 dpi even on both cores of a quiet machine.
+LONG_BOOK = make_pdf(TEXTS * 5)
 SLOW = {"RENDER_DPI": "300", "RATELIMIT_STREAM": "6000 per minute"}
 
 
@@ -149,7 +151,7 @@ def test_search_finds_a_word_on_its_page_and_says_how_much_was_searched(slow_sta
 def test_delete_mid_conversion_stops_it_ends_the_stream_and_leaves_no_files(slow_stack):
     s = api(slow_stack.user("deleter"))
     base = slow_stack.base_url
-    body = upload(s, base, BOOK)
+    body = upload(s, base, LONG_BOOK)  # still converting when the delete arrives
     doc_id = body["id"]
     resp = s.get(base + body["events_url"], stream=True, timeout=60)
     events = sse_events(resp)

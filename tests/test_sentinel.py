@@ -124,18 +124,22 @@ def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path, database_u
     master.flushdb()
 
 
+PAGES = 300
+
+
 @pytest.mark.live
 @needs_sentinel
 @pytest.mark.timeout(300)  # a failover, then the master killed: each waits out the sentinels
 def test_viewers_survive_a_failover_and_the_master_dying_mid_conversion(tmp_path):
     group = SentinelGroup(tmp_path / "sentinels").start()
-    stack = Stack(group.url, tmp_path / "stack", RENDER_DPI="300")
+    # One render process at 300 dpi on PAGES pages: the conversion outlasts a failover and a kill.
+    stack = Stack(group.url, tmp_path / "stack", RENDER_DPI="300", RENDER_PROCESSES="1")
     try:
         stack.start_web()
         stack.start_worker()
         token = stack.user("ha")
         s = api(token)
-        body = upload(s, stack.base_url, slow_pdf(80))
+        body = upload(s, stack.base_url, slow_pdf(PAGES))
         viewer = Viewer("through-failovers", token, stack.base_url, body["events_url"], deadline=150)
         viewer.start()
 
@@ -159,7 +163,7 @@ def test_viewers_survive_a_failover_and_the_master_dying_mid_conversion(tmp_path
             group.redis_ports[0],
         )
         assert final is not None, f"viewer did not end: {viewer.failures}\n{stack.logs()}"
-        assert (final["state"], final["ready"], final["pages"]) == ("complete", 80, 80)
+        assert (final["state"], final["ready"], final["pages"]) == ("complete", PAGES, PAGES)
         assert (truth["state"], truth["seq"]) == ("complete", final["seq"])
         ready = [p["ready"] for p in viewer.applied if "ready" in p]
         assert ready == sorted(ready)  # pages never went back across the failovers

@@ -37,6 +37,7 @@ BOOK = make_pdf(
     ],
     outline=OUTLINE,
 )
+LONG_BOOK = make_pdf([f"Page {i}, zebra{i:03d}" for i in range(1, 301)])
 SLOW = {"RENDER_DPI": "250"}  # a few seconds of conversion: pages visibly stream in
 # At RENDER_DPI=110 a US Letter page image is 935 x 1210 px; 100% zoom is its paper size, 816 px wide.
 WIDTH_100 = round(935 * 96 / 110)
@@ -384,7 +385,7 @@ def test_outline_tree_and_thumbnails_jump_to_pages(reader, console):
 def test_delete_from_the_viewer_and_the_list_with_confirmation(make_stack, open_context, console):
     stack = make_stack(**SLOW)
     token = stack.user("del")
-    first = upload(stack, token, name="first.pdf")
+    first = upload(stack, token, LONG_BOOK, name="first.pdf")  # still converting when it is deleted
     second = upload(stack, token, name="second.pdf")
     ctx = open_context(stack, "del")
     page = ctx.new_page()
