@@ -36,10 +36,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(port: int, directory: str | os.PathLike, log: str | os.PathLike | None = None) -> subprocess.Popen:
-    """Start redis-server on 127.0.0.1:port (no persistence) and wait until it answers."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    cmd = [
+def server_command(port: int, directory: str | os.PathLike) -> list[str]:
+    """redis-server on 127.0.0.1:port, its files in directory, no persistence."""
+    return [
         server_binary(),
         "--port",
         str(port),
@@ -51,9 +50,13 @@ def start(port: int, directory: str | os.PathLike, log: str | os.PathLike | None
         "no",
         "--dir",
         str(directory),
-        "--maxclients",
-        "10000",
     ]
+
+
+def start(port: int, directory: str | os.PathLike, log: str | os.PathLike | None = None) -> subprocess.Popen:
+    """Start redis-server on 127.0.0.1:port (no persistence) and wait until it answers."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    cmd = [*server_command(port, directory), "--maxclients", "10000"]
     out = open(log, "ab") if log else subprocess.DEVNULL
     # A session of its own: a Ctrl-C meant for the app must not take Redis down under a worker that
     # still has to finish its shutdown (scripts/run stops Redis last).

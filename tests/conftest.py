@@ -16,7 +16,7 @@ import devredis  # noqa: E402
 from livedoc.redis_client import connect  # noqa: E402
 from tests import dbs  # noqa: E402
 from tests.support import budget  # noqa: E402
-from tests.support.app import Users  # noqa: E402
+from tests.support.app import Users, made_app  # noqa: E402
 
 pytest_plugins = ["tests.support.browser"]
 
@@ -98,33 +98,17 @@ def database_url(tmp_path) -> str:
 @pytest.fixture
 def app(redis_conn, redis_url, storage_dir, worker_env, database_url):
     """The app on the test Redis database, a fresh migrated database and an empty STORAGE_DIR."""
-    from app import create_app
-
-    app = create_app(
-        {
-            "TESTING": True,
-            "SECRET_KEY": "test",
-            "REDIS_URL": redis_url,
-            "STORAGE_DIR": str(storage_dir),
-            "SQLALCHEMY_DATABASE_URI": database_url,
-            "JOB_RETRY_INTERVALS": "0,0,0",
-            "RATELIMIT_ENABLED": False,
-            # Suites that upload dozens of documents without running them; tests/test_quotas.py sets its own.
-            "MAX_CONVERSIONS_PER_USER": 10_000,
-            "QUOTA_DOCUMENTS": 10_000,
-        }
-    )
-    yield app
-    app.extensions["livedoc.redis"].connection_pool.disconnect()
-    with app.app_context():
-        db_dispose()
-
-
-def db_dispose() -> None:
-    """Close the app's pooled database connections (PostgreSQL counts them)."""
-    from livedoc.extensions import db
-
-    db.engine.dispose()
+    with made_app(
+        redis_url,
+        storage_dir,
+        database_url,
+        JOB_RETRY_INTERVALS="0,0,0",
+        RATELIMIT_ENABLED=False,
+        # Suites that upload dozens of documents without running them; tests/test_quotas.py sets its own.
+        MAX_CONVERSIONS_PER_USER=10_000,
+        QUOTA_DOCUMENTS=10_000,
+    ) as app:
+        yield app
 
 
 @pytest.fixture

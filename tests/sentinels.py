@@ -60,19 +60,7 @@ class SentinelGroup:
         for i, port in enumerate(self.redis_ports):
             d = self.base / f"redis-{port}"
             d.mkdir()
-            cmd = [
-                devredis.server_binary(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(d),
-            ]
+            cmd = devredis.server_command(port, d)
             if i == 1:
                 cmd += ["--replicaof", "127.0.0.1", str(master)]
             self._spawn(f"redis-{port}", cmd)

@@ -9,7 +9,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from tests.support.app import csrf_from
+from tests.support.app import csrf_from, made_app
 
 LONG = "a-long-password-1"
 
@@ -102,22 +102,15 @@ def test_cookies_are_secure_and_hsts_sent_only_over_https(app, users):
 
 @pytest.fixture
 def limited_app(redis_conn, redis_url, storage_dir, worker_env, database_url):
-    from app import create_app
-
-    app = create_app(
-        {
-            "TESTING": True,
-            "SECRET_KEY": "test",
-            "REDIS_URL": redis_url,
-            "STORAGE_DIR": str(storage_dir),
-            "SQLALCHEMY_DATABASE_URI": database_url,
-            "RATELIMIT_ENABLED": True,
-            "RATELIMIT_LOGIN": "1000 per minute",
-            "RATELIMIT_LOGIN_USER": "3 per minute",
-        }
-    )
-    yield app
-    app.extensions["livedoc.redis"].connection_pool.disconnect()
+    with made_app(
+        redis_url,
+        storage_dir,
+        database_url,
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_LOGIN="1000 per minute",
+        RATELIMIT_LOGIN_USER="3 per minute",
+    ) as app:
+        yield app
 
 
 def test_login_is_throttled_per_username_from_any_address(limited_app):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -55,3 +58,29 @@ def run_jobs(connection: Redis, queue_name: str = "livedoc") -> None:
         [jobs.queue(connection, queue_name)], connection=connection, serializer=jobs.SERIALIZER
     )
     worker.work(burst=True, with_scheduler=False)
+
+
+@contextlib.contextmanager
+def made_app(redis_url: str, storage_dir: Path, database_url: str, **config) -> Iterator[Flask]:
+    """The app on the test Redis, database and storage (plus `config`), closed afterwards: its
+    Redis pool and its pooled database connections (PostgreSQL counts them)."""
+    from app import create_app
+    from livedoc.extensions import db
+
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "REDIS_URL": redis_url,
+            "STORAGE_DIR": str(storage_dir),
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            **config,
+        }
+    )
+    try:
+        yield app
+    finally:
+        app.extensions["livedoc.redis"].connection_pool.disconnect()
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
