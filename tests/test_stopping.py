@@ -18,7 +18,8 @@ from tests.pdfgen import make_pdf
 # scripts/run brings a whole deployment up and down (up to 120 s to start).
 pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 
-SLOW_PDF = make_pdf([f"Page {i} of a long document\n" + "text " * 40 for i in range(1, 61)])
+PAGES = 200  # at 300 dpi on one render process: the first worker is still converting when stopped
+SLOW_PDF = make_pdf([f"Page {i} of a long document\n" + "text " * 40 for i in range(1, PAGES + 1)])
 
 
 def _rendering(conn, job_id: str, page: int) -> bool:
@@ -28,7 +29,8 @@ def _rendering(conn, job_id: str, page: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_stopped_worker_hands_its_job_to_another_which_finishes_it(make_stack, sig):
-    stack = make_stack(RENDER_DPI="300")
+    # Every save its own event (no coalescing): the stream must show the hand-back itself.
+    stack = make_stack(RENDER_DPI="300", RENDER_PROCESSES="1", SSE_COALESCE_MS="0")
     conn = connect(stack.redis_url)
     s = api(stack.user("stopper"))
     doc = s.post(
@@ -59,7 +61,7 @@ def test_stopped_worker_hands_its_job_to_another_which_finishes_it(make_stack, s
     assert took < 5, f"the worker took {took:.1f} s to stop"
 
     events = [json.loads(m["data"]) for m in sse_events(stream) if "data" in m]
-    assert events[-1]["state"] == "complete" and events[-1]["pages"] == 60
+    assert events[-1]["state"] == "complete" and events[-1]["pages"] == PAGES
     requeued = [e for e in events if e["stage"] == "requeued"]
     assert [e["state"] for e in requeued] == ["queued"]
     assert requeued[0]["attempt"] == 1 and events[-1]["attempt"] == 2
