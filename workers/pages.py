@@ -53,6 +53,12 @@ def thumb_size(width: int, height: int, thumb_width: int) -> tuple[int, int]:
     return tw, max(1, round(height * tw / width))
 
 
+def for_jpeg(image: Image.Image) -> Image.Image:
+    """The image as JPEG takes it: RGBX as it is (the padding byte is dropped; converting would only
+    copy the page), anything else as RGB."""
+    return image if image.mode == "RGBX" else to_rgb(image)
+
+
 def write_page_files(
     scratch: Path,
     n: int,
@@ -65,8 +71,7 @@ def write_page_files(
     """Write page n's files into scratch (the thumbnail from `thumb` when the converter rendered
     one itself); returns its manifest entry and the files by name."""
     names = page_names(n)
-    # JPEG takes RGBX as it is (the padding byte is dropped): converting would only copy the page.
-    rgb = image if image.mode == "RGBX" else to_rgb(image)
+    rgb = for_jpeg(image)
     paths = {name: scratch / name for name in names.values()}
     rgb.save(paths[names["image"]], "JPEG", quality=JPEG_QUALITY)
     if thumb is None:
@@ -75,7 +80,7 @@ def write_page_files(
         thumb = rgb.resize(
             thumb_size(rgb.width, rgb.height, thumb_width), Image.Resampling.LANCZOS, reducing_gap=1.0
         )
-    small = thumb if thumb.mode == "RGBX" else to_rgb(thumb)
+    small = for_jpeg(thumb)
     small.save(paths[names["thumb"]], "JPEG", quality=THUMB_QUALITY)
     if small is not thumb:
         small.close()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from config import Settings
 from livedoc.storage import HD_KINDS, DocumentFiles, hd_name, open_storage
-from workers.pages import JPEG_QUALITY, to_rgb
-from workers.pdf import POINTS_PER_INCH, open_document
+from workers.pages import JPEG_QUALITY, for_jpeg
+from workers.pdf import BITMAP, POINTS_PER_INCH, open_document
 
 
 def render_hd(doc_id: str, kind: str, attempt: int, n: int) -> dict:
@@ -39,9 +39,9 @@ def render_hd(doc_id: str, kind: str, attempt: int, n: int) -> dict:
                 settings.HD_DPI / POINTS_PER_INCH,
                 (4 * settings.MAX_PAGE_PIXELS / max(1.0, width * height)) ** 0.5,
             )
-            bitmap = page.render(scale=scale, rev_byteorder=True)
+            bitmap = page.render(scale=scale, **BITMAP)
             image = bitmap.to_pil()
-            rgb = to_rgb(image)
+            rgb = for_jpeg(image)
             out = scratch / hd_name(n)
             rgb.save(out, "JPEG", quality=JPEG_QUALITY)
             for item in (rgb, image):
