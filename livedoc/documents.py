@@ -491,15 +491,20 @@ def set_position(doc: Document, page: int) -> None:
 
 
 def delete(connection: Redis, config: Mapping, doc: Document) -> None:
-    """Stop the conversion, end every open stream on "deleted", remove the files and the row."""
+    """Remove the row, then stop the conversion, end every open stream on "deleted", remove the files."""
     from rq.command import send_stop_job_command
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
     from rq.job import Job
 
     prog = current_progress(connection, doc)
-    if doc.job_id:
+    files, job_id = files_of(doc), doc.job_id
+    # The row goes first: a viewer told "deleted" by its stream may reload at once and must find
+    # nothing. A crash after this commit can leave files without a row, never a row without files.
+    db.session.delete(doc)
+    db.session.commit()
+    if job_id:
         try:
-            job = Job.fetch(doc.job_id, connection=connection, serializer=jobs.SERIALIZER)
+            job = Job.fetch(job_id, connection=connection, serializer=jobs.SERIALIZER)
         except NoSuchJobError:
             job = None
         if job is not None:
@@ -512,9 +517,7 @@ def delete(connection: Redis, config: Mapping, doc: Document) -> None:
                 pass  # not running: nothing to stop
             else:
                 _wait_stopped(connection, job.id)
-    files_of(doc).delete()
-    db.session.delete(doc)
-    db.session.commit()
+    files.delete()
 
 
 def _wait_stopped(connection: Redis, job_id: str, timeout: float = 5.0) -> None:
