@@ -180,6 +180,10 @@ class StreamHub:
         self._conns: set[Connection] = set()
         self._closing: str | None = None  # set once the process is shutting down
         self._per_user: Counter = Counter()
+        # Kept as connections and subscriptions come and go: the stats snapshot of every poll reads
+        # them instead of walking every subscription (50,000 at 5,000 streams of 10 documents).
+        self._by_transport: Counter = Counter()
+        self._by_doc: Counter = Counter()
         self._others_by_user: Counter = Counter()
         self._poller: gevent.Greenlet | None = None
         self._pusher: gevent.Greenlet | None = None
@@ -198,6 +202,7 @@ class StreamHub:
         conn.closed = self._closing
         self._conns.add(conn)
         self._per_user[user_id] += 1
+        self._by_transport[conn.label] += 1
         metrics.OPEN_STREAMS.labels(conn.label).inc()
         return conn
 
@@ -208,9 +213,8 @@ class StreamHub:
         for doc_id in list(conn.subs):
             conn.unwatch(doc_id)
         self._conns.discard(conn)
-        self._per_user[conn.user_id] -= 1
-        if self._per_user[conn.user_id] <= 0:
-            del self._per_user[conn.user_id]
+        _decrement(self._per_user, conn.user_id)
+        _decrement(self._by_transport, conn.label)
         metrics.OPEN_STREAMS.labels(conn.label).dec()
 
     def _add(self, sub: Subscription, current: progress.Progress | None) -> None:
@@ -220,10 +224,12 @@ class StreamHub:
         watch.offer(current)
         watch.subscribers.add(sub)
         sub.watch = watch
+        self._by_doc[sub.doc_id] += 1
 
     def _remove(self, sub: Subscription) -> None:
         watch = self._watches.get(sub.job_id)
         sub.watch = None
+        _decrement(self._by_doc, sub.doc_id)
         if watch is not None:
             watch.subscribers.discard(sub)
             if not watch.subscribers:
@@ -263,21 +269,13 @@ class StreamHub:
     # -- stats -----------------------------------------------------------------------------------
     def snapshot(self) -> dict:
         """This process's connection stats."""
-        by_doc: Counter = Counter()
-        by_transport: Counter = Counter()
-        by_user: Counter = Counter()
-        for conn in self._conns:
-            by_transport[conn.label] += 1
-            by_user[str(conn.user_id)] += 1
-            for doc_id in conn.subs:
-                by_doc[doc_id] += 1
         return {
             "host": self.host_id,
             "totalConnections": len(self._conns),
-            "documentSubscriptions": len(by_doc),
-            "connectionsByDocument": dict(by_doc),
-            "connectionsByTransport": dict(by_transport),
-            "connectionsByUser": dict(by_user),
+            "documentSubscriptions": len(self._by_doc),
+            "connectionsByDocument": dict(self._by_doc),
+            "connectionsByTransport": dict(self._by_transport),
+            "connectionsByUser": {str(user): n for user, n in self._per_user.items()},
             "watchedJobs": len(self._watches),
             "at": round(time.time(), 3),
         }
@@ -486,3 +484,9 @@ def collect_stats(connection: Redis) -> dict:
     total["connectionsByDocument"] = dict(total["connectionsByDocument"])
     total["connectionsByTransport"] = dict(total["connectionsByTransport"])
     return total
+
+
+def _decrement(counts: Counter, key) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
