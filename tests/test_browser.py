@@ -6,7 +6,7 @@ rendered at 250 DPI so that a few dozen pages take long enough for the progress 
 
 Every page is watched for JavaScript errors and console errors (a CSP violation is one): any of them
 fails the test, except network errors a test provokes on purpose (the server restart).
-Screenshots of the viewer go to docs/.
+Screenshots of the viewer go to SCREENSHOT_DIR (tests/support/browser.py).
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from rq.job import Job
 from livedoc import flags, jobs, progress
 from tests.live import password_for
 from tests.pdfgen import make_pdf
-from tests.support import ROOT
-from tests.support.browser import assert_not_reloaded, login, mark_page
+from tests.support.browser import assert_not_reloaded, login, mark_page, screenshot
 
 # Sixty-page conversions at 250 DPI watched to the end, some across a server restart.
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-DOCS = ROOT / "docs"
 SETTINGS = {"RENDER_DPI": "250"}
 PAGES = 60
 BIG_PDF = make_pdf(
@@ -200,8 +198,7 @@ def test_upload_shows_live_progress_then_pages_without_reload(stack, open_contex
                 fill: 100 * q('.progress-fill').getBoundingClientRect().width
                       / q('#progress').getBoundingClientRect().width};
     }""")
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "viewer-converting.png"))
+    screenshot(page, "viewer-converting.png")
     after = page.evaluate("() => document.querySelector('#viewer').dataset.state")
     assert mid["state"] == after == "running", f"conversion ended before the mid-way screenshot: {mid}"
     assert abs(mid["fill"] - mid["now"]) < 2, f"the bar's width does not match its value: {mid}"
@@ -214,7 +211,7 @@ def test_upload_shows_live_progress_then_pages_without_reload(stack, open_contex
     expect(page.locator("#live-region")).to_have_text(f"Conversion complete, {PAGES} pages")
     expect(page.locator("#find")).to_be_focused()  # announced, not focused: the reader is reading
     page.evaluate("() => window.scrollTo(0, 0)")
-    page.screenshot(path=str(DOCS / "viewer-complete.png"))
+    screenshot(page, "viewer-complete.png")
 
     rec = recorded(page)
     print("aria-valuenow seen:", rec["valuenow"])
@@ -245,8 +242,7 @@ def test_corrupt_pdf_shows_message_without_retry(stack, signed_in, console):
     expect(page.locator("#error-message")).to_have_text(DAMAGED)
     expect(page.locator("#retry")).to_have_count(0)
     expect(page.locator("#live-region")).to_have_text(re.compile(r"^Conversion failed: .*damaged"))
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "viewer-failed.png"))
+    screenshot(page, "viewer-failed.png")
     assert_not_reloaded(page)
 
     # A fresh load of the failed document says the same, server-rendered.

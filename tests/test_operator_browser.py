@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -19,11 +18,10 @@ from livedoc import jobs
 from tests.live import api
 from tests.pdfgen import make_pdf
 from tests.support import streams
-from tests.support.browser import login
+from tests.support.browser import login, screenshot
 
 pytestmark = pytest.mark.browser
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 SMALL_PDF = make_pdf(["First page of the dashboard test", "Second page", "Third page"])
 SLOW_PDF = make_pdf([f"Slow page {i}" for i in range(1, 41)])
 CORRUPT_PDF = b"%PDF-1.7\n garbage"
@@ -58,8 +56,7 @@ def admin_stack(make_stack):
 
 
 def shoot(page: Page, name: str) -> None:
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / name), full_page=True)
+    screenshot(page, name, full_page=True)
 
 
 def test_rq_dashboard_shows_queues_jobs_job_progress_and_workers(admin_stack, open_context, console):

@@ -2,14 +2,13 @@
 
 Reading while converting (pages appear before complete, their text is selectable), the page box and
 keys, `#page=N`, the last page read, zoom, the text layer, find, the outline, thumbnails, delete, all
-by keyboard, and a 360 px phone. Screenshots go to docs/ (viewer-reading.png, viewer-find.png,
-viewer-phone.png, viewer-phone-sidebar.png).
+by keyboard, and a 360 px phone. Screenshots: viewer-reading.png, viewer-find.png, viewer-phone.png,
+viewer-phone-sidebar.png, in SCREENSHOT_DIR (tests/support/browser.py).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -17,11 +16,10 @@ from playwright.sync_api import Page, expect
 from tests.live import api
 from tests.pdfgen import make_pdf
 from tests.support import streams, wait_for
-from tests.support.browser import login
+from tests.support.browser import login, screenshot
 
 pytestmark = pytest.mark.browser
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = 60
 OUTLINE = [
     ("Introduction", 0, []),
@@ -164,8 +162,7 @@ def test_pages_are_readable_and_searchable_before_the_conversion_completes(make_
     status = page.locator("#find-status").text_content()
     hits, searched = map(int, re.search(r"of (\d+) · searched (\d+)", status).groups())
     assert hits == searched < PAGES, status
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "viewer-reading.png"))
+    screenshot(page, "viewer-reading.png")
 
     expect(page.locator("#viewer")).to_have_attribute("data-state", "complete", timeout=90_000)
     expect(page.locator("#page-column figure.pending")).to_have_count(0)
@@ -321,7 +318,7 @@ def test_text_layer_is_selectable_and_find_highlights_hits(reader, console):
     # The highlight sits on the word, inside the line's run.
     assert word["x"] < hb["x"] < word["x"] + word["width"] and hb["width"] < word["width"] / 3, (word, hb)
     assert abs(hb["y"] - word["y"]) < 3 and abs(hb["height"] - word["height"]) < 3
-    page.screenshot(path=str(DOCS / "viewer-find.png"))
+    screenshot(page, "viewer-find.png")
 
     page.fill("#find", "alpha beta")
     page.press("#find", "Enter")
@@ -496,12 +493,12 @@ def test_phone_width_sidebar_over_the_pages_and_a_wrapping_toolbar(reader, conso
     for sel in ("#page-number", "#zoom", "#find", "#sidebar-toggle"):
         b = page.locator(sel).bounding_box()
         assert b["x"] >= 0 and b["x"] + b["width"] <= 360, (sel, b)
-    page.screenshot(path=str(DOCS / "viewer-phone.png"))
+    screenshot(page, "viewer-phone.png")
 
     page.click("#sidebar-toggle")
     expect(page.locator("#sidebar")).to_be_visible()
     page.wait_for_function("() => document.querySelector('#thumbs a[href=\"#page=2\"] img')?.naturalWidth")
-    page.screenshot(path=str(DOCS / "viewer-phone-sidebar.png"))
+    screenshot(page, "viewer-phone-sidebar.png")
     page.locator("#thumbs a[href='#page=3']").click()
     expect(page.locator("#sidebar")).to_be_hidden()  # out of the way after a choice
     assert_at_page(page, 3)

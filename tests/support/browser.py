@@ -7,15 +7,21 @@ fixture skips the test; being module-scoped it is set up first, before the test 
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.live import password_for
+from tests.support import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
+# A test run leaves the worktree as it found it; to refresh the README's pictures on purpose:
+# `SCREENSHOT_DIR=docs scripts/test tests/test_*browser.py`.
+SCREENSHOTS = ROOT / os.environ.get("SCREENSHOT_DIR", f"{tempfile.gettempdir()}/livedoc-screenshots")
 LAUNCH_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -25,6 +31,14 @@ LAUNCH_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def screenshot(page: Page, name: str, **options) -> Path:
+    """Save a screenshot of the page as `name` in SCREENSHOTS; returns its path."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    page.screenshot(path=str(path), **options)
+    return path
 
 
 # -- fixtures --------------------------------------------------------------------------------------
