@@ -88,14 +88,24 @@ def create(
     )
     files = files_of(doc)
     checked = _CheckedUpload(head, upload, kind, left, lambda: quotas.raise_storage(use, config))
+    added = False
     try:
         size = files.save_original_stream(checked)
+        doc.size = doc.stored_bytes = size
+        with quotas.admitting(connection, owner):
+            # Checked again with what the user holds now: another upload may have been admitted
+            # while this one was copied.
+            now = quotas.usage(owner)
+            if size > quotas.check_upload(now, config):
+                quotas.raise_storage(now, config)
+            db.session.add(doc)
+            db.session.commit()
+            added = True
     except BaseException:
-        files.delete()
+        if not added:
+            db.session.rollback()
+            files.delete()
         raise
-    doc.size = doc.stored_bytes = size
-    db.session.add(doc)
-    db.session.commit()
     _enqueue(connection, config, doc, seq=1, attempt=1)
     return doc
 
@@ -281,26 +291,27 @@ def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
         )
     owner = db.session.get(User, doc.owner_id)
     settle_unfinished(connection, owner, config["MAX_CONVERSIONS_PER_USER"])
-    quotas.check_conversion(quotas.usage(owner), config)
     attempt, seq = prog.get("attempt", 1) + 1, prog["seq"] + 1
-    # Claim the retry in one conditional UPDATE, so two clicks cannot queue two attempts.
-    claimed = db.session.execute(
-        db.update(Document)
-        .where(
-            Document.id == doc.id,
-            Document.state == progress.State.FAILED.value,
-            Document.last_seq == prog["seq"],
-        )
-        .values(
-            state=progress.State.QUEUED.value,
-            last_seq=seq,
-            attempt=attempt,
-            error_code=None,
-            error_message=None,
-            error_retryable=None,
-        )
-    ).rowcount
-    db.session.commit()
+    with quotas.admitting(connection, owner):
+        quotas.check_conversion(quotas.usage(owner), config)
+        # Claim the retry in one conditional UPDATE, so two clicks cannot queue two attempts.
+        claimed = db.session.execute(
+            db.update(Document)
+            .where(
+                Document.id == doc.id,
+                Document.state == progress.State.FAILED.value,
+                Document.last_seq == prog["seq"],
+            )
+            .values(
+                state=progress.State.QUEUED.value,
+                last_seq=seq,
+                attempt=attempt,
+                error_code=None,
+                error_message=None,
+                error_retryable=None,
+            )
+        ).rowcount
+        db.session.commit()
     if claimed != 1:
         raise Conflict("A retry is already under way.", code="retry_in_progress")
     db.session.refresh(doc)

@@ -10,3 +10,4 @@ PROGRESS_PATTERN = PROGRESS_CHANNEL + "*"  # what each web process's hub PSUBSCR
 DELETED_JOB = PREFIX + "deleted:"  # + job id: the document was deleted; writers must stop
 CAN_CONVERT = PREFIX + "can-convert:"  # + kind: some worker can convert it; refreshed with a TTL
 CHUNKS = PREFIX + "chunks:"  # + job id + ":" + attempt + part: a chunked conversion's state
+QUOTA_LOCK = PREFIX + "quota-lock:"  # + user id: held while a new document or attempt is admitted

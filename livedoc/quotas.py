@@ -3,18 +3,23 @@ output) and conversions in flight (MAX_CONVERSIONS_PER_USER).
 
 Usage is read from the database in one query; conversions in flight are the documents whose ending
 the database does not know yet, settled against Redis first so that finished jobs nobody watched
-do not count.
+do not count. Two requests of one user checked at the same moment could each fit alone, so the
+check that admits a new document or attempt, and its commit, run under the user's lock in Redis
+(`admitting`), held for milliseconds: not while an upload travels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from redis import Redis
+from redis.exceptions import LockError, RedisError
 from sqlalchemy import case, func
 
-from livedoc import progress
-from livedoc.errors import QuotaExceeded
+from livedoc import keys, progress
+from livedoc.errors import QuotaExceeded, Unavailable
 from livedoc.extensions import db
 from livedoc.models import Document, User
 
@@ -41,6 +46,25 @@ def usage(user: User) -> Usage:
         ).filter(Document.owner_id == user.id)
     ).one()
     return Usage(int(count), int(stored), int(running))
+
+
+@contextlib.contextmanager
+def admitting(connection: Redis, user: User, timeout: float = 10.0) -> Iterator[None]:
+    """Hold the user's admission lock: the quota check and the commit it allows are one step."""
+    lock = connection.lock(keys.QUOTA_LOCK + str(user.id), timeout=timeout, blocking_timeout=timeout)
+    try:
+        acquired = lock.acquire()
+    except RedisError:
+        raise Unavailable() from None
+    if not acquired:
+        raise Unavailable("Too many of your requests at once; try again in a moment.")
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except (LockError, RedisError):
+            pass  # expired, or Redis is gone: the lock ends by itself within `timeout`
 
 
 def report(use: Usage, config: Mapping) -> dict:
