@@ -18,7 +18,7 @@ from livedoc import capabilities, flags, proxies, schema, sessions
 from livedoc.appctx import redis_conn
 from livedoc.audit import audit
 from livedoc.errors import Unauthorized, error_response, register_error_handlers, wants_json
-from livedoc.extensions import csrf, db, limiter, login_manager, migrate
+from livedoc.extensions import csrf, db, limiter, login_manager
 from livedoc.hub import StreamHub
 from livedoc.models import User
 from livedoc.redis_client import SentinelURL, connect, is_sentinel
@@ -40,8 +40,8 @@ def content_security_policy(storage_origin: str | None) -> str:
     )
 
 
-def create_app(test_config: dict | None = None) -> Flask:
-    """Build the app: defaults, then the environment, then `test_config`."""
+def create_app(test_config: dict | None = None, *, cli: bool = True) -> Flask:
+    """Build the app: defaults, then the environment, then `test_config` (`cli`: with `flask db`)."""
     # INSTANCE_DIR is read first: Flask fixes the instance path when the app object is made.
     instance_dir = (test_config or {}).get("INSTANCE_DIR") or Settings.from_env().INSTANCE_DIR
     app = Flask(__name__, instance_relative_config=True, instance_path=instance_dir or None)
@@ -84,7 +84,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     logging.basicConfig(level=cfg["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(schema.MIGRATIONS))
+    if cli:
+        # Only the command line migrates: Alembic and Mako cost a web process ~11 MB.
+        from flask_migrate import Migrate
+
+        Migrate(app, db, directory=str(schema.MIGRATIONS))
     csrf.init_app(app)
     limiter.init_app(app)
     login_manager.init_app(app)

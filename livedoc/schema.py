@@ -9,12 +9,12 @@ recovers by itself once the operator has run the upgrade, with no restart.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
 
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -36,15 +36,34 @@ class SchemaOutdated(LivedocError):
     message = MESSAGE
 
 
-def head_revision() -> str:
-    """The newest revision in migrations/."""
-    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+# Read without Alembic, which only the command line loads (a test keeps both readings equal).
+_REVISION = re.compile(r"^revision(?:\s*:\s*str)?\s*=\s*['\"]([^'\"]+)['\"]", re.M)
+_DOWN = re.compile(r"^down_revision\b[^=\n]*=(.*)$", re.M)
+
+
+def head_revision(migrations: Path = MIGRATIONS) -> str:
+    """The newest revision in migrations/versions: the one no other revision follows."""
+    revisions, followed = set(), set()
+    for path in (migrations / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        found = _REVISION.search(text)
+        if found is None:
+            continue
+        revisions.add(found.group(1))
+        down = _DOWN.search(text)
+        followed.update(re.findall(r"['\"]([^'\"]+)['\"]", down.group(1)) if down else [])
+    heads = revisions - followed
+    if len(heads) != 1:
+        raise RuntimeError(f"{migrations} must have exactly one head revision, found {sorted(heads)}")
+    return heads.pop()
 
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None: never migrated)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 class SchemaGuard:

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -198,3 +199,61 @@ def test_downgrade_to_0001_and_back(tmp_path):
     with engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == "0003"
     engine.dispose()
+
+
+def test_the_schema_guard_reads_revisions_as_alembic_does(tmp_path):
+    from alembic.script import ScriptDirectory
+
+    assert schema.head_revision() == ScriptDirectory(str(schema.MIGRATIONS)).get_current_head()
+    for url, upto in (
+        (dbs.empty(tmp_path / "a"), None),
+        (dbs.empty(tmp_path / "b"), "0001"),
+        (dbs.fresh(tmp_path / "c"), "head"),
+    ):
+        if upto:
+            dbs.upgrade(url, upto)
+        engine = _engine(url)
+        with engine.connect() as conn:
+            expected = MigrationContext.configure(conn).get_current_revision()
+        assert (
+            schema.current_revision(engine) == expected == {None: None, "0001": "0001", "head": "0003"}[upto]
+        )
+        engine.dispose()
+
+    # The forms Alembic writes (annotated, or a merge's tuple), and a tree with two heads.
+    versions = tmp_path / "m" / "versions"
+    versions.mkdir(parents=True)
+    (versions / "a.py").write_text('revision: str = "a1"\ndown_revision: str | None = None\n')
+    (versions / "b.py").write_text("revision = 'b1'\ndown_revision = 'a1'\n")
+    assert schema.head_revision(tmp_path / "m") == "b1"
+    (versions / "c.py").write_text('revision = "c1"\ndown_revision = "a1"\n')
+    with pytest.raises(RuntimeError, match="one head"):
+        schema.head_revision(tmp_path / "m")
+    (versions / "d.py").write_text('revision = "d1"\ndown_revision = ("b1", "c1")\n')
+    assert schema.head_revision(tmp_path / "m") == "d1"
+
+
+@pytest.mark.parametrize(("entry", "loaded"), [("wsgi", []), ("cli", ["alembic", "flask_migrate", "mako"])])
+def test_only_the_command_line_loads_the_migration_tooling(tmp_path, entry, loaded):
+    probe = (
+        "import sys\n"
+        + ("import wsgi\n" if entry == "wsgi" else "from app import create_app\ncreate_app()\n")
+        + "print(sorted(m for m in ('alembic', 'flask_migrate', 'mako') if m in sys.modules))\n"
+    )
+    env = {
+        **os.environ,
+        "REDIS_URL": "redis://127.0.0.1:1/0",  # never connected to: making the app opens nothing
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'never.db'}",
+        "INSTANCE_DIR": str(tmp_path / "instance"),
+        "SECRET_KEY": "probe",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == repr(loaded)
