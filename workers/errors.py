@@ -114,18 +114,10 @@ class ConversionTimeout(TransientError):
     """The job ran out of time."""
 
     ending = endings.TIMEOUT
+    max_retries = 1  # a job that ran out of time once will likely do so again
 
 
 class InternalError(TransientError):
     """An unexpected failure (a bug); details go to the log, never to the user."""
 
     ending = endings.INTERNAL
-
-
-class WorkerMisconfigured(TransientError):
-    """A worker could not load the job at all (another serializer, missing code or packages).
-
-    Retryable: once the operator fixes or replaces the worker, the same document converts.
-    """
-
-    ending = endings.WORKER_MISCONFIGURED

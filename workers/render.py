@@ -44,8 +44,9 @@ def render_hd(doc_id: str, kind: str, attempt: int, n: int) -> dict:
             rgb = for_jpeg(image)
             out = scratch / hd_name(n)
             rgb.save(out, "JPEG", quality=JPEG_QUALITY)
-            for item in (rgb, image):
-                item.close()
+            if rgb is not image:
+                rgb.close()
+            image.close()
             bitmap.close()
             page.close()
         finally:
