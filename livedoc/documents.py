@@ -129,12 +129,7 @@ def _enqueue(connection: Redis, config: Mapping, doc: Document, seq: int, attemp
 
 def _not_queued(seq: int, attempt: int) -> progress.Progress:
     prog = progress.initial(seq, attempt)
-    prog.update(
-        state=progress.State.FAILED.value,
-        stage="failed",
-        message=endings.NOT_QUEUED.message,
-        error=endings.NOT_QUEUED.error(),
-    )
+    prog.update(progress.failure(endings.NOT_QUEUED))
     return prog
 
 

@@ -92,16 +92,20 @@ def initial(seq: int, attempt: int) -> Progress:
     }
 
 
+def failure(ending: endings.Ending, message: str | None = None) -> dict[str, Any]:
+    """The fields of a progress that ended in failure with `ending` (and a more precise message)."""
+    return {
+        "state": State.FAILED.value,
+        "stage": "failed",
+        "message": message or ending.message,
+        "error": ending.error(message),
+    }
+
+
 def lost(previous: Progress | None) -> Progress:
     """What a reader reports when RQ gave up on a job whose progress never reached an end."""
     base = dict(previous) if previous else initial(0, 1)
-    base.update(
-        seq=base["seq"] + 1,
-        state=State.FAILED.value,
-        stage="failed",
-        message=endings.WORKER_LOST.message,
-        error=endings.WORKER_LOST.error(),
-    )
+    base.update(seq=base["seq"] + 1, **failure(endings.WORKER_LOST))
     return base
 
 
@@ -250,16 +254,7 @@ def _rewrite(connection: Redis, job_id: str, changes: dict[str, Any]) -> Progres
 
 def fail_unrunnable(connection: Redis, job_id: str, message: str) -> Progress:
     """Record that no attempt could start (the worker could not load the job) and announce it."""
-    return _rewrite(
-        connection,
-        job_id,
-        {
-            "state": State.FAILED.value,
-            "stage": "failed",
-            "message": message,
-            "error": endings.WORKER_MISCONFIGURED.error(message),
-        },
-    )
+    return _rewrite(connection, job_id, failure(endings.WORKER_MISCONFIGURED, message))
 
 
 def handed_back(connection: Redis, job_id: str) -> Progress:
@@ -366,16 +361,9 @@ class ProgressWriter:
             }
         )
 
-    def fail(self, code: str, message: str, retryable: bool) -> Progress:
-        """Record the end of a conversion that failed for good (code: one of livedoc/endings.py)."""
-        return self._save(
-            {
-                "state": State.FAILED.value,
-                "stage": "failed",
-                "message": message,
-                "error": endings.Ending(code, message, retryable).error(),
-            }
-        )
+    def fail(self, ending: endings.Ending, message: str | None = None) -> Progress:
+        """Record the end of a conversion that failed for good with `ending`."""
+        return self._save(failure(ending, message))
 
     def will_retry(self, message: str) -> Progress:
         """Record a transient failure after which RQ will run the job again."""

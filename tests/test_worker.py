@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from config import Settings
-from livedoc import jobs, progress
+from livedoc import endings, jobs, progress
 from livedoc.ids import new_doc_id
 from livedoc.progress import ProgressWriter
 from livedoc.storage import DocumentFiles, LocalStorage
@@ -514,7 +514,7 @@ def test_progress_writer_invariants(redis_conn):
     assert again.attempt == 2
     restarted = again.update("validating", 0)
     assert restarted["percent"] == 0 and restarted["seq"] == 13 and restarted["attempt"] == 2
-    failed = again.fail("corrupt", "The file is damaged and cannot be read.", False)
+    failed = again.fail(endings.CORRUPT, "The file is damaged and cannot be read.")
     assert failed["state"] == "failed" and progress.is_terminal(failed)
     assert failed["error"] == {
         "code": "corrupt",

@@ -125,9 +125,6 @@ def _fail(job: Job, writer: ProgressWriter, error: ConversionError) -> None:
     if not error.retryable:
         # RQ's worker consults this same job object's should_retry after the job raises.
         job.retries_left = 0
-    elif isinstance(error, ConversionTimeout):
-        # A job that ran out of time once will likely do so again: one more try, not JOB_RETRIES.
-        job.retries_left = min(job.retries_left or 0, 1)
     cap = error.max_retries
     if cap is not None:
         # Some failures earn fewer tries than JOB_RETRIES (a hung LibreOffice: one more, not three).
@@ -137,7 +134,7 @@ def _fail(job: Job, writer: ProgressWriter, error: ConversionError) -> None:
         if will_retry:
             writer.will_retry(RETRY_MESSAGE)
         else:
-            writer.fail(error.code, error.message, error.retryable)
+            writer.fail(error.ending, error.message)
     except Deleted:
         pass  # deleted meanwhile: nothing to record
     except Exception as exc:  # noqa: BLE001 - must not hide the error that ended the attempt
