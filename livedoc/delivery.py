@@ -60,13 +60,12 @@ PING = "ping"
 class Delivery:
     """One connection's view of its documents: what it has seen, and what to send next."""
 
-    __slots__ = ("hub", "conn", "seen", "transport", "next_ping", "done")
+    __slots__ = ("hub", "conn", "seen", "next_ping", "done")
 
-    def __init__(self, hub: StreamHub, conn: Connection, transport: str):
+    def __init__(self, hub: StreamHub, conn: Connection):
         self.hub = hub
         self.conn = conn
         self.seen: dict[str, int] = {}
-        self.transport = transport
         self.next_ping: float | None = None
         self.done = False
 
@@ -108,7 +107,7 @@ class Delivery:
             seen[doc_id] = prog["seq"]
             batch.append(Event(doc_id, prog, watch.encoded(), before, watch.frames))
         if batch:
-            self.hub.note_sent([e.progress for e in batch], self.transport)
+            self.hub.note_sent([e.progress for e in batch], self.conn.label)
             for e in batch:
                 if progress.is_terminal(e.progress):
                     self.conn.unwatch(e.doc_id)

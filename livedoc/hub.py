@@ -124,7 +124,7 @@ class Subscription:
 
 
 class _Watch:
-    __slots__ = ("progress", "subscribers", "_encoded", "frames", "missing_since")
+    __slots__ = ("progress", "subscribers", "_encoded", "frames", "seen_missing")
 
     def __init__(self) -> None:
         self.progress: progress.Progress | None = None
@@ -134,7 +134,7 @@ class _Watch:
         # first connection that sends it and written as is by the others: encoded once per save, not
         # once per watcher. A new dict per progress, so a batch holding the old one stays right.
         self.frames: dict = {}
-        self.missing_since: float | None = None  # when this hub first saw the job's record missing
+        self.seen_missing = False  # this hub found the job's record missing (the grace clock is in Redis)
 
     def offer(self, candidate: progress.Progress | None) -> bool:
         """Keep the candidate if it is newer; True when subscribers should be woken."""
@@ -362,7 +362,7 @@ class StreamHub:
         for job_id in job_ids:
             watch = self._watches.get(job_id)
             if watch is not None and watch.progress is not None and not progress.is_terminal(watch.progress):
-                watch.missing_since = watch.missing_since or time.monotonic()
+                watch.seen_missing = True
                 missing[job_id] = watch.progress
         for job_id, ending in progress.vanished_endings(self.connection, missing, self.vanish_grace).items():
             self._offer(job_id, ending)
@@ -370,8 +370,8 @@ class StreamHub:
     def _found(self, job_id: str) -> None:
         # A record seen missing is back (a worker rode out the restart): its next loss gets a new grace.
         watch = self._watches.get(job_id)
-        if watch is not None and watch.missing_since is not None:
-            watch.missing_since = None
+        if watch is not None and watch.seen_missing:
+            watch.seen_missing = False
             progress.found_again(self.connection, job_id)
 
     def _offer(self, job_id: str, candidate: progress.Progress | None) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from redis import Redis
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import RedisError
 from sqlalchemy import case, func
 
 from livedoc import keys, progress
@@ -63,7 +63,7 @@ def admitting(connection: Redis, user: User, timeout: float = 10.0) -> Iterator[
     finally:
         try:
             lock.release()
-        except (LockError, RedisError):
+        except RedisError:  # LockError among them
             pass  # expired, or Redis is gone: the lock ends by itself within `timeout`
 
 

@@ -114,7 +114,7 @@ def _stream(
     try:
         yield sse.retry(retry_ms).encode()
         conn = h.connect(user_id, Transport.SSE, name)
-        delivery = Delivery(h, conn, name)
+        delivery = Delivery(h, conn)
         news = [e for e in (delivery.start(*item) for item in items) if e is not None]
         items.clear()  # the hub holds what is current from here on: keep no copy per stream
         if news:

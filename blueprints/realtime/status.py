@@ -37,7 +37,7 @@ def status(doc_id: str):
         h = stream_hub()
         conn = h.connect(user_id, Transport.LONGPOLL)
         try:
-            delivery = Delivery(h, conn, Transport.LONGPOLL)
+            delivery = Delivery(h, conn)
             delivery.start(doc_id, job_id, prog, seen=prog["seq"])
             delivery.seen[doc_id] = after  # answer with the first state newer than the caller's
             for item in delivery.loop(ping=wait, deadline=time.monotonic() + wait):

@@ -158,7 +158,7 @@ class _WsSession:
         self.h, self.ws, self.ping, self.cap, self.rate = h, ws, ping, cap, rate
         self.user_id, self.username, self.ip = user_id, username, ip
         self.conn = h.connect(user_id, Transport.WS)
-        self.delivery = Delivery(h, self.conn, Transport.WS)
+        self.delivery = Delivery(h, self.conn)
         self.readable = False
         self.watcher = get_hub().loop.io(ws.sock.fileno(), 1)  # 1: readable
         self.awaiting_pong = False
