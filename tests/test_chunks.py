@@ -113,6 +113,20 @@ def stack_conn(make_stack):
     return make
 
 
+def test_a_plan_removed_at_the_end_takes_no_more_claims(redis_conn):
+    from workers.chunks import Plan
+
+    plan = Plan(redis_conn, "doc-claims-1", 1)
+    redis_conn.hset(plan.table, mapping={"pages": 600, "chunk": 200})
+    assert plan.claim(1, "worker-a", 30) and not plan.claim(1, "worker-b", 30)
+    plan.done(1)
+    assert not plan.claim(1, "worker-b", 30)  # done
+    redis_conn.delete(*plan.all_keys(3))  # the document job ended: its plan is gone
+    # A chunk job that read the plan a moment before now claims a chunk: nothing, and no lease left.
+    assert not plan.claim(2, "worker-b", 30)
+    assert redis_conn.keys("livedoc:chunks:doc-claims-1*") == []
+
+
 def test_a_long_document_is_shared_by_two_workers(stack_conn):
     stack, conn = stack_conn()
     _start_workers(stack, 2, conn)

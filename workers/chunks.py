@@ -40,7 +40,10 @@ CHUNK = "workers.chunks.render_chunk"
 POLL_SECONDS = 0.2
 CHUNK_RESULT_TTL = 3600
 
+# A plan already removed (its document job ended) has nothing left to claim: a chunk job that read
+# the plan just before would otherwise leave a lease behind it.
 _CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'done:' .. ARGV[1]) == 1 then return 0 end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] then return 0 end
