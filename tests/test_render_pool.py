@@ -20,7 +20,7 @@ from workers import pdf
 TEXTS = [f"Page {n} says wombat{n}." for n in range(1, 13)]
 # Enough pages that the second render process, forked a moment after the first, still finds work
 # left when pages are cheap (about 5 ms each) and the machine is busy.
-MANY = [f"Page {n} says wombat{n}." for n in range(1, 121)]
+MANY = [f"Page {n} says wombat{n}." for n in range(1, 401)]
 
 
 def test_pages_render_in_several_processes_and_are_stored_in_order(tmp_path):
