@@ -137,6 +137,22 @@ class Settings:
     OFFICE_BINARY: str = "soffice"
     OFFICE_TIMEOUT: int = 180
     OFFICE_MEMORY_MB: int = 2048
+    # The sandbox every converter that parses user files in a subprocess runs in (workers/sandbox.py):
+    # bubblewrap with no network and a filesystem view of its scratch directory only. Where it cannot
+    # be made, the worker fails closed (no Office). A name on PATH or a path.
+    SANDBOX_BINARY: str = "bwrap"
+    # Bytes a converter subprocess may write (RLIMIT_FSIZE), and what an Office zip may unpack to:
+    # in total (declared sizes) and per entry as a compression ratio.
+    CONVERTER_OUTPUT_MB: int = 500
+    OFFICE_UNZIPPED_MB: int = 500
+    OFFICE_ZIP_RATIO: int = 200
+    # Address space of a work horse and its render processes (RLIMIT_AS): a hostile file can take a
+    # worker's memory only up to this. 0: unlimited.
+    WORKER_MEMORY_MB: int = 3072
+    # Characters of text kept per page and per document (a page or document over them ends
+    # `too_much_text`): they bound the text layer, the stored text and every search over it.
+    MAX_PAGE_TEXT: int = 100_000
+    MAX_DOCUMENT_TEXT: int = 20_000_000
     # One document over every core (0: os.cpu_count() render processes) and every worker (page-range
     # jobs of CHUNK_PAGES pages for documents longer than that).
     RENDER_PROCESSES: int = 0
@@ -155,6 +171,9 @@ class Settings:
     RATELIMIT_STREAM: str = "120 per minute"
     RATELIMIT_LOGIN: str = "20 per minute"
     RATELIMIT_UPLOAD: str = "60 per minute"
+    RATELIMIT_SEARCH: str = "30 per minute"  # searches per user
+    # Milliseconds of work one search may take before it answers with what it found so far.
+    SEARCH_BUDGET_MS: int = 2000
     MAX_STREAMS_PER_USER: int = 20
     MAX_DOCS_PER_STREAM: int = 50
 
@@ -165,7 +184,11 @@ class Settings:
 
     # Abuse: proxies, sessions, origins, tokens.
     TRUSTED_PROXIES: int = 0  # reverse proxies in front of gunicorn; 0: X-Forwarded-* are ignored
+    # Failed logins per (user name, client address); then, for each name over every address, a slower
+    # limit that only slows clients which have failed for that name (a correct password from a client
+    # that has not failed always logs in: nobody can lock a user out).
     RATELIMIT_LOGIN_USER: str = "10 per minute"
+    RATELIMIT_LOGIN_NAME: str = "100 per hour"
     PERMANENT_SESSION_LIFETIME: int = 14 * 24 * 3600  # seconds
     HSTS_MAX_AGE: int = 365 * 24 * 3600  # sent over HTTPS only
     ALLOWED_ORIGINS: str = ""  # comma-separated extra origins for the WebSocket handshake

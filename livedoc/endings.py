@@ -41,6 +41,14 @@ PAGE_TOO_LARGE = Ending("page_too_large", "A page is too large to display.", Fal
 EMPTY = Ending("empty", "The document has no pages.", False)
 INVALID_JOB = Ending("invalid_job", "This conversion request is not valid.", False)
 DELETED = Ending("deleted", "This document was deleted.", False)
+TOO_MUCH_TEXT = Ending("too_much_text", "The document holds more text than can be kept.", False)
+TOO_LARGE_UNPACKED = Ending(
+    "too_large_unpacked", "The document unpacks to far more data than its size suggests.", False
+)
+QUOTA_EXCEEDED = Ending("quota_exceeded", "The converted document does not fit in your storage quota.", False)
+OFFICE_TIMEOUT_FINAL = Ending(
+    "office_timeout_final", "LibreOffice took too long to convert this document, twice.", False
+)
 
 # Retryable.
 TEMPORARY = Ending("temporary", "A temporary problem interrupted the conversion.", True)
@@ -74,6 +82,10 @@ CATALOGUE: dict[str, Ending] = {
         EMPTY,
         INVALID_JOB,
         DELETED,
+        TOO_MUCH_TEXT,
+        TOO_LARGE_UNPACKED,
+        QUOTA_EXCEEDED,
+        OFFICE_TIMEOUT_FINAL,
         TEMPORARY,
         STORAGE,
         TIMEOUT,

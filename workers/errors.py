@@ -95,6 +95,24 @@ class InvalidJob(ConversionError):
     ending = endings.INVALID_JOB
 
 
+class TooMuchText(ConversionError):
+    """A page or the document holds more text than MAX_PAGE_TEXT / MAX_DOCUMENT_TEXT."""
+
+    ending = endings.TOO_MUCH_TEXT
+
+
+class TooLargeUnpacked(ConversionError):
+    """A compressed container (an Office zip) unpacks beyond its bounds: a decompression bomb."""
+
+    ending = endings.TOO_LARGE_UNPACKED
+
+
+class QuotaExceeded(ConversionError):
+    """Storing the next page would take the owner past QUOTA_MB."""
+
+    ending = endings.QUOTA_EXCEEDED
+
+
 # Transient: the input is fine, something around it was not; RQ retries these.
 
 
