@@ -112,6 +112,9 @@ class Settings:
     REALTIME_MODE: str = "sse"
     REALTIME_PUSH: bool = True
     LONGPOLL_MAX_WAIT: int = 25
+    # A long-poll that sees a change waits this many ms more and answers with everything new by then:
+    # one request per change window, not per save (a 1,000-page conversion saves hundreds of times).
+    LONGPOLL_WINDOW_MS: int = 1000
     STATS_TTL: int = 15
     WEBSOCKET_ENABLED: bool = False
 

@@ -92,8 +92,24 @@ def test_connection_attempts_are_rate_limited(make_stack):
     stack = make_stack(RATELIMIT_STREAM="3 per minute")
     reader = api(stack.user("hasty"))
     body = upload(reader, stack.base_url)
-    codes = [reader.get(stack.base_url + body["status_url"], timeout=5) for _ in range(4)]
-    assert [r.status_code for r in codes] == [200, 200, 200, 429]
+    codes = []
+    for _ in range(4):
+        resp = reader.get(stack.base_url + body["events_url"], timeout=5, stream=True)
+        codes.append(resp.status_code)
+        if resp.status_code == 429:
+            assert int(resp.headers["Retry-After"]) > 0
+            assert resp.json()["error"]["code"] == "rate_limited"
+        resp.close()
+    assert codes == [200, 200, 200, 429]
+
+
+def test_status_requests_are_limited_to_one_per_window_per_viewer(make_stack):
+    # Sized from the window: MAX_STREAMS_PER_USER viewers, each at most once per window (or poll).
+    stack = make_stack(MAX_STREAMS_PER_USER="1", LONGPOLL_WINDOW_MS="30000", SSE_POLL_INTERVAL="30000")
+    reader = api(stack.user("status-hasty"))
+    body = upload(reader, stack.base_url)
+    codes = [reader.get(stack.base_url + body["status_url"], timeout=5) for _ in range(3)]
+    assert [r.status_code for r in codes] == [200, 200, 429]
     assert int(codes[-1].headers["Retry-After"]) > 0
     assert codes[-1].json()["error"]["code"] == "rate_limited"
 

@@ -49,7 +49,8 @@ def _stream_limit() -> str:
     return current_app.config["RATELIMIT_STREAM"]
 
 
-def _user_key() -> str:
+def user_key() -> str:
+    """The rate-limit key of the logged-in user (limits per user, beside those per address)."""
     return f"user:{current_user.get_id()}"
 
 
@@ -67,7 +68,7 @@ def admit(transport: str) -> None:
 
 
 # Connection attempts are limited per IP and per user (Redis storage: shared by all hosts).
-stream_limits = [limiter.limit(_stream_limit), limiter.limit(_stream_limit, key_func=_user_key)]
+stream_limits = [limiter.limit(_stream_limit), limiter.limit(_stream_limit, key_func=user_key)]
 
 
 def limited(view):

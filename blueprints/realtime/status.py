@@ -1,4 +1,9 @@
-"""Long-poll and poll: `GET /api/documents/<id>/status?after=<seq>&wait=<s>`."""
+"""Long-poll and poll: `GET /api/documents/<id>/status?after=<seq>&wait=<s>`.
+
+A long-poll answers one change *window* (LONGPOLL_WINDOW_MS) after the first news, with the newest
+state by then: a conversion saving twenty times a second costs its viewer one request per window,
+and the status limit is sized from that window, so a viewer never meets a 429 of its own making.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,27 @@ import time
 from flask import current_app, jsonify
 from flask_login import current_user, login_required
 
-from blueprints.realtime import MAX_SEQ, admit, bp, int_arg, limited, wait_arg
+from blueprints.realtime import MAX_SEQ, admit, bp, int_arg, user_key, wait_arg
 from livedoc import documents
 from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.delivery import Delivery
-from livedoc.extensions import db
+from livedoc.extensions import db, limiter
 from livedoc.flags import Transport
 from livedoc.progress import is_terminal
 
 
+def _status_limit() -> str:
+    # Every viewer a user may hold open (MAX_STREAMS_PER_USER), each asking at most once per window
+    # (or per poll interval, which is longer): the user's own normal polling stays under it.
+    cfg = current_app.config
+    per_viewer = 60_000 // max(1, min(cfg["LONGPOLL_WINDOW_MS"], cfg["SSE_POLL_INTERVAL"]))
+    return f"{cfg['MAX_STREAMS_PER_USER'] * max(1, per_viewer)} per minute"
+
+
 @bp.route("/api/documents/<doc_id>/status")
 @login_required
-@limited
+@limiter.limit(_status_limit)
+@limiter.limit(_status_limit, key_func=user_key)
 def status(doc_id: str):
     """Poll (no `wait`) or long-poll (`after`, `wait`) a document's progress."""
     cfg = current_app.config
@@ -40,10 +54,16 @@ def status(doc_id: str):
             delivery = Delivery(h, conn)
             delivery.start(doc_id, job_id, prog, seen=prog["seq"])
             delivery.seen[doc_id] = after  # answer with the first state newer than the caller's
-            for item in delivery.loop(ping=wait, deadline=time.monotonic() + wait):
-                if isinstance(item, list):
-                    body = documents.status_body_of(doc_id, item[-1].progress)
-                break
+            deadline = time.monotonic() + wait
+            window = cfg["LONGPOLL_WINDOW_MS"] / 1000
+            for item in delivery.loop(ping=wait, deadline=deadline):
+                if not isinstance(item, list):
+                    break  # the wait ran out, or the hub closed the connection: answer as it stands
+                body = documents.status_body_of(doc_id, item[-1].progress)
+                if is_terminal(item[-1].progress):
+                    break
+                # News: gather what else comes within the window, then answer with the newest.
+                deadline = min(deadline, time.monotonic() + window)
         finally:
             h.disconnect(conn)
         flags = h.flags
