@@ -11,3 +11,5 @@ DELETED_JOB = PREFIX + "deleted:"  # + job id: the document was deleted; writers
 CAN_CONVERT = PREFIX + "can-convert:"  # + kind: some worker can convert it; refreshed with a TTL
 CHUNKS = PREFIX + "chunks:"  # + job id + ":" + attempt + part: a chunked conversion's state
 QUOTA_LOCK = PREFIX + "quota-lock:"  # + user id: held while a new document or attempt is admitted
+LOGIN_FAILURES = PREFIX + "login-fail:"  # + name digest + ":" + client address: failed logins, TTL
+LOGIN_NAME_FAILURES = PREFIX + "login-fail-name:"  # + name digest: failed logins from every address, TTL

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from redis import Redis
 
@@ -115,11 +117,14 @@ def test_rate_limits_are_kept_in_the_sentinel_master(group, tmp_path, database_u
         form = {"username": "x", "password": "y", "csrf_token": token}
         codes.append(client.post("/login", data=form).status_code)
     assert codes == [401, 401, 429]  # wrong password twice, then limited
-    counters = {k: master.get(k) for k in master.keys("LIMITS*")}
-    # Both login limits (per address, per user name) count in the master, not in a local fallback.
+    counters = {k: master.get(k) for k in master.keys("LIMITS*") + master.keys("livedoc:login-fail*")}
+    # The login limits (per address; failures per name and address, per name) count in the master,
+    # not in a local fallback; the third attempt was refused before its password was checked.
+    digest = hashlib.sha256(b"x").hexdigest()[:32]
     assert counters == {
         b"LIMITS:LIMITER/127.0.0.1/auth.login/2/1/minute": b"3",
-        b"LIMITS:LIMITER/login-user:x/auth.login/10/1/minute": b"3",
+        f"livedoc:login-fail:{digest}:127.0.0.1".encode(): b"2",
+        f"livedoc:login-fail-name:{digest}".encode(): b"2",
     }, counters
     master.flushdb()
 
