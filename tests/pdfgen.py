@@ -8,6 +8,7 @@ pdfium refuses the file without the user password and opens it with the right on
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 LETTER = (612.0, 792.0)
 
@@ -193,3 +194,26 @@ def empty_pdf() -> bytes:
 def corrupt_pdf() -> bytes:
     """Starts like a PDF (so the upload sniffer accepts it) but holds no readable PDF structure."""
     return b"%PDF-1.7\n" + bytes(range(256)) * 8 + b"\nthis is not a pdf body\n%%EOF\n"
+
+
+def dense_text_pdf(chars: int, pages: int = 1, per_show: int = 10, font_size: float = 1) -> bytes:
+    """`pages` pages sharing one Flate content stream of `chars` characters shown `per_show` at a
+    time, each show on a line of its own: a file of a few KB whose pages each hold `chars`
+    characters in chars / per_show text objects (the shape that made the old text layer quadratic)."""
+    show = b"(" + (b"abcdefghij" * (per_show // 10 + 1))[:per_show] + b") Tj T*\n"
+    stream = b"BT /F1 %g Tf %g TL 20 780 Td\n" % (font_size, font_size) + show * (chars // per_show) + b"ET\n"
+    body = zlib.compress(stream, 9)
+    first_page = 5
+    kids = " ".join(f"{first_page + i} 0 R" for i in range(pages))
+    objects = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+        3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+        4: f"<< /Length {len(body)} /Filter /FlateDecode >>\nstream\n".encode() + body + b"\nendstream",
+    }
+    for i in range(pages):
+        objects[first_page + i] = (
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Contents 4 0 R >>"
+        )
+    return _assemble(objects)

@@ -89,7 +89,8 @@ def write_page_files(
     paths[names["layer"]].write_text(
         json.dumps({"runs": [list(r) for r in runs]}, separators=(",", ":")), encoding="utf-8"
     )
-    entry = {"n": n, **names, "width": rgb.width, "height": rgb.height}
+    # `chars` lets the document's text be totalled from the manifest without reading every page.
+    entry = {"n": n, **names, "width": rgb.width, "height": rgb.height, "chars": len(text)}
     if rgb is not image:
         rgb.close()
     return entry, paths

@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,7 @@ from workers.errors import (
     PageTooLarge,
     StorageError,
     TooManyPages,
+    TooMuchText,
 )
 from workers.images import MAX_SIDE
 from workers.pages import PageSink, Run, put_page_files, thumb_size, write_page_files
@@ -180,7 +182,11 @@ def render_pages(
         # is single-threaded; anywhere else the pages are rendered here, one at a time.
         processes = 1
     render = functools.partial(
-        _render_in_child, scale=scale, scratch=str(scratch), thumb_width=settings.THUMB_WIDTH
+        _render_in_child,
+        scale=scale,
+        scratch=str(scratch),
+        thumb_width=settings.THUMB_WIDTH,
+        max_text=settings.MAX_PAGE_TEXT,
     )
     if processes <= 1:
         _child_open(str(source), files, attempt)
@@ -271,7 +277,7 @@ _child_source = ""
 _child_rendered = 0
 
 
-def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -> tuple:
+def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int, max_text: int = 0) -> tuple:
     """Render one page and write its files; (entry, paths, pid), or ({"error": ...},) when it fails."""
     global _child_rendered
     if _child_rendered >= REOPEN_EVERY:
@@ -290,12 +296,15 @@ def _render_in_child(index: int, scale: float, scratch: str, thumb_width: int) -
                 write_page_files(Path(scratch), n, image, text, runs, thumb_width, thumb)
             ),
             thumb_width,
+            max_text,
         )
     except ConversionError as exc:
         return ({"error": exc.error},)
     entry, paths = pages[0]
     try:
         size = put_page_files(_child_files, _child_attempt, paths)
+    except ConversionError as exc:  # the owner's storage quota refused the page (workers/quota.py)
+        return ({"error": exc.error},)
     except Exception:  # noqa: BLE001 - an object store's exceptions need not survive the trip back
         log.exception("storing page %d failed", index + 1)
         return ({"error": StorageError().error},)
@@ -308,16 +317,18 @@ def render_page(
     scale: float,
     add: Callable[[int, Image.Image, str, list[Run], Image.Image | None], object],
     thumb_width: int = 0,
+    max_text: int = 0,
 ) -> None:
     """Render one page (and, given a thumb_width, its thumbnail) and hand them to `add` (a sink's
-    add); its native memory is released before returning."""
+    add); its native memory is released before returning. A page with more than `max_text`
+    characters of text (0: any) ends the conversion with TooMuchText."""
     try:
         page = doc[index]
     except pdfium.PdfiumError:
         raise CorruptDocument(f"Page {index + 1} of this PDF is damaged.") from None
     try:
         try:
-            text, runs = page_text(page)
+            text, runs = page_text(page, max_text, index + 1)
             bitmap = page.render(scale=scale, **BITMAP)
         except pdfium.PdfiumError:
             raise CorruptDocument(f"Page {index + 1} of this PDF is damaged.") from None
@@ -344,18 +355,26 @@ def render_page(
         page.close()
 
 
-def page_text(page: pdfium.PdfPage) -> tuple[str, list[Run]]:
-    """The page's text, and its text runs at their positions (fractions of the rendered page)."""
+def page_text(page: pdfium.PdfPage, max_chars: int = 0, number: int = 0) -> tuple[str, list[Run]]:
+    """The page's text, and its text runs at their positions (fractions of the rendered page).
+
+    With `max_chars`, a page whose text holds more characters refuses with TooMuchText (naming page
+    `number`) before any of them is read.
+    """
     textpage = page.get_textpage()
     try:
+        count = pdfium_c.FPDFText_CountChars(textpage.raw)
+        if max_chars and count > max_chars:
+            raise TooMuchText(
+                f"Page {number or '?'} holds {count:,} characters of text; the limit is {max_chars:,} a page."
+            )
         text = _normalise(textpage.get_text_range())
         left, bottom, right, top = page.get_cropbox()
         width, height = max(right - left, 1e-6), max(top - bottom, 1e-6)
         rotation = page.get_rotation() % 360
         runs: list[Run] = []
-        for i in range(min(textpage.count_rects(), RUNS_MAX)):
-            rl, rb, rr, rt = textpage.get_rect(i)
-            run_text = textpage.get_text_bounded(rl, rb, rr, rt).replace("\r", "").replace("\n", " ")
+        for rl, rb, rr, rt, chars in _char_runs(textpage, count):
+            run_text = chars.replace("\r", "").replace("\n", " ")
             if not run_text.strip():
                 continue
             # Top-down fractions of the unrotated page, then turned the way the page is shown.
@@ -366,6 +385,87 @@ def page_text(page: pdfium.PdfPage) -> tuple[str, list[Run]]:
         return text, runs
     finally:
         textpage.close()
+
+
+# pdfium's per-character calls, typed for speed: the page's characters are read one call each, so the
+# conversions ctypes does per call are most of the cost (handles and pointers pass as plain ints).
+_VOID, _INT = ctypes.c_void_p, ctypes.c_int
+
+
+def _c_function(function: object, restype: type, *argtypes: type) -> Callable:
+    return ctypes.CFUNCTYPE(restype, *argtypes)(ctypes.cast(function, _VOID).value)
+
+
+_char_object = _c_function(pdfium_c.FPDFText_GetTextObject, _VOID, _VOID, _INT)
+_char_unicode = _c_function(pdfium_c.FPDFText_GetUnicode, ctypes.c_uint, _VOID, _INT)
+_char_box = _c_function(pdfium_c.FPDFText_GetCharBox, _INT, _VOID, _INT, _VOID, _VOID, _VOID, _VOID)
+_BOX = struct.Struct("4d")  # left, right, bottom, top: FPDFText_GetCharBox's order
+_TINY = 0.01  # pdfium's kSizeEpsilon: narrower or lower boxes belong to no rectangle
+_SPACE = 0x20
+
+
+def _char_runs(textpage: pdfium.PdfTextPage, count: int) -> Iterator[tuple[float, float, float, float, str]]:
+    """The page's text runs (left, bottom, right, top in page points, and text), in one pass over its
+    characters: the rectangles pdfium's FPDFText_CountRects / GetRect give, each with the text
+    FPDFText_GetBoundedText would read in it (at most RUNS_MAX of them).
+
+    Those calls read each rectangle's text by scanning the whole page again (quadratic: 31 s for a
+    one-page file of 300,000 characters). A rectangle is a stretch of consecutive characters of one
+    text object (pdfium's generated spaces and line ends, and characters of no size, belong to none);
+    here each gets its own characters, and a space right after them, as the bounded read did. What
+    differs: characters of other text objects that overlap a rectangle (a TeX logo's raised letters)
+    are no longer read into it twice.
+    """
+    page = ctypes.cast(textpage.raw, _VOID).value
+    buffer = bytearray(_BOX.size)
+    box = ctypes.addressof((ctypes.c_double * 4).from_buffer(buffer))
+    at_left, at_right, at_bottom, at_top = box, box + 8, box + 16, box + 24
+    made = 0
+    current = None  # the text object of the run being built
+    chars: list[str] = []
+    left = right = bottom = top = 0.0
+    after_char = False  # the previous character belongs to the run (a space may follow it)
+    for index in range(count):
+        obj = _char_object(page, index)
+        code = _char_unicode(page, index)
+        if obj is not None:
+            _char_box(page, index, at_left, at_right, at_bottom, at_top)
+            cl, cr, cb, ct = _BOX.unpack_from(buffer)
+            if cr - cl < _TINY or ct - cb < _TINY:
+                obj = None
+        if obj is None:
+            if code == _SPACE and after_char:
+                chars.append(" ")
+            after_char = False
+            continue
+        if obj != current:
+            if current is not None:
+                yield left, bottom, right, top, "".join(chars)
+                made += 1
+                if made >= RUNS_MAX:
+                    return
+            current, chars = obj, []
+            left, right, bottom, top = cl, cr, cb, ct
+        else:
+            if cl < left:
+                left = cl
+            if cr > right:
+                right = cr
+            if cb < bottom:
+                bottom = cb
+            if ct > top:
+                top = ct
+        if code:
+            chars.append(_character(code))
+        after_char = True
+    if current is not None:
+        yield left, bottom, right, top, "".join(chars)
+
+
+def _character(code: int) -> str:
+    # pdfium's code points come from the file's own maps: a surrogate or a value past Unicode
+    # would not survive UTF-8.
+    return chr(code) if code < 0xD800 or 0xDFFF < code <= 0x10FFFF else "\ufffd"
 
 
 def _rotate(u0: float, v0: float, u1: float, v1: float, rotation: int) -> tuple[float, float, float, float]:

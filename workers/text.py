@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from config import Settings
-from workers.errors import CorruptDocument, EmptyDocument, TooManyPages
+from workers.errors import CorruptDocument, EmptyDocument, TooManyPages, TooMuchText
 from workers.pages import PageSink, Run
 
 WRAP_AT = 100
@@ -152,8 +152,16 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
     size = page_size(per_page)
     sink.begin([size] * len(pages))
     for n, lines in enumerate(pages, start=1):
+        # A page holds at most TEXT_LINES_PER_PAGE lines of WRAP_AT characters (6,000 by default), so
+        # only a very long page setting can pass MAX_PAGE_TEXT; the cap holds for every kind all the same.
+        page_text = "\n".join(lines) + "\n"
+        if len(page_text) > settings.MAX_PAGE_TEXT:
+            raise TooMuchText(
+                f"Page {n} holds {len(page_text):,} characters of text; "
+                f"the limit is {settings.MAX_PAGE_TEXT:,} a page."
+            )
         image = render_page(lines, per_page)
         try:
-            sink.add(n, image, "\n".join(lines) + "\n", page_runs(lines, size))
+            sink.add(n, image, page_text, page_runs(lines, size))
         finally:
             image.close()
