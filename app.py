@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
-from flask import Flask, Request, current_app, redirect, request, url_for
+from flask import Flask, Request, current_app, g, redirect, request, url_for
 from flask.cli import AppGroup, with_appcontext
 from werkzeug.exceptions import BadRequest, HTTPException
 
@@ -179,13 +179,18 @@ def _register_auth(app: Flask) -> None:
     def load_user(user_id: str) -> User | None:
         return sessions.load(user_id)
 
-    @login_manager.request_loader
-    def load_user_from_token(req) -> User | None:
-        header = req.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
+    @app.before_request
+    def authenticate_bearer():
+        # A request that names a bearer token is that token's alone: the session cookie is not read,
+        # so a made-up token cannot borrow the browser's session (nor its CSRF exemption, below).
+        # Not a user's token (a typo, a revoked one, the METRICS_TOKEN): the request is anonymous.
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             return None
-        return User.by_token(token.strip())
+        g.token_user = User.by_token(token.strip())
+        # flask-login keeps the request's user in g._login_user; set, it never loads the cookie's.
+        g._login_user = g.token_user or login_manager.anonymous_user()
+        return None
 
     @login_manager.unauthorized_handler
     def unauthorized():
@@ -198,11 +203,11 @@ def _register_auth(app: Flask) -> None:
 def _register_security(app: Flask) -> None:
     @app.before_request
     def check_csrf():
-        # Browsers cannot attach an Authorization header cross-site, so token requests need no
-        # CSRF token; cookie-authenticated writes always do.
+        # Browsers cannot attach an Authorization header cross-site, so requests a valid API token
+        # authenticated need no CSRF token (their cookie is ignored); every other write does.
         if request.method in ("GET", "HEAD", "OPTIONS"):
             return None
-        if request.headers.get("Authorization", "").lower().startswith("bearer "):
+        if g.get("token_user") is not None:
             return None
         if request.blueprint == "rq_dashboard":
             return None  # its JS cannot send our token: blueprints/admin.py checks the origin instead
@@ -215,7 +220,8 @@ def _register_security(app: Flask) -> None:
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Referrer-Policy", "same-origin")
-        if request.path.startswith("/api/"):
+        # Pages carry a user's names, documents and CSRF token: no browser or proxy may keep them.
+        if request.path.startswith("/api/") or resp.mimetype == "text/html":
             resp.headers.setdefault("Cache-Control", "no-store")
         return resp
 

@@ -123,6 +123,30 @@ def same_origin() -> bool:
     return origin is not None and origin.rstrip("/") == request.host_url.rstrip("/")
 
 
+# What rq-dashboard 0.9 reads from its URLs without checking: a bad value there was a 500.
+_RQ_REGISTRIES = frozenset({"queued", "failed", "deferred", "started", "finished", "scheduled", "canceled"})
+_RQ_NUMBER = re.compile(r"-?[0-9]{1,9}")
+
+
+def _check_rq_dashboard_url(app: Flask) -> None:
+    """Raise NotFound for a dashboard URL its views would fail on: an instance number beyond the
+    configured Redis URLs, an unknown registry, a page or page size that is not a number (or 0)."""
+    args = request.view_args or {}
+    instance = args.get("instance_number")
+    if instance is not None and instance >= len(app.config["RQ_DASHBOARD_REDIS_URL"]):
+        raise NotFound("No such page of the RQ dashboard.")
+    registry = args.get("registry_name")
+    if registry is not None and registry not in _RQ_REGISTRIES:
+        raise NotFound("No such registry.")
+    for name in ("per_page", "page"):
+        value = args.get(name)
+        # A negative page size is the dashboard's own "all of them"; 0 would divide by zero.
+        if value is not None and (
+            not _RQ_NUMBER.fullmatch(str(value)) or (name == "per_page" and int(value) == 0)
+        ):
+            raise NotFound("No such page of the RQ dashboard.")
+
+
 def mount_rq_dashboard(app: Flask) -> None:
     """Serve rq-dashboard at /rq behind our admin check (it has no auth of its own)."""
     rq_web.config.serializer = jobs.SERIALIZER  # RQ's default, as the dashboard expects
@@ -138,6 +162,7 @@ def mount_rq_dashboard(app: Flask) -> None:
         if not current_user.is_admin:
             audit("access_denied", page="/rq")
             raise Forbidden("Only administrators can open the RQ dashboard.")
+        _check_rq_dashboard_url(app)
         if request.endpoint in _RQ_WRITES:
             # rq-dashboard accepts GET on /requeue/<queue>: a link or an <img> elsewhere must not
             # requeue jobs. Its writes carry no CSRF token, so they must come from its own pages.

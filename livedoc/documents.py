@@ -117,7 +117,15 @@ def settle_unfinished(connection: Redis, user: User, cap: int) -> None:
 
 def _enqueue(connection: Redis, config: Mapping, doc: Document, seq: int, attempt: int) -> None:
     try:
-        job_id = jobs.enqueue_conversion(connection, config, doc.id, doc.kind, seq=seq, attempt=attempt)
+        job_id = jobs.enqueue_conversion(
+            connection,
+            config,
+            doc.id,
+            doc.kind,
+            seq=seq,
+            attempt=attempt,
+            quota=quotas.job_quota(doc.owner_id, config),
+        )
     except RedisError:
         # The upload is safe on disk and in the database; let the owner retry once Redis is back.
         _store_final(doc, _not_queued(seq, attempt))
@@ -238,6 +246,8 @@ def _settle(connection: Redis, doc: Document, prog: progress.Progress | None) ->
         manifest = files_of(doc).manifest(prog["attempt"]) if prog["state"] == "complete" else None
         _store_final(doc, prog, manifest)
         db.session.commit()
+        # The row counts the pages now: the workers' quota base takes them over from the conversion.
+        quotas.recount(connection, doc.owner_id)
     return prog
 
 
@@ -479,14 +489,21 @@ def sharper_page(connection: Redis, config: Mapping, doc: Document, attempt: int
     key = files.key(attempt, storage_names(n)["hd"])
     if files.storage.exists(key):
         return
+    owner_id = doc.owner_id
     db.session.close()  # the wait below may be seconds long: hold no database connection
-    jobs.enqueue_hd(connection, config, doc.id, doc.kind, attempt, n)
+    jobs.enqueue_hd(
+        connection, config, doc.id, doc.kind, attempt, n, quota=quotas.job_quota(owner_id, config)
+    )
+    job_key = progress.job_key(jobs.hd_job_id(doc.id, attempt, n))
     deadline = time.monotonic() + config["HD_WAIT"]
     while time.monotonic() < deadline:
         # gevent's sleep (the app runs under gunicorn -k gevent): other requests go on meanwhile.
         gevent.sleep(0.1)
         if files.storage.exists(key):
             return
+        # Its job stores the file before it finishes: finished without it, it did not fit the quota.
+        if connection.hget(job_key, "status") == b"finished" and not files.storage.exists(key):
+            quotas.raise_hd_storage(quotas.usage(db.session.get(User, owner_id)), config)
     raise Unavailable("The sharper page is not rendered yet; try again in a moment.")
 
 
@@ -503,7 +520,7 @@ def delete(connection: Redis, config: Mapping, doc: Document) -> None:
     from rq.job import Job
 
     prog = current_progress(connection, doc)
-    files, job_id = files_of(doc), doc.job_id
+    files, job_id, owner_id = files_of(doc), doc.job_id, doc.owner_id
     # The row goes first: a viewer told "deleted" by its stream may reload at once and must find
     # nothing. A crash after this commit can leave files without a row, never a row without files.
     db.session.delete(doc)
@@ -524,6 +541,8 @@ def delete(connection: Redis, config: Mapping, doc: Document) -> None:
             else:
                 _wait_stopped(connection, job.id)
     files.delete()
+    # Its bytes leave the workers' quota base too (settled, and what its conversion had charged).
+    quotas.recount(connection, owner_id)
 
 
 def _wait_stopped(connection: Redis, job_id: str, timeout: float = 5.0) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, g, jsonify, render_template, request
+from markupsafe import escape
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseDown
 from sqlalchemy.exc import TimeoutError as DatabasePoolTimeout
@@ -118,12 +119,32 @@ def error_response(
     if wants_json():
         resp = jsonify({"error": {"code": code, "message": message, **(extra or {})}})
     else:
-        resp = Response(render_template("error.html", status=status, message=message), mimetype="text/html")
+        resp = Response(_error_page(status, message), mimetype="text/html")
     resp.status_code = status
     resp.headers["Cache-Control"] = "no-store"
     for name, value in (headers or {}).items():
         resp.headers[name] = value
     return resp
+
+
+def _error_page(status: int, message: str) -> str:
+    try:
+        return render_template("error.html", status=status, message=message)
+    except Exception:  # noqa: BLE001
+        # The page's frame needs the user, hence the database: a page that cannot be rendered
+        # still answers with its status and headers, not a bare 500 from Flask.
+        log.warning("error page for %s not rendered", status, exc_info=True)
+        return (
+            f"<!doctype html><html lang=en><meta charset=utf-8><title>Error {status} · livedoc</title>"
+            f"<h1>Error {status}</h1><p>{escape(message)}</p></html>"
+        )
+
+
+def _forget_user() -> None:
+    # The database is down: the page must not load the session's user from it to draw its menu.
+    from livedoc.extensions import login_manager
+
+    g._login_user = login_manager.anonymous_user()
 
 
 _HTTP_CODES = {
@@ -186,6 +207,7 @@ def register_error_handlers(app: Flask) -> None:
     def _database(exc: Exception):
         # Down, restarting, or every pooled connection busy for DB_POOL_TIMEOUT: a moment's wait helps.
         log.warning("database unavailable: %s", exc.__class__.__name__)
+        _forget_user()
         err = Unavailable()
         return error_response(err.status, err.code, err.message, err.headers)
 

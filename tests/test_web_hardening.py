@@ -1,0 +1,165 @@
+"""The web's small hardening points (issue M 5-6): the CSRF exemption needs a valid token, HTML is never
+cached, a database that is down is a 503 page with the usual headers, a full disk is a 507, the RQ
+dashboard answers 404 to bad URLs, a deep WebSocket message is refused, no secret on a command line."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pytest
+
+SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy")
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _upload_text(client, token: str, data: bytes = b"hello\n") -> str:
+    resp = client.post(
+        "/api/documents",
+        headers=_bearer(token),
+        data={"file": (io.BytesIO(data), "a.txt")},
+        content_type="multipart/form-data",
+    )
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    return resp.get_json()["id"]
+
+
+def _page_csrf(client) -> str:
+    from tests.support.app import csrf_from
+
+    return csrf_from(client.get("/documents").get_data(as_text=True))
+
+
+# -- CSRF: only a valid API token exempts a write, and then the cookie is not used -------------------
+
+
+def test_a_bogus_bearer_header_does_not_exempt_a_cookie_write_from_csrf(app, client, users):
+    token = users.create("alice")
+    doc_id = _upload_text(client, token)
+    assert users.login("alice").status_code == 302  # the client now holds alice's session cookie
+    resp = client.delete(f"/api/documents/{doc_id}", headers=_bearer("made-up"))
+    # Refused by the CSRF check (the token exempts nothing), and anonymous behind it anyway.
+    assert resp.status_code == 400, resp.status_code
+    assert resp.get_json()["error"]["code"] == "bad_request"
+    assert "CSRF" in resp.get_json()["error"]["message"]
+    with_csrf = client.delete(
+        f"/api/documents/{doc_id}", headers={**_bearer("made-up"), "X-CSRFToken": _page_csrf(client)}
+    )
+    assert with_csrf.status_code == 401 and with_csrf.get_json()["error"]["code"] == "unauthorized"
+    assert client.get(f"/api/documents/{doc_id}", headers=_bearer(token)).status_code == 200
+    # Without any Authorization header, the cookie write still needs its CSRF token.
+    no_csrf = client.delete(f"/api/documents/{doc_id}")
+    assert no_csrf.status_code == 400 and no_csrf.get_json()["error"]["code"] == "bad_request"
+    assert client.get(f"/api/documents/{doc_id}", headers=_bearer(token)).status_code == 200
+
+
+def test_a_valid_token_acts_as_its_user_whatever_the_cookie(app, client, users):
+    alice, bob = users.create("alice"), users.create("bob")
+    doc_id = _upload_text(client, bob)
+    assert users.login("alice").status_code == 302
+    # bob's token with alice's cookie: bob's request, no CSRF token needed, alice's session unused.
+    me = client.get("/api/me", headers=_bearer(bob)).get_json()
+    assert me["username"] == "bob"
+    assert client.delete(f"/api/documents/{doc_id}", headers=_bearer(bob)).status_code in (200, 204)
+    assert client.get("/api/me").get_json()["username"] == "alice"
+    assert client.get("/api/me", headers=_bearer(alice)).get_json()["username"] == "alice"
+
+
+# -- Cache-Control -----------------------------------------------------------------------------------
+
+
+def test_html_pages_are_never_cached_static_files_still_are(app, client, users):
+    users.create("alice")
+    assert client.get("/login").headers.get("Cache-Control") == "no-store"
+    users.login("alice")
+    for path in ("/documents", "/admin/", "/no-such-page"):
+        resp = client.get(path)
+        assert resp.mimetype == "text/html", path
+        assert "no-store" in resp.headers.get("Cache-Control", ""), (path, resp.headers.get("Cache-Control"))
+    css = client.get("/static/style.css")
+    assert css.status_code == 200 and "no-store" not in css.headers.get("Cache-Control", "")
+
+
+# -- Database down -----------------------------------------------------------------------------------
+
+
+def test_a_database_that_goes_down_answers_503_pages_with_the_security_headers(
+    app, client, users, database_url, caplog
+):
+    from livedoc.extensions import db
+
+    users.create("alice")
+    assert users.login("alice").status_code == 302
+    assert client.get("/documents").status_code == 200  # the schema guard has seen the database
+    # The database goes away under the running app: a SQLite file whose directory is gone cannot
+    # be opened, the way a PostgreSQL server that is down cannot be reached.
+    folder = Path(database_url.removeprefix("sqlite:///")).parent
+    if not folder.is_dir():
+        pytest.skip("the database is not a SQLite file here")
+    moved = folder.with_name(folder.name + "-away")
+    folder.rename(moved)
+    try:
+        with app.app_context():
+            db.engine.dispose()
+        caplog.set_level(logging.WARNING)
+        for path in ("/documents", "/login"):
+            resp = client.get(path)
+            assert resp.status_code == 503, (path, resp.status_code)
+            assert resp.mimetype == "text/html"
+            assert b"Briefly unavailable" in resp.data
+            for header in SECURITY_HEADERS:
+                assert header in resp.headers, (path, header)
+            assert resp.headers["Cache-Control"] == "no-store"
+            assert int(resp.headers["Retry-After"]) >= 1
+        api = client.get("/api/documents")
+        assert api.status_code == 503 and api.get_json()["error"]["code"] == "unavailable"
+        assert int(api.headers["Retry-After"]) >= 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    finally:
+        moved.rename(folder)
+
+
+# -- RQ dashboard ------------------------------------------------------------------------------------
+
+# All but the last answered 500 with rq-dashboard 0.9: an instance number beyond the configured Redis
+# URLs (every route that takes one), a registry name it does not know, a page or page size that is
+# not a number, a page size of 0. The last drew an empty page for a registry that does not exist.
+RQ_BAD_URLS = [
+    "/rq/5/",
+    "/rq/7/view",
+    "/rq/9/view/queues",
+    "/rq/9/view/workers",
+    "/rq/9/view/jobs",
+    "/rq/9/view/job/nosuch",
+    "/rq/9/data/queues.json",
+    "/rq/9/data/workers.json",
+    "/rq/9/data/job/nosuch.json",
+    "/rq/9/data/jobs/livedoc/queued/8/asc/1.json",
+    "/rq/0/data/jobs/livedoc/bogus/8/asc/1.json",
+    "/rq/0/data/jobs/livedoc/queued/x/asc/1.json",
+    "/rq/0/data/jobs/livedoc/queued/8/asc/x.json",
+    "/rq/0/data/jobs/livedoc/queued/0/asc/1.json",
+    "/rq/0/view/jobs/livedoc/bogus/8/asc/1",
+]
+
+
+def test_bad_rq_dashboard_urls_are_404(app, client, users):
+    users.create("root", admin=True)
+    users.login("root")
+    codes = {path: client.get(path, follow_redirects=True).status_code for path in RQ_BAD_URLS}
+    assert codes == dict.fromkeys(RQ_BAD_URLS, 404), codes
+    # The good shapes still work.
+    for path in (
+        "/rq/",
+        "/rq/0/view/jobs",
+        "/rq/0/data/queues.json",
+        "/rq/0/data/workers.json",
+        "/rq/0/data/jobs/livedoc/failed/8/asc/1.json",
+        "/rq/0/data/jobs/livedoc/queued/8/dsc/2.json",
+        "/rq/0/view/jobs/livedoc/finished/8/asc/1",
+    ):
+        assert client.get(path).status_code == 200, path
