@@ -27,9 +27,16 @@ def job_id(doc_id: str, attempt: int) -> str:
 
 
 def enqueue_conversion(
-    connection: Redis, config: Mapping, doc_id: str, kind: str, seq: int, attempt: int
+    connection: Redis,
+    config: Mapping,
+    doc_id: str,
+    kind: str,
+    seq: int,
+    attempt: int,
+    quota: Mapping | None = None,
 ) -> str:
-    """Queue a conversion whose progress starts at `seq`; returns the job id."""
+    """Queue a conversion whose progress starts at `seq`; returns the job id. `quota` ({"user",
+    "limit"}) makes the worker charge what it stores to the owner (workers/quota.py)."""
     intervals = [int(x) for x in str(config["JOB_RETRY_INTERVALS"]).split(",") if x.strip()]
     job = queue(connection, config["QUEUE_NAME"]).enqueue(
         CONVERT,
@@ -43,6 +50,7 @@ def enqueue_conversion(
         failure_ttl=config["RESULT_TTL"],
         on_failure=Callback(ON_FAILURE),
         description=f"convert {kind} {doc_id} (attempt {attempt})",
+        **({"quota": dict(quota)} if quota else {}),
     )
     return job.id
 
@@ -52,8 +60,17 @@ def hd_job_id(doc_id: str, attempt: int, n: int) -> str:
     return f"hd-{doc_id}-{attempt}-{n}"
 
 
-def enqueue_hd(connection: Redis, config: Mapping, doc_id: str, kind: str, attempt: int, n: int) -> None:
-    """Queue the rendering of one page's sharper rendition ahead of conversions, once."""
+def enqueue_hd(
+    connection: Redis,
+    config: Mapping,
+    doc_id: str,
+    kind: str,
+    attempt: int,
+    n: int,
+    quota: Mapping | None = None,
+) -> None:
+    """Queue the rendering of one page's sharper rendition ahead of conversions, once (charged to
+    the owner's quota when `quota` is given)."""
     job_id = hd_job_id(doc_id, attempt, n)
     q = queue(connection, config["QUEUE_NAME"])
     if q.fetch_job(job_id) is not None:
@@ -70,4 +87,5 @@ def enqueue_hd(connection: Redis, config: Mapping, doc_id: str, kind: str, attem
         result_ttl=60,
         failure_ttl=600,
         description=f"sharper page {n} of {doc_id}",
+        **({"quota": dict(quota)} if quota else {}),
     )

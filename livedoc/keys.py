@@ -13,3 +13,10 @@ CHUNKS = PREFIX + "chunks:"  # + job id + ":" + attempt + part: a chunked conver
 QUOTA_LOCK = PREFIX + "quota-lock:"  # + user id: held while a new document or attempt is admitted
 LOGIN_FAILURES = PREFIX + "login-fail:"  # + name digest + ":" + client address: failed logins, TTL
 LOGIN_NAME_FAILURES = PREFIX + "login-fail-name:"  # + name digest: failed logins from every address, TTL
+# + user id: hash of the bytes the user stores, for the storage quota while converting (workers/quota.py):
+# QUOTA_SETTLED (what the database says), QUOTA_CONVERTING + doc id (what its conversion wrote so far),
+# QUOTA_HD + doc id (its sharper pages, stored after the database counted the document)
+QUOTA_USAGE = PREFIX + "quota-usage:"
+QUOTA_SETTLED = "settled"
+QUOTA_CONVERTING = "doc:"
+QUOTA_HD = "hd:"

@@ -31,8 +31,9 @@ from livedoc import jobs, keys, progress
 from livedoc.progress import Deleted
 from livedoc.storage import SOURCE_PDF, DocumentFiles, open_storage
 from workers import pdf
-from workers.errors import ConversionError, InternalError
+from workers.errors import ConversionError, InternalError, TooMuchText
 from workers.pages import RENDER_END, PageSink
+from workers.quota import Meter, charged
 
 log = logging.getLogger("livedoc.worker")
 
@@ -49,6 +50,17 @@ local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 return 1
+"""
+
+# KEYS[1]: the plan's text hash (page n -> its characters; 'total' -> their sum)
+# ARGV[1]: page n; ARGV[2]: its characters
+# Returns the document's characters so far, each page counted once (a chunk taken over after its
+# worker died renders its pages again).
+_COUNT_TEXT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  return redis.call('HINCRBY', KEYS[1], 'total', ARGV[2])
+end
+return tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
 """
 
 
@@ -77,6 +89,7 @@ class Plan:
         self.table = base + "table"  # hash: pages, chunk, source, render_start, done:<i>, error
         self.stored = base + "stored"  # bitmap: bit n set once page n is stored
         self.entries = base + "entries"  # hash: page n -> its manifest entry; "bytes" stored so far
+        self.text = base + "text"  # hash: page n -> its characters; "total" their sum (_COUNT_TEXT)
         self._lease = base + "lease:"
 
     def lease(self, index: int) -> str:
@@ -85,7 +98,7 @@ class Plan:
 
     def all_keys(self, chunks: int) -> list[str]:
         """Every key of the plan."""
-        return [self.table, self.stored, self.entries, *(self.lease(i) for i in range(chunks))]
+        return [self.table, self.stored, self.entries, self.text, *(self.lease(i) for i in range(chunks))]
 
     def read(self) -> dict[str, str]:
         """The plan's table."""
@@ -105,6 +118,10 @@ class Plan:
             pipe.hset(self.table, f"done:{index}", 1)
             pipe.delete(self.lease(index))
             pipe.execute()
+
+    def count_text(self, n: int, chars: int) -> int:
+        """Count page n's characters (once); returns the document's so far."""
+        return int(self.connection.register_script(_COUNT_TEXT)(keys=[self.text], args=[n, chars]))
 
     def record_error(self, error: ConversionError) -> None:
         """Remember the first permanent failure of any chunk, for the document job to report."""
@@ -152,6 +169,10 @@ class _Chunking:
         log.info("%s: rendering pages %d-%d of %s", owner, first, last, self.plan.job_id)
 
         def stored(entry: dict | None, size: int, announce: bool) -> None:
+            if entry is not None:
+                cap = self.settings.MAX_DOCUMENT_TEXT
+                if self.plan.count_text(entry["n"], entry.get("chars", 0)) > cap:
+                    raise TooMuchText(f"The document holds more than {cap:,} characters of text.")
             # Each page is recorded at once (the manifest, the lease); its event maybe later.
             status = progress.merge_page(
                 self.plan.connection,
@@ -207,8 +228,10 @@ def run(source: Path, settings: Settings, sink: PageSink) -> None:
         pipe.expire(plan.stored, ttl)
         pipe.hset(plan.entries, "bytes", 0)
         pipe.expire(plan.entries, ttl)
+        pipe.hset(plan.text, "total", 0)
+        pipe.expire(plan.text, ttl)
         pipe.execute()
-    _enqueue_chunks(connection, settings, files.doc_id, job.id, sink.attempt, len(chunk_list))
+    _enqueue_chunks(connection, settings, files.doc_id, job.id, sink.attempt, len(chunk_list), sink.quota)
     chunking = _Chunking(plan, files, settings, plan.read())
     try:
         while True:
@@ -232,7 +255,13 @@ def run(source: Path, settings: Settings, sink: PageSink) -> None:
 
 
 def _enqueue_chunks(
-    connection: Redis, settings: Settings, doc_id: str, job_id: str, attempt: int, count: int
+    connection: Redis,
+    settings: Settings,
+    doc_id: str,
+    job_id: str,
+    attempt: int,
+    count: int,
+    quota: dict | None = None,
 ) -> None:
     queue = jobs.queue(connection, settings.QUEUE_NAME)
     intervals = [int(x) for x in settings.JOB_RETRY_INTERVALS.split(",") if x.strip()]
@@ -253,11 +282,14 @@ def _enqueue_chunks(
             failure_ttl=CHUNK_RESULT_TTL,
             retry=retry,
             description=f"pages chunk {index + 1}/{count} of {job_id}",
+            # The pages are charged to the owner like the document job's (workers/quota.py).
+            **({"quota": quota} if quota else {}),
         )
 
 
-def render_chunk(doc_id: str, job_id: str, attempt: int, index: int) -> dict:
-    """The RQ job of one page range: render it (and any chunk still unclaimed) into the document."""
+def render_chunk(doc_id: str, job_id: str, attempt: int, index: int, quota: dict | None = None) -> dict:
+    """The RQ job of one page range: render it (and any chunk still unclaimed) into the document,
+    charging its pages to the owner's quota like the document job does."""
     job = get_current_job()
     if job is None:
         raise RuntimeError("render_chunk runs only inside an RQ job")
@@ -268,7 +300,8 @@ def render_chunk(doc_id: str, job_id: str, attempt: int, index: int) -> dict:
     table = plan.read()
     if not table or current is None or current.get("attempt") != attempt or progress.is_terminal(current):
         return {"skipped": True}  # that attempt is over, or this chunk's work was already shared out
-    files = DocumentFiles(open_storage(settings), doc_id)
+    meter = Meter.of_job(connection, quota, doc_id, keys.QUOTA_CONVERTING)
+    files = DocumentFiles(charged(open_storage(settings), meter), doc_id)
     root = files.storage.scratch_root()
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{doc_id}-a{attempt}-c{index}-", dir=root))

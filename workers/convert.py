@@ -20,6 +20,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from config import Settings
+from livedoc import keys
 from livedoc.ids import valid_doc_id
 from livedoc.progress import Deleted, ProgressWriter
 from livedoc.storage import DocumentFiles, open_storage
@@ -34,6 +35,7 @@ from workers.errors import (
     UnsupportedDocument,
 )
 from workers.pages import PageSink
+from workers.quota import Meter, charged
 
 log = logging.getLogger("livedoc.worker")
 
@@ -48,8 +50,9 @@ CONVERTERS: dict[str, Converter] = {
 RETRY_MESSAGE = "Temporary problem; trying again shortly."
 
 
-def convert_document(doc_id: str, kind: str) -> dict:
-    """Convert one uploaded document into page images, thumbnails, text and text layers."""
+def convert_document(doc_id: str, kind: str, quota: dict | None = None) -> dict:
+    """Convert one uploaded document into page images, thumbnails, text and text layers, charging
+    what it stores to its owner's quota (`quota`: {"user", "limit"}; none for older jobs)."""
     job = get_current_job()
     if job is None:
         raise RuntimeError("convert_document runs only inside an RQ job")
@@ -63,11 +66,14 @@ def convert_document(doc_id: str, kind: str) -> dict:
         if converter is None:
             raise UnsupportedDocument()
         settings = Settings.from_env()
-        files = DocumentFiles(open_storage(settings), doc_id)
+        meter = Meter.of_job(job.connection, quota, doc_id, keys.QUOTA_CONVERTING)
+        files = DocumentFiles(charged(open_storage(settings), meter), doc_id)
         writer.update("validating", 0, page=0, pages=0, ready=0, message="Checking the document")
         # Earlier attempts' pages are never served again (page URLs name their attempt): drop them.
         files.clear_attempts(writer.attempt - 1)
-        sink = PageSink(files, writer.attempt, writer, settings, kind)
+        if meter is not None:
+            meter.restart()  # what they were charged is gone with them
+        sink = PageSink(files, writer.attempt, writer, settings, kind, quota=quota)
         converter(_original(files, sink.scratch), settings, sink)
         pages = sink.finish()
         writer.complete(pages)

@@ -18,6 +18,7 @@ from PIL import Image
 from config import Settings
 from livedoc.progress import ProgressWriter
 from livedoc.storage import LAYOUT, MANIFEST, DocumentFiles, page_names
+from workers.errors import TooMuchText
 
 JPEG_QUALITY = 85
 THUMB_QUALITY = 80
@@ -121,6 +122,9 @@ class PageSink:
     scratch: Path | None = None
     # Where the page stages' percent band starts (an Office document spends the first part converting).
     render_start: float = RENDER_START
+    # The job's owner and storage limit (workers/quota.py), handed on to its page-range jobs.
+    quota: dict | None = None
+    chars: int = 0  # text characters of the pages stored, against MAX_DOCUMENT_TEXT
     _announced: int = 0  # the `ready` last saved
 
     def __post_init__(self) -> None:
@@ -160,6 +164,11 @@ class PageSink:
         """Count a page stored (here or by a render process) and advance `ready` past it; its
         progress is saved now if `announce`, or once every page is ready (entry None: save now)."""
         if entry is not None:
+            self.chars += entry.get("chars", 0)
+            if self.chars > self.settings.MAX_DOCUMENT_TEXT:
+                raise TooMuchText(
+                    f"The document holds more than {self.settings.MAX_DOCUMENT_TEXT:,} characters of text."
+                )
             self.stored += size
             self.entries[entry["n"]] = entry
             while self.ready + 1 in self.entries:
