@@ -25,6 +25,7 @@ from workers.errors import (
     CorruptDocument,
     EmptyDocument,
     EncryptedDocument,
+    InternalError,
     PageTooLarge,
     StorageError,
     TooManyPages,
@@ -43,6 +44,8 @@ RUNS_MAX = 20_000  # text runs kept per page: a hostile page of a million tiny g
 # pdfium caches fonts and images per open document, growing over a long book (50 -> 93 MB over the
 # 1,158 pages of a real manual); reopening every so many pages holds a render process near its start.
 REOPEN_EVERY = 200
+WATCH_INTERVAL = 1.0  # seconds between checks that the render processes are alive
+MEMORY_MESSAGE = "A page of this PDF needs more memory to convert than this server allows."
 # RGBX, 4 bytes a pixel: rows need no padding, so the PIL image shares pdfium's buffer (no copy) and
 # libjpeg reads it as it is; 3-byte RGB costs a copy and a slower render (~1.5 ms of ~7 per page).
 BITMAP = {"rev_byteorder": True, "prefer_bgrx": True}
@@ -200,21 +203,42 @@ def render_pages(
     )
     try:
         interval = settings.PROGRESS_INTERVAL / 1000
-        return _report_all(_waiting(pool.imap(render, range(first - 1, last)), interval), stored, interval)
+        # The pool replaces a process that dies, but the page it was rendering is never answered: its
+        # own processes are watched so a death ends the attempt instead of waiting for ever.
+        workers = list(pool._pool)  # type: ignore[attr-defined]  # multiprocessing keeps no public list
+        return _report_all(
+            _waiting(pool.imap(render, range(first - 1, last)), interval, workers), stored, interval
+        )
     finally:
         pool.terminate()
         pool.join()
 
 
-def _waiting(results, tick: float) -> Iterator[tuple | None]:
+def _waiting(results, tick: float, workers: list) -> Iterator[tuple | None]:
     # imap's own iterator takes a timeout: None says the next page has kept us waiting a tick.
     while True:
         try:
-            yield results.next(timeout=tick) if tick > 0 else results.next()
+            yield results.next(timeout=tick if tick > 0 else WATCH_INTERVAL)
         except multiprocessing.TimeoutError:
-            yield None
+            _check_alive(workers)
+            if tick > 0:
+                yield None
         except StopIteration:
             return
+
+
+def _check_alive(workers: list) -> None:
+    """Raise the ending of a render process that died (they live as long as the pool)."""
+    for worker in workers:
+        code = worker.exitcode
+        if code is None:
+            continue
+        log.warning("render process %s died (exit code %s)", worker.pid, code)
+        if code == -signal.SIGABRT:
+            # pdfium aborts when an allocation is refused (WORKER_MEMORY_MB); the same page would
+            # abort again on a retry.
+            raise PageTooLarge(MEMORY_MESSAGE)
+        raise InternalError()
 
 
 def _report_all(results: Iterable[tuple | None], stored: Stored, interval: float) -> set[int]:
@@ -322,6 +346,24 @@ def render_page(
     """Render one page (and, given a thumb_width, its thumbnail) and hand them to `add` (a sink's
     add); its native memory is released before returning. A page with more than `max_text`
     characters of text (0: any) ends the conversion with TooMuchText."""
+    try:
+        _render_page(doc, index, scale, add, thumb_width, max_text)
+    except MemoryError:
+        # An allocation refused under WORKER_MEMORY_MB (a page bitmap, its JPEG): the same page
+        # would be refused again, so this ends the conversion rather than retrying it.
+        raise PageTooLarge(
+            f"Page {index + 1} needs more memory to convert than this server allows."
+        ) from None
+
+
+def _render_page(
+    doc: pdfium.PdfDocument,
+    index: int,
+    scale: float,
+    add: Callable[[int, Image.Image, str, list[Run], Image.Image | None], object],
+    thumb_width: int,
+    max_text: int,
+) -> None:
     try:
         page = doc[index]
     except pdfium.PdfiumError:

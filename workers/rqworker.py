@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 
 from redis.client import Pipeline
 from rq import Worker
@@ -31,6 +32,13 @@ class LivedocWorker(Worker):
         """RQ's work loop, at WORKER_NICE: the work horse and its render processes inherit it."""
         yield_cpu(Settings.from_env().WORKER_NICE)
         return super().work(*args, **kwargs)
+
+    def main_work_horse(self, job: Job, queue: Queue):
+        """RQ's work horse, its address space bounded by WORKER_MEMORY_MB (its render processes inherit
+        the bound): a hostile file takes at most that much of the host's memory, and the long-lived
+        worker that forked the horse keeps no limit of its own."""
+        limit_memory(Settings.from_env().WORKER_MEMORY_MB)
+        return super().main_work_horse(job, queue)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None):
         """RQ's heartbeat, plus the advertisement of this host's converters with the same lifetime.
@@ -97,3 +105,23 @@ def yield_cpu(niceness: int) -> None:
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if niceness > current:
         os.nice(niceness - current)  # relative: an already nicer process (nice -n 15 ...) stays so
+
+
+def limit_memory(megabytes: int) -> None:
+    """Bound this process's address space (RLIMIT_AS, inherited by what it forks) to `megabytes`;
+    0 leaves it as it is.
+
+    Why 3072 MB by default: a horse forked from the worker starts at ~0.3 GB of address space (the
+    interpreter, its libraries, glibc's arenas), and its largest need is a page at MAX_PAGE_PIXELS:
+    a 160 MB RGBX bitmap, its thumbnail and the JPEG encoder's buffers; a 300-page PDF peaks at a few
+    hundred MB per process (BENCHMARKS.md, "Text layer"). A refused allocation raises MemoryError in
+    Python (the page ends `page_too_large`); inside pdfium it aborts the process, which the horse
+    (render processes) or RQ (the horse itself) reports as a failed attempt.
+    """
+    if megabytes <= 0:
+        return
+    wanted = megabytes * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))

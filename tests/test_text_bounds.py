@@ -1,0 +1,196 @@
+"""Bounds on a page's text and on a work horse's memory (issue M, item 2).
+
+Conversions run through a real RQ worker in a child process (tests/hostile_child.py), so the time
+measured is the conversion's alone. The bounds are generous for a loaded 2-core machine but far
+below what the unbounded code took (31 s for the 300,000-character page; the amplification PDF was
+stored whole, ~100 MB of text and layers).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pypdfium2 as pdfium
+import pytest
+
+from tests import pdfgen
+from workers import pdf
+
+ROOT = Path(__file__).resolve().parent.parent
+SECONDS = 20.0
+REAL_PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
+
+
+def _convert(redis_url: str, storage: Path, sources: list[Path], kind: str = "pdf", **settings: str) -> dict:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REDIS_URL": redis_url,
+        "STORAGE_DIR": str(storage),
+        "JOB_RETRY_INTERVALS": "0,0,0",
+        "JOB_TIMEOUT": "120",
+        **settings,
+    }
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "hostile_child.py"), redis_url, str(storage), kind]
+        + [str(s) for s in sources],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _stored_bytes(storage: Path) -> int:
+    """Bytes the conversion wrote: everything under the storage dir but the uploads themselves."""
+    return sum(p.stat().st_size for p in storage.rglob("*") if p.is_file() and "original" not in p.name)
+
+
+def _manifest(storage: Path) -> dict:
+    (path,) = storage.rglob("manifest.json")
+    return json.loads(path.read_text())
+
+
+def test_a_page_of_300000_characters_converts_in_seconds(redis_url, redis_conn, tmp_path):
+    """The text layer is built in time linear in the page's characters (was quadratic: 31 s)."""
+    source = tmp_path / "dense.pdf"
+    source.write_bytes(pdfgen.dense_text_pdf(300_000))
+    assert len(source.read_bytes()) < 4000
+    result = _convert(redis_url, tmp_path / "storage", [source], MAX_PAGE_TEXT="1000000")
+    print(f"300,000 characters: {result['seconds']} s, peak {result['peak_mb']} MB")
+    assert result["progress"]["state"] == "complete", result["progress"]
+    assert result["seconds"] < SECONDS, result
+    (entry,) = _manifest(tmp_path / "storage")["page_list"]
+    text = next((tmp_path / "storage").rglob("text-0001.txt")).read_text()
+    assert entry["chars"] == len(text) and text.count("abcdefghij") == 30_000, entry
+    runs = json.loads(next((tmp_path / "storage").rglob("layer-0001.json")).read_text())["runs"]
+    assert len(runs) == pdf.RUNS_MAX and {r[4] for r in runs} == {"abcdefghij"}, runs[:3]
+
+
+def test_a_page_over_max_page_text_ends_too_much_text_quickly(redis_url, redis_conn, tmp_path):
+    source = tmp_path / "dense.pdf"
+    source.write_bytes(pdfgen.dense_text_pdf(300_000))
+    result = _convert(redis_url, tmp_path / "storage", [source])  # MAX_PAGE_TEXT: its default, 100,000
+    final = result["progress"]
+    assert final["state"] == "failed", final
+    assert final["error"]["code"] == "too_much_text" and final["error"]["retryable"] is False, final
+    assert "Page 1 " in final["error"]["message"] and final["attempt"] == 1, final
+    assert result["seconds"] < SECONDS, result
+
+
+def test_text_amplification_ends_too_much_text_and_stores_little(redis_url, redis_conn, tmp_path):
+    """~20 KB of PDF whose 100 pages each show ~1 MB of text (33 strings of 30,000 characters)."""
+    source = tmp_path / "amplified.pdf"
+    source.write_bytes(pdfgen.dense_text_pdf(1_000_000, pages=100, per_show=30_000))
+    assert len(source.read_bytes()) < 30_000
+    storage = tmp_path / "storage"
+    result = _convert(redis_url, storage, [source])
+    final = result["progress"]
+    stored = _stored_bytes(storage)
+    print(f"amplification: {result['seconds']} s, {stored:,} bytes stored, {final.get('error')}")
+    assert final["state"] == "failed" and final["error"]["code"] == "too_much_text", final
+    assert result["seconds"] < SECONDS, result
+    assert stored < 1_000_000, stored
+
+
+def test_a_text_file_page_over_max_page_text_ends_too_much_text(redis_url, redis_conn, tmp_path):
+    """Text pages are bounded by their lines (60 x 100 characters); a long page setting meets the cap."""
+    source = tmp_path / "long.txt"
+    source.write_bytes(b"a line of text\n" * 1000)
+    result = _convert(
+        redis_url, tmp_path / "storage", [source], "text", TEXT_LINES_PER_PAGE="1000", MAX_PAGE_TEXT="10000"
+    )
+    final = result["progress"]
+    assert final["state"] == "failed" and final["error"]["code"] == "too_much_text", final
+    assert "Page 1 " in final["error"]["message"], final
+
+
+def _old_runs(page: pdfium.PdfPage) -> list[tuple]:
+    """The text runs as the code before this change read them: pdfium's rectangles, each with the
+    text FPDFText_GetBoundedText reads in it (quadratic, so for small pages only)."""
+    textpage = page.get_textpage()
+    try:
+        left, bottom, right, top = page.get_cropbox()
+        width, height = right - left, top - bottom
+        runs = []
+        for i in range(textpage.count_rects()):
+            rl, rb, rr, rt = textpage.get_rect(i)
+            text = textpage.get_text_bounded(rl, rb, rr, rt).replace("\r", "").replace("\n", " ")
+            if text.strip():
+                x0, y0, x1, y1 = pdf._rotate(
+                    (rl - left) / width, (top - rt) / height, (rr - left) / width, (top - rb) / height, 0
+                )
+                runs.append((round(x0, 5), round(y0, 5), round(x1 - x0, 5), round(y1 - y0, 5), text))
+        return runs
+    finally:
+        textpage.close()
+
+
+def test_the_text_layer_of_a_normal_page_is_what_it_was(tmp_path):
+    lines = [
+        "Page 1 of the golden document: the quick brown fox",
+        "jumps over the lazy dog; (parentheses) and back\\slashes",
+        "",
+        "   indented words   with   gaps",
+        "Caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00a9 2026 \u2014 the end",
+    ]
+    source = tmp_path / "golden.pdf"
+    source.write_bytes(pdfgen.make_pdf(["\n".join(lines), "second page\nwith two lines"]))
+    doc = pdfium.PdfDocument(source)
+    try:
+        for index in range(len(doc)):
+            page = doc[index]
+            text, runs = pdf.page_text(page)
+            assert runs == _old_runs(page), index
+            assert text == pdf._normalise(page.get_textpage().get_text_range())
+            page.close()
+        assert runs[0][4] == "second page"
+    finally:
+        doc.close()
+
+
+@pytest.mark.skipif(not REAL_PDF.exists(), reason="a real manual (libtasn1-doc) is not installed")
+def test_the_text_layer_of_a_real_manual_is_what_it_was():
+    """A real 36-page manual: every page's runs as before but where text objects overlap (a TeX logo's
+    raised letters, once read into each overlapping run, now belong to their own run only)."""
+    doc = pdfium.PdfDocument(REAL_PDF)
+    same = differ = 0
+    try:
+        for index in range(len(doc)):
+            page = doc[index]
+            _, runs = pdf.page_text(page)
+            old = _old_runs(page)
+            same += sum(1 for run in runs if run in old)
+            differ += sum(1 for run in runs if run not in old)
+            page.close()
+    finally:
+        doc.close()
+    assert same > 3000 and differ <= 5, (same, differ)
+
+
+def test_a_horse_beyond_worker_memory_fails_cleanly_and_the_worker_goes_on(redis_url, redis_conn, tmp_path):
+    """A page at the pixel cap needs a 160 MB bitmap: under a low WORKER_MEMORY_MB the horse is refused
+    it and the document ends page_too_large; the same worker then converts the next document."""
+    big = tmp_path / "big.pdf"
+    big.write_bytes(pdfgen.make_pdf(["a page at the pixel cap"], sizes=[(4100, 4100)]))
+    small = tmp_path / "small.pdf"
+    small.write_bytes(pdfgen.make_pdf(["the next document"]))
+    result = _convert(
+        redis_url,
+        tmp_path / "storage",
+        [big, small],
+        HOSTILE_WORKER="livedoc",
+        WORKER_MEMORY_MB="250",
+        WORKER_NICE="0",
+    )
+    final, (after,) = result["progress"], result["others"]
+    print(f"memory: {result['seconds']} s, horse peak {result['children_peak_mb']} MB, {final.get('error')}")
+    assert final["state"] == "failed", final
+    assert final["error"]["code"] == "page_too_large" and final["error"]["retryable"] is False, final
+    assert "memory" in final["error"]["message"], final
+    assert after["state"] == "complete", after
