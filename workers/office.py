@@ -2,17 +2,22 @@
 by the PDF pipeline (progressive pages, text layer, outline, search) into the same sink.
 
 LibreOffice runs once per document with a fresh private profile (no state shared between
-documents, no lock files, macros off), in its own process group under a guard
-(workers/office_guard.py), with OFFICE_TIMEOUT and an address-space limit of OFFICE_MEMORY_MB. A hung
-or crashed run is killed with its whole group and the attempt is retried once; password-protected,
-damaged and unsupported files fail at once, recognised here before LibreOffice is started where the
-format allows it.
+documents, no lock files, macros off), in the sandbox (workers/sandbox.py: no network, no files but
+its work directory and the programs it needs), in its own process group under a guard
+(workers/office_guard.py), with OFFICE_TIMEOUT of wall clock and limits on its address space
+(OFFICE_MEMORY_MB), CPU time and output (CONVERTER_OUTPUT_MB). It sees a copy of the document without
+its external references (workers/office_links.py) and is asked for at most MAX_PAGES + 1 pages. A
+hung or crashed run is killed with its whole group and the attempt is retried once (a second hang
+is final); password-protected, damaged, unsupported and over-large files fail at once, recognised
+here before LibreOffice is started where the format allows it. Where the sandbox cannot be made,
+this worker does not offer Office documents at all.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import resource
 import shutil
 import signal
 import struct
@@ -26,8 +31,15 @@ from pathlib import Path
 from config import ROOT, Settings
 from livedoc import endings
 from livedoc.storage import SOURCE_PDF
-from workers import pdf
-from workers.errors import CorruptDocument, EncryptedDocument, TransientError, UnsupportedDocument
+from workers import office_links, pdf, sandbox
+from workers.errors import (
+    ConversionError,
+    CorruptDocument,
+    EncryptedDocument,
+    TooManyPages,
+    TransientError,
+    UnsupportedDocument,
+)
 from workers.pages import PageSink
 
 # Percent bands: 0..CONVERT_END while LibreOffice works, then the page stages from CONVERT_END.
@@ -64,6 +76,22 @@ ODF_TYPES = {
     "application/vnd.oasis.opendocument.spreadsheet": "ods",
 }
 OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+OLE2_KINDS = ("doc", "xls", "ppt")
+# The PDF export filter of each document family; each takes a PageRange (LibreOffice >= 7.4 reads
+# filter options given as JSON on the command line).
+PDF_FILTERS = {
+    "writer_pdf_Export": ("docx", "odt", "doc", "rtf"),
+    "impress_pdf_Export": ("pptx", "odp", "ppt"),
+    "calc_pdf_Export": ("xlsx", "ods", "xls"),
+}
+FILTER_OF = {ext: name for name, exts in PDF_FILTERS.items() for ext in exts}
+# Small parts read to tell the formats apart; whatever their headers claim, no more is read.
+MIMETYPE_BYTES = 256
+MANIFEST_BYTES = 4 * 1024 * 1024
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
+_sandbox_checked: dict[str, str | None] = {}
 
 
 class OfficeHung(TransientError):
@@ -71,6 +99,12 @@ class OfficeHung(TransientError):
 
     ending = endings.OFFICE_TIMEOUT
     max_retries = 1
+
+
+class OfficeTimeoutFinal(ConversionError):
+    """LibreOffice did not finish within OFFICE_TIMEOUT on a second attempt: it will not next time either."""
+
+    ending = endings.OFFICE_TIMEOUT_FINAL
 
 
 class OfficeCrashed(TransientError):
@@ -86,20 +120,42 @@ class OfficeMissing(TransientError):
     ending = endings.OFFICE_MISSING
 
 
+def unavailable(settings: Settings) -> str | None:
+    """Why this host cannot convert Office documents (no LibreOffice, no sandbox), or None when it can."""
+    if shutil.which(settings.OFFICE_BINARY) is None:
+        return f"LibreOffice ({settings.OFFICE_BINARY!r}) is not installed"
+    if settings.SANDBOX_BINARY not in _sandbox_checked:
+        # Runs a process, so once per SANDBOX_BINARY: a host does not gain namespaces while it is up.
+        _sandbox_checked[settings.SANDBOX_BINARY] = sandbox.check(settings)
+    problem = _sandbox_checked[settings.SANDBOX_BINARY]
+    if problem is not None:
+        return f"LibreOffice would run outside a sandbox: {problem}"
+    return None
+
+
 def available(settings: Settings) -> bool:
-    """True when this host can run LibreOffice (OFFICE_BINARY is an executable on PATH or a path)."""
-    return shutil.which(settings.OFFICE_BINARY) is not None
+    """True when this host can run LibreOffice, and in the sandbox."""
+    return unavailable(settings) is None
 
 
 def local_kinds(settings: Settings) -> list[str]:
-    """The optional kinds this worker host converts (what it advertises, livedoc/capabilities.py)."""
-    return ["office"] if available(settings) else []
+    """The optional kinds this worker host converts (what it advertises, livedoc/capabilities.py).
+
+    Fails closed: without the sandbox no Office, said once in the log.
+    """
+    problem = unavailable(settings)
+    if problem is None:
+        return ["office"]
+    if problem not in _warned:
+        _warned.add(problem)
+        log.warning("Office documents are off on this worker: %s", problem)
+    return []
 
 
 # -- telling the formats apart ---------------------------------------------------------------------
 
 
-def identify(path: Path) -> str:
+def identify(path: Path, settings: Settings) -> str:
     """The file extension LibreOffice should see (docx, odp, xls, ...); refuses what it cannot open."""
     with open(path, "rb") as f:
         head = f.read(8)
@@ -108,20 +164,26 @@ def identify(path: Path) -> str:
     if head == OLE2_MAGIC:
         return _identify_ole2(path)
     if head.startswith(b"PK\x03\x04"):
-        return _identify_zip(path)
+        return _identify_zip(path, settings)
     raise UnsupportedDocument("This kind of file cannot be converted.")
 
 
-def _identify_zip(path: Path) -> str:
+def _identify_zip(path: Path, settings: Settings) -> str:
     try:
         with zipfile.ZipFile(path) as zf:
+            office_links.check_zip(zf, settings)
             names = set(zf.namelist())
             if "mimetype" in names:
-                mimetype = zf.read("mimetype").decode("ascii", "replace").strip()
+                mimetype = office_links.read_member(zf, "mimetype", MIMETYPE_BYTES)
+                mimetype = mimetype.decode("ascii", "replace").strip()
                 ext = ODF_TYPES.get(mimetype)
                 if ext is None:
                     raise UnsupportedDocument("This kind of OpenDocument file cannot be converted.")
-                manifest = zf.read("META-INF/manifest.xml") if "META-INF/manifest.xml" in names else b""
+                manifest = (
+                    office_links.read_member(zf, "META-INF/manifest.xml", MANIFEST_BYTES)
+                    if "META-INF/manifest.xml" in names
+                    else b""
+                )
                 if b"encryption-data" in manifest:
                     raise EncryptedDocument(ENCRYPTED)
                 return ext
@@ -251,15 +313,6 @@ class _Ole2:
 # -- running LibreOffice ---------------------------------------------------------------------------
 
 
-def _limit_memory(megabytes: int) -> Callable[[], None]:
-    def apply() -> None:
-        # In the child between fork and exec: the guard and everything it starts share the limit.
-        limit = megabytes * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return apply
-
-
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -273,16 +326,31 @@ def estimate(elapsed: float, size: int) -> float:
     return CONVERT_START + (CONVERT_END - CONVERT_START) * min(ESTIMATE_CAP, elapsed / expected)
 
 
+def _installed_outside_usr(binary: str) -> list[str]:
+    """What of a LibreOffice installed outside /usr the sandbox must show (its program's install root)."""
+    real = Path(binary).resolve()
+    if real.is_relative_to("/usr"):
+        return []
+    return [str(real.parent.parent if real.parent.name == "program" else real)]
+
+
 def to_pdf(source: Path, workdir: Path, settings: Settings, tick: Callable[[float], None]) -> Path:
-    """Convert an Office file into workdir/<stem>.pdf with LibreOffice; `tick(elapsed)` every second."""
+    """Convert workdir/<name> into workdir/out/<stem>.pdf with LibreOffice in the sandbox; `tick(elapsed)`
+    every second. At most MAX_PAGES + 1 pages are exported: one more than the limit is enough to refuse.
+    """
     binary = shutil.which(settings.OFFICE_BINARY)
     if binary is None:
         raise OfficeMissing()
+    if sandbox.binary(settings) is None:
+        raise OfficeMissing("This worker cannot run LibreOffice in its sandbox; trying another.")
     profile = workdir / "profile"
     (profile / "user").mkdir(parents=True, exist_ok=True)
     (profile / "user" / "registrymodifications.xcu").write_text(MACROS_OFF, encoding="utf-8")
     outdir = workdir / "out"
     outdir.mkdir(exist_ok=True)
+    inside = sandbox.WORKDIR
+    pages = json.dumps({"PageRange": {"type": "string", "value": f"1-{settings.MAX_PAGES + 1}"}})
+    export = f"pdf:{FILTER_OF.get(source.suffix[1:], 'writer_pdf_Export')}:{pages}"
     cmd = [
         binary,
         "--headless",
@@ -291,19 +359,22 @@ def to_pdf(source: Path, workdir: Path, settings: Settings, tick: Callable[[floa
         "--nolockcheck",
         "--nologo",
         "--nodefault",
-        f"-env:UserInstallation={profile.as_uri()}",
+        f"-env:UserInstallation={(inside / profile.relative_to(workdir)).as_uri()}",
         "--convert-to",
-        "pdf",
+        export,
         "--outdir",
-        str(outdir),
-        str(source),
+        str(inside / outdir.relative_to(workdir)),
+        str(inside / source.relative_to(workdir)),
     ]
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(profile),
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": str(ROOT),
-    }
+    cmd = sandbox.command(
+        cmd,
+        workdir,
+        settings,
+        env={"HOME": str(inside / profile.relative_to(workdir))},
+        readonly=_installed_outside_usr(binary),
+    )
+    # The guard is ours and stays outside the sandbox; what it starts (bwrap, LibreOffice) is inside.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT)}
     with open(workdir / "office.log", "wb") as log:
         guard = subprocess.Popen(
             [sys.executable, "-m", "workers.office_guard", *cmd],
@@ -313,7 +384,11 @@ def to_pdf(source: Path, workdir: Path, settings: Settings, tick: Callable[[floa
             cwd=workdir,
             env=env,
             start_new_session=True,
-            preexec_fn=_limit_memory(settings.OFFICE_MEMORY_MB),
+            # CPU: threads of one process add up, so twice the wall clock; the wall clock is what
+            # normally ends a run, this holds when nobody is left to watch it.
+            preexec_fn=sandbox.limits(
+                settings.OFFICE_MEMORY_MB, 2 * settings.OFFICE_TIMEOUT, settings.CONVERTER_OUTPUT_MB
+            ),
         )
     started = time.monotonic()
     next_tick = started + TICK_SECONDS
@@ -349,12 +424,22 @@ def to_pdf(source: Path, workdir: Path, settings: Settings, tick: Callable[[floa
 
 def convert(source: Path, settings: Settings, sink: PageSink) -> None:
     """Convert an Office document to PDF, then render its pages like any PDF."""
-    ext = identify(source)
+    ext = identify(source, settings)
     workdir = sink.scratch / "office"
     workdir.mkdir()
     # LibreOffice picks its import filter by extension first; the content decided the extension.
     document = workdir / f"document.{ext}"
-    shutil.copyfile(source, document)
+    if ext in ("rtf",):
+        dropped = office_links.copy_rtf(source, document)
+    elif ext in OLE2_KINDS:
+        # Linked objects of the binary formats live in records not rewritten here: the sandbox is
+        # the layer that keeps them from reaching anything.
+        shutil.copyfile(source, document)
+        dropped = 0
+    else:
+        dropped = office_links.copy_zip(source, document, ext, settings)
+    if dropped:
+        log.info("job %s: %d external references removed before conversion", sink.files.doc_id, dropped)
     size = document.stat().st_size
     sink.writer.update("converting", CONVERT_START, message="Converting with LibreOffice")
 
@@ -363,11 +448,24 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
             "converting", estimate(elapsed, size), message=f"Converting with LibreOffice ({elapsed:.0f} s)"
         )
 
-    result = to_pdf(document, workdir, settings, tick)
+    try:
+        result = to_pdf(document, workdir, settings, tick)
+    except OfficeHung as hung:
+        # The first hang may be the host's (busy, swapping); the same document hanging again is the
+        # document's, and a third try would only hold a worker for another OFFICE_TIMEOUT.
+        if sink.attempt >= 2:
+            raise OfficeTimeoutFinal(hung.message) from None
+        raise
     shutil.rmtree(workdir / "profile", ignore_errors=True)
     # Stored for page-range jobs on other hosts and for sharper renditions of its pages.
     copy = workdir / SOURCE_PDF
     shutil.copyfile(result, copy)
     sink.files.storage.put_file(sink.files.pdf_key("office", sink.attempt), copy)
     sink.render_start = CONVERT_END
-    pdf.convert(result, settings, sink)
+    try:
+        pdf.convert(result, settings, sink)
+    except TooManyPages:
+        # LibreOffice stopped at MAX_PAGES + 1: the document has at least that many, maybe far more.
+        raise TooManyPages(
+            f"The document has more than {settings.MAX_PAGES} pages; that is the limit."
+        ) from None
