@@ -6,8 +6,12 @@ process's stream hub (livedoc.hub) reads Redis for all of them.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
+
 from flask import Blueprint, Response, current_app, request
 from flask_login import current_user
+from gevent import get_hub
 
 from livedoc import metrics
 from livedoc.appctx import stream_hub
@@ -15,6 +19,7 @@ from livedoc.audit import audit
 from livedoc.errors import LivedocError, TooManyRequests
 from livedoc.extensions import limiter
 from livedoc.flags import RealtimeFlags
+from livedoc.hub import Connection
 
 bp = Blueprint("realtime", __name__)
 
@@ -76,6 +81,51 @@ def limited(view):
     for limit in stream_limits:
         view = limit(view)
     return view
+
+
+def peer_socket() -> socket.socket | None:
+    """The client's socket under gunicorn (None elsewhere, e.g. the test client)."""
+    return request.environ.get("gunicorn.socket")
+
+
+def watch_peer(sock: socket.socket | None, conn: Connection) -> Callable[[], None]:
+    """End `conn` as soon as its client closes the socket; returns what stops the watching.
+
+    A parked stream writes only every SSE_PING_INTERVAL, and a write to a departed client fails only
+    on the second try: without this its slot (MAX_STREAMS_PER_USER) stayed taken for a minute. The
+    request has been read whole, so the socket turns readable only when the peer closes it (or
+    pipelines a request, which this leaves for the server to read)."""
+    if sock is None:
+        return _nothing
+    fd = sock.fileno()
+    watcher = get_hub().loop.io(fd, 1)  # 1: readable
+
+    def readable() -> None:
+        # Runs in the gevent hub, so nothing here may wait: a peek on a borrowed, non-owning socket.
+        peek = socket.socket(fileno=fd)
+        try:
+            gone = not peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            gone = True  # reset by the peer
+        finally:
+            peek.detach()
+        watcher.stop()
+        if gone:
+            conn.end("client_gone")
+
+    watcher.start(readable)
+
+    def stop() -> None:
+        watcher.stop()
+        watcher.close()
+
+    return stop
+
+
+def _nothing() -> None:
+    return None
 
 
 def fall_back(flags: RealtimeFlags) -> Response:

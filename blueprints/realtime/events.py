@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 from flask import Response, current_app, request
 from flask_login import current_user, login_required
 
-from blueprints.realtime import admit, bp, fall_back, limited
+from blueprints.realtime import admit, bp, fall_back, limited, peer_socket, watch_peer
 from livedoc import documents, sse
 from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.audit import audit
@@ -80,6 +81,7 @@ def _open(items: list[tuple], multi: bool) -> Response:
         cfg["SSE_PING_INTERVAL"] / 1000,
         cfg["SSE_RETRY"],
         request.remote_addr,
+        peer_socket(),
     )
     # direct_passthrough: the WSGI server iterates this generator itself, without Werkzeug's
     # ClosingIterator and encoding generator around it; each is a C frame more in every parked
@@ -105,15 +107,18 @@ def _stream(
     ping: float,
     retry_ms: int,
     ip: str | None,
+    peer: socket.socket | None,
 ):
     name = MULTI if multi else SINGLE
     started = time.monotonic()
     reason = "client_gone"
     conn = delivery = None
+    unwatch = None
     audit("stream_open", user=username, document=",".join(i[0] for i in items), transport=name, ip=ip)
     try:
         yield sse.retry(retry_ms).encode()
         conn = h.connect(user_id, Transport.SSE, name)
+        unwatch = watch_peer(peer, conn)
         delivery = Delivery(h, conn)
         news = [e for e in (delivery.start(*item) for item in items) if e is not None]
         items.clear()  # the hub holds what is current from here on: keep no copy per stream
@@ -142,6 +147,8 @@ def _stream(
         reason = "terminal"
     finally:
         # Runs when the stream ends, when a write to a vanished client fails, and on shutdown.
+        if unwatch is not None:
+            unwatch()
         if conn is not None:
             h.disconnect(conn)
         names = ",".join(delivery.seen if delivery is not None else (i[0] for i in items))

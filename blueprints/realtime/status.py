@@ -12,7 +12,7 @@ import time
 from flask import current_app, jsonify
 from flask_login import current_user, login_required
 
-from blueprints.realtime import MAX_SEQ, admit, bp, int_arg, user_key, wait_arg
+from blueprints.realtime import MAX_SEQ, admit, bp, int_arg, peer_socket, user_key, wait_arg, watch_peer
 from livedoc import documents
 from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.delivery import Delivery
@@ -50,6 +50,7 @@ def status(doc_id: str):
         db.session.close()  # do not hold a database connection while parked
         h = stream_hub()
         conn = h.connect(user_id, Transport.LONGPOLL)
+        unwatch = watch_peer(peer_socket(), conn)
         try:
             delivery = Delivery(h, conn)
             delivery.start(doc_id, job_id, prog, seen=prog["seq"])
@@ -65,6 +66,7 @@ def status(doc_id: str):
                 # News: gather what else comes within the window, then answer with the newest.
                 deadline = min(deadline, time.monotonic() + window)
         finally:
+            unwatch()
             h.disconnect(conn)
         flags = h.flags
     resp = jsonify(body)
