@@ -249,9 +249,11 @@ def _user_named(name: str) -> User:
     return user
 
 
+# LIVEDOC_PASSWORD: scripts can hand the password over without putting it in `ps` (arguments are
+# public on a host; a process's environment is its user's).
 @users_cli.command("create")
 @click.argument("name")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, envvar="LIVEDOC_PASSWORD")
 @click.option("--admin", is_flag=True, help="Allow the RQ dashboard, stats and flags.")
 @click.option("--update", is_flag=True, help="Reset the password (and admin flag) if the user exists.")
 def users_create(name: str, password: str, admin: bool, update: bool) -> None:
@@ -275,7 +277,7 @@ def users_create(name: str, password: str, admin: bool, update: bool) -> None:
 
 @users_cli.command("passwd")
 @click.argument("name")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, envvar="LIVEDOC_PASSWORD")
 def users_passwd(name: str, password: str) -> None:
     """Change a user's password; every existing session of the user ends."""
     _check_password(password)

@@ -163,3 +163,88 @@ def test_bad_rq_dashboard_urls_are_404(app, client, users):
         "/rq/0/view/jobs/livedoc/finished/8/asc/1",
     ):
         assert client.get(path).status_code == 200, path
+
+
+# -- No secret on a command line ---------------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+def _cmdlines(pid: int) -> dict[int, bytes]:
+    lines = {}
+    for p in _tree(pid):
+        try:
+            lines[p] = Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            continue
+    return lines
+
+
+@pytest.mark.live
+@pytest.mark.timeout(120)
+def test_no_process_shows_the_redis_password_in_its_arguments(tmp_path):
+    import subprocess
+    import sys
+
+    from redis import Redis
+    from rq import Worker
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import devredis
+
+    from tests.live import Stack
+    from tests.support import wait_for
+
+    secret = "redis-secret-in-the-url-7f3a"
+    port = devredis.free_port()
+    (tmp_path / "redis").mkdir()
+    server = subprocess.Popen(
+        [*devredis.server_command(port, tmp_path / "redis"), "--requirepass", secret],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    conn = Redis(port=port, password=secret)
+    stack = Stack(f"redis://:{secret}@127.0.0.1:{port}/0", tmp_path / "stack")
+    try:
+        wait_for(conn.ping, what="redis with a password", ignore=(Exception,))
+        web = stack.start_web()
+        worker = stack.start_worker()
+        wait_for(lambda: Worker.all(connection=conn), timeout=60, what="the worker registered")
+        lines = {**_cmdlines(web.popen.pid), **_cmdlines(worker.popen.pid)}
+        assert len(lines) >= 3, lines  # gunicorn's master and worker, the rq worker
+        assert any(b"rq\x00worker" in line or b"/rq\x00worker" in line for line in lines.values()), lines
+        leaked = {p: line for p, line in lines.items() if secret.encode() in line}
+        assert not leaked, leaked
+    finally:
+        stack.stop()
+        conn.close()
+        server.terminate()
+        server.wait(10)
+
+
+def test_the_cli_takes_a_password_from_the_environment(app):
+    from livedoc.models import User
+
+    out = app.test_cli_runner().invoke(
+        args=["users", "create", "dora"], env={"LIVEDOC_PASSWORD": "from-the-environment"}
+    )
+    assert out.exit_code == 0, out.output
+    with app.app_context():
+        assert User.by_name("dora").check_password("from-the-environment")
