@@ -154,6 +154,40 @@ def test_the_text_layer_of_a_normal_page_is_what_it_was(tmp_path):
         doc.close()
 
 
+def test_a_text_object_of_unsized_characters_takes_the_per_character_path(tmp_path):
+    """A text object whose characters all have no size has no rectangle of pdfium's: the runs are then
+    built from every character's box, and still read as before."""
+    stream = (
+        b"BT /F1 12 Tf 14 TL 72 700 Td (first line) Tj T* /F1 0.001 Tf ("
+        + b"x" * 100
+        + b") Tj /F1 12 Tf T* (last line) Tj ET\n"
+    )
+    source = tmp_path / "unsized.pdf"
+    source.write_bytes(
+        pdfgen._assemble(
+            {
+                1: b"<< /Type /Catalog /Pages 2 0 R >>",
+                2: b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                3: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+                b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+                4: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+                5: f"<< /Length {len(stream)} >>\nstream\n".encode() + stream + b"\nendstream",
+            }
+        )
+    )
+    doc = pdfium.PdfDocument(source)
+    try:
+        page = doc[0]
+        textpage = page.get_textpage()
+        assert pdf._object_runs(textpage, textpage.count_chars()) is None
+        textpage.close()
+        _, runs = pdf.page_text(page)
+        assert runs == _old_runs(page) and [r[4] for r in runs] == ["first line", "last line"], runs
+        page.close()
+    finally:
+        doc.close()
+
+
 @pytest.mark.skipif(not REAL_PDF.exists(), reason="a real manual (libtasn1-doc) is not installed")
 def test_the_text_layer_of_a_real_manual_is_what_it_was():
     """A real 36-page manual: every page's runs as before but where text objects overlap (a TeX logo's
