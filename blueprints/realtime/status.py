@@ -57,7 +57,8 @@ def status(doc_id: str):
             delivery.seen[doc_id] = after  # answer with the first state newer than the caller's
             deadline = time.monotonic() + wait
             window = cfg["LONGPOLL_WINDOW_MS"] / 1000
-            for item in delivery.loop(ping=wait, deadline=deadline):
+            # next(), not loop(): loop() keeps the deadline it was given, so the window would not shorten it.
+            while (item := delivery.next(wait, deadline)) is not None:
                 if not isinstance(item, list):
                     break  # the wait ran out, or the hub closed the connection: answer as it stands
                 body = documents.status_body_of(doc_id, item[-1].progress)
