@@ -165,6 +165,61 @@ def test_bad_rq_dashboard_urls_are_404(app, client, users):
         assert client.get(path).status_code == 200, path
 
 
+# -- WebSocket: deeply nested JSON --------------------------------------------------------------------
+
+
+def _ws_message(ws, timeout: float = 20) -> dict:
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        if raw is not None:
+            msg = json.loads(raw)
+            if msg["type"] != "ping":
+                return msg
+    raise AssertionError(f"no message within {timeout} s")
+
+
+@pytest.mark.live
+@pytest.mark.timeout(120)
+def test_a_deeply_nested_websocket_message_is_refused_cleanly(make_stack, flag_conn):
+    import json
+
+    import simple_websocket
+
+    from livedoc import flags
+
+    stack = make_stack()
+    token = stack.user("nester")
+    flags.set_override(flag_conn(stack), websocket=True)
+    url = stack.base_url.replace("http://", "ws://") + "/api/ws"
+    ws = simple_websocket.Client.connect(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        # 30,000 levels fit in the 64 KiB message cap; json.loads recursed past Python's limit.
+        for deep in ("[" * 30_000, '{"a":' * 12_000, '{"type":"subscribe","documents":' + "[" * 20_000):
+            ws.send(deep)
+            msg = _ws_message(ws)
+            assert msg["type"] == "error" and msg["code"] == "bad_message", msg
+        ws.send(json.dumps({"type": "ping"}))  # the socket still serves
+        assert _ws_message(ws) == {"type": "pong"}
+        # A message over the cap closes the socket (1009) instead of being read.
+        with pytest.raises(simple_websocket.ConnectionClosed) as closed:
+            ws.send("x" * (65 * 1024))
+            for _ in range(40):
+                ws.receive(timeout=0.5)
+        assert closed.value.reason == 1009, closed.value
+    finally:
+        try:
+            ws.close()
+        except simple_websocket.ConnectionClosed:
+            pass  # the server closed it
+    logs = stack.logs()
+    assert "maximum recursion depth" not in logs and "Traceback" not in logs, logs[-3000:]
+    assert " ERROR " not in logs and "[ERROR]" not in logs, logs[-3000:]
+
+
 # -- No secret on a command line ---------------------------------------------------------------------
 
 

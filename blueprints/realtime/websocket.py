@@ -21,6 +21,11 @@ from livedoc.extensions import db
 from livedoc.flags import Transport
 from livedoc.hub import StreamHub
 
+# Brackets one client message may hold: the protocol's messages have two, ids have none.
+MAX_BRACKETS = 16
+# Bytes one client message may have (larger ones close the socket, 1009): ~50 ids of 1 KiB at most.
+MAX_MESSAGE = 64 * 1024
+
 
 class _WebSocketResponse(Response):
     """What the view returns once the socket has been taken over: the WSGI server calls it, it
@@ -67,7 +72,7 @@ def websocket():
     db.session.close()
     try:
         ws = simple_websocket.Server(
-            request.environ, max_message_size=64 * 1024, thread_class=_NoThread, event_class=_NoEvent
+            request.environ, max_message_size=MAX_MESSAGE, thread_class=_NoThread, event_class=_NoEvent
         )
     except (ValueError, RuntimeError, OSError):
         raise LivedocError("Bad WebSocket handshake.", code="bad_handshake") from None
@@ -255,10 +260,21 @@ class _WsSession:
         self.watcher.start(self._on_readable)
 
     def _handle(self, raw: str | bytes) -> None:
+        # Every message the protocol knows has two levels ({"documents": [...]}); a message of
+        # thousands of brackets within the 64 KiB cap made json.loads recurse past Python's limit,
+        # and the RecursionError ended the socket with a trace in the log. Counted, not parsed.
+        brackets = raw.count("[" if isinstance(raw, str) else b"[") + raw.count(
+            "{" if isinstance(raw, str) else b"{"
+        )
+        if brackets > MAX_BRACKETS:
+            self.send(
+                {"type": "error", "code": "bad_message", "message": "The message is nested too deeply."}
+            )
+            return
         try:
             msg = json.loads(raw)
             kind = msg["type"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             self.send({"type": "error", "code": "bad_message", "message": "Send JSON with a 'type'."})
             return
         if kind == "pong":
