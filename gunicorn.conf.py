@@ -5,17 +5,60 @@ The values come from config.py (one home for every setting, read from the enviro
 import os
 import resource
 import signal
+import socket
 import sys
 
 import gevent
+from gunicorn.workers.ggevent import GeventWorker
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # config.py, whatever the cwd
 
 from config import Settings  # noqa: E402
 
 _settings = Settings.from_env()
+
+
+class StreamWorker(GeventWorker):
+    """gunicorn's gevent worker, which also closes its idle kept-alive connections when it stops.
+
+    A stopping worker no longer accepts connections but still serves the next request on one kept
+    alive; a stream opened there ends at once, so a reload cost each browser a second reconnect (and
+    its `retry:` wait). Closed now, the browser's next request opens a connection to a live worker."""
+
+    def init_process(self):
+        """Start with no connections known."""
+        self.idle = {}  # client socket -> True while it waits for its next request
+        super().init_process()
+
+    def handle(self, listener, client, addr):
+        """Serve one connection, known as idle between its requests."""
+        self.idle[client] = True
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self.idle.pop(client, None)
+
+    def handle_request(self, listener_name, req, sock, addr):
+        """Serve one request; the connection is busy meanwhile."""
+        self.idle[sock] = False
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if sock in self.idle:
+                self.idle[sock] = True
+
+    def close_idle(self):
+        """Close every connection that waits for a next request (the worker is stopping)."""
+        for sock, idle in list(self.idle.items()):
+            if idle:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already gone
+
+
 bind = _settings.BIND
-worker_class = "gevent"
+worker_class = StreamWorker
 workers = _settings.WEB_CONCURRENCY
 # Each open SSE stream is one greenlet and one socket; this caps them per worker process.
 worker_connections = _settings.WORKER_CONNECTIONS
@@ -53,6 +96,7 @@ def post_worker_init(worker):
         hub = getattr(worker.wsgi, "extensions", {}).get("livedoc.hub")
         if hub is not None:
             gevent.spawn(hub.close_all, "shutdown")
+        gevent.spawn(worker.close_idle)
 
     signal.signal(signal.SIGTERM, handle_exit)
 

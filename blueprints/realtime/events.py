@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
@@ -20,6 +21,8 @@ from livedoc.hub import StreamHub
 from livedoc.progress import is_terminal
 
 SINGLE, MULTI = "sse", "sse-multi"  # their labels in the stats; both are the SSE transport
+# The `retry:` of a stream ended because its worker stops: a reconnect within this many ms.
+SHUTDOWN_RETRY_MS = (50, 1000)
 
 
 @bp.route("/api/documents/<doc_id>/events")
@@ -33,6 +36,8 @@ def events(doc_id: str):
         return fall_back(flags)
     current = documents.current_progress(redis_conn(), doc)
     last = sse.parse_last_event_id(request.headers.get("Last-Event-ID"))
+    if is_terminal(current) and last >= current["seq"]:
+        return _ended()
     return _open([(doc.id, doc.job_id, current, last)], multi=False)
 
 
@@ -61,7 +66,15 @@ def events_multi():
     states = documents.progress_of_many(redis_conn(), docs)
     cursor = request.headers.get("Last-Event-ID") or request.args.get("cursor")
     lasts = sse.parse_cursor(cursor, [d.id for d in docs])
+    if all(is_terminal(states[d.id]) and lasts[d.id] >= states[d.id]["seq"] for d in docs):
+        return _ended()
     return _open([(d.id, d.job_id, states[d.id], lasts[d.id]) for d in docs], multi=True)
+
+
+def _ended() -> Response:
+    """204 to a reconnect that has seen the terminal event already: by the SSE standard the only
+    answer that stops an EventSource (a 200 that ends at once makes it reconnect every `retry`)."""
+    return Response(status=204)
 
 
 def _open(items: list[tuple], multi: bool) -> Response:
@@ -137,8 +150,10 @@ def _stream(
             elif isinstance(item, Closed):
                 if item.mode:
                     yield sse.message({"mode": item.mode}, event="mode").encode()
-                # On shutdown the stream just ends: EventSource reconnects by itself, with its
-                # Last-Event-ID, to a live worker.
+                elif item.reason == "shutdown":
+                    # EventSource reconnects by itself, with its Last-Event-ID, to a live worker:
+                    # at once rather than after SSE_RETRY, spread so a crowd does not arrive together.
+                    yield sse.retry(random.randint(*SHUTDOWN_RETRY_MS)).encode()
                 reason = item.reason
                 return
             else:
