@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 import unicodedata
@@ -16,7 +17,14 @@ from redis.exceptions import RedisError
 from livedoc import capabilities, endings, fleet, jobs, progress, quotas
 from livedoc.appctx import file_storage
 from livedoc.audit import audit
-from livedoc.errors import Conflict, LivedocError, NotFound, Unavailable, UnsupportedType
+from livedoc.errors import (
+    Conflict,
+    InsufficientStorage,
+    LivedocError,
+    NotFound,
+    Unavailable,
+    UnsupportedType,
+)
 from livedoc.extensions import db
 from livedoc.ids import new_doc_id, valid_doc_id
 from livedoc.models import Document, User
@@ -101,10 +109,14 @@ def create(
             db.session.add(doc)
             db.session.commit()
             added = True
-    except BaseException:
+    except BaseException as exc:
         if not added:
             db.session.rollback()
             files.delete()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # The operator has to act; the client is told so (507), without a trace in the log.
+            log.error("storage full: an upload of %s could not be stored", owner.username)
+            raise InsufficientStorage() from None
         raise
     _enqueue(connection, config, doc, seq=1, attempt=1)
     return doc

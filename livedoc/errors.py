@@ -96,6 +96,14 @@ class QuotaExceeded(LivedocError):
         self.extra = {"quota": quota}
 
 
+class InsufficientStorage(LivedocError):
+    """The storage is full (ENOSPC, EDQUOT): nothing of the upload was kept."""
+
+    status = 507
+    code = "insufficient_storage"
+    message = "The server has no room to store this file right now; try again later."
+
+
 class Unavailable(LivedocError):
     """A backing service (Redis) cannot be reached."""
 

@@ -119,11 +119,17 @@ class LocalStorage:
         dest = self._path(key)
         tmp = self._tmp(dest)
         size = 0
-        with open(tmp, "wb") as out:
-            while chunk := stream.read(CHUNK):
-                out.write(chunk)
-                size += len(chunk)
-        os.replace(tmp, dest)
+        try:
+            with open(tmp, "wb") as out:
+                while chunk := stream.read(CHUNK):
+                    out.write(chunk)
+                    size += len(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            # A full disk (ENOSPC, EDQUOT), a cut upload, a quota hit while copying: the part
+            # written so far would hold the space the disk is short of.
+            tmp.unlink(missing_ok=True)
+            raise
         return size
 
     def put_bytes(self, key: str, data: bytes) -> None:

@@ -123,6 +123,57 @@ def test_a_database_that_goes_down_answers_503_pages_with_the_security_headers(
         moved.rename(folder)
 
 
+# -- Full disk ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_storage(storage_dir):
+    """STORAGE_DIR on a 2 MB tmpfs (skipped where this process may not mount one)."""
+    import subprocess
+
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(storage_dir)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield storage_dir
+    finally:
+        subprocess.run(["umount", "-l", str(storage_dir)], check=True)
+
+
+def test_a_full_disk_answers_507_and_leaves_nothing_behind(app, client, users, small_storage, redis_conn):
+    from livedoc import jobs
+    from livedoc.extensions import db
+    from livedoc.models import Document
+
+    token = users.create("alice")
+    big = b"livedoc fills the disk\n" * (5 * 1024 * 1024 // 23)  # 5 MB of UTF-8 text
+    resp = client.post(
+        "/api/documents",
+        headers=_bearer(token),
+        data={"file": (io.BytesIO(big), "big.txt")},
+        content_type="multipart/form-data",
+    )
+    assert resp.status_code == 507, resp.get_data(as_text=True)[:300]
+    assert resp.get_json()["error"]["code"] == "insufficient_storage"
+    # The HTML form says it on a page.
+    users.login("alice")
+    page = client.post(
+        "/documents",
+        data={"file": (io.BytesIO(big), "big.txt"), "csrf_token": _page_csrf(client)},
+        content_type="multipart/form-data",
+    )
+    assert page.status_code == 507 and page.mimetype == "text/html"
+    assert b"no room" in page.data
+    assert [p for p in small_storage.rglob("*") if p.is_file()] == []
+    with app.app_context():
+        assert db.session.execute(db.select(Document)).scalars().all() == []
+    assert jobs.queue(redis_conn, app.config["QUEUE_NAME"]).count == 0
+    # A file that fits is still stored.
+    assert _upload_text(client, token, b"small\n")
+
+
 # -- RQ dashboard ------------------------------------------------------------------------------------
 
 # All but the last answered 500 with rq-dashboard 0.9: an instance number beyond the configured Redis
