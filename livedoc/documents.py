@@ -374,10 +374,7 @@ def summary(doc: Document, prog: progress.Progress) -> dict:
     }
 
 
-# -- pages, search, reading position, delete ------------------------------------------------------
-SEARCH_MAX_HITS = 200
-SEARCH_MAX_RECT_PAGES = 50
-SNIPPET = 60
+# -- pages, reading position, delete ------------------------------------------------------------
 
 
 def files_url(doc: Document, attempt: int) -> str:
@@ -429,64 +426,6 @@ def servable(doc: Document, prog: progress.Progress, attempt: int, name: str) ->
     if parsed[1] < 1 or parsed[1] > (prog.get("ready") or 0):
         return None
     return parsed
-
-
-def search(doc: Document, prog: progress.Progress, query: str) -> dict:
-    """Where a phrase occurs in the ready pages: page, a snippet around it, and its rectangles."""
-    needle = " ".join(query.split()).casefold()
-    if not needle or len(needle) > 200:
-        raise LivedocError("Search for 1 to 200 characters in 'q'.", code="bad_parameter")
-    files = files_of(doc)
-    attempt, ready = prog.get("attempt", doc.attempt), prog.get("ready") or 0
-    hits: list[dict] = []
-    rect_pages = 0
-    for n in range(1, ready + 1):
-        raw = files.storage.get_bytes(files.key(attempt, storage_names(n)["text"]))
-        if raw is None:
-            continue
-        text = " ".join(raw.decode("utf-8", "replace").split())
-        folded = text.casefold()
-        start = folded.find(needle)
-        if start < 0:
-            continue
-        rects = []
-        if rect_pages < SEARCH_MAX_RECT_PAGES:
-            rect_pages += 1
-            rects = _hit_rects(files.read_json(attempt, storage_names(n)["layer"]) or {}, needle)
-        while start >= 0 and len(hits) < SEARCH_MAX_HITS:
-            lo, hi = max(0, start - SNIPPET), min(len(text), start + len(needle) + SNIPPET)
-            snippet = ("…" if lo else "") + text[lo:hi] + ("…" if hi < len(text) else "")
-            hits.append(
-                {"page": n, "snippet": snippet, "offset": start, "length": len(needle), "rects": rects}
-            )
-            rects = []  # a page's rectangles come with its first hit
-            start = folded.find(needle, start + len(needle))
-        if len(hits) >= SEARCH_MAX_HITS:
-            break
-    return {
-        "query": query,
-        "hits": hits,
-        "searched_pages": ready,
-        "pages": prog.get("pages") or 0,
-        "complete": prog["state"] == progress.State.COMPLETE.value,
-        "truncated": len(hits) >= SEARCH_MAX_HITS,
-    }
-
-
-def _hit_rects(layer: dict, needle: str) -> list[list[float]]:
-    """The parts of the text runs that hold the phrase (proportional within a run)."""
-    rects = []
-    for run in layer.get("runs") or []:
-        if len(run) != 5:
-            continue
-        x, y, w, h, text = run
-        folded = str(text).casefold()
-        at = folded.find(needle)
-        while at >= 0 and len(rects) < 100:
-            per = w / max(1, len(folded))
-            rects.append([round(x + at * per, 5), y, round(len(needle) * per, 5), h])
-            at = folded.find(needle, at + len(needle))
-    return rects
 
 
 def sharper_page(connection: Redis, config: Mapping, doc: Document, attempt: int, n: int) -> None:

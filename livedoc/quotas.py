@@ -44,8 +44,22 @@ class Usage:
 
 
 def usage(user: User) -> Usage:
-    """The user's documents, stored bytes and unfinished conversions, as the database has them."""
-    return _usage_of(user.id)
+    """The user's documents, stored bytes and unfinished conversions, as the database has them, plus
+    the bytes running conversions and sharper pages stored that the database does not count yet."""
+    use = _usage_of(user.id)
+    charged = _charged(user.id)
+    return Usage(use.documents, use.stored_bytes + charged, use.in_flight) if charged else use
+
+
+def _charged(user_id: int) -> int:
+    """What the workers charged beyond `settled` (workers/quota.py); 0 when Redis cannot say."""
+    from livedoc.appctx import redis_conn  # the app's client; this module is imported before any app
+
+    try:
+        held = redis_conn().hgetall(keys.QUOTA_USAGE + str(user_id))
+    except RedisError:
+        return 0
+    return sum(int(v) for f, v in held.items() if f.decode() != keys.QUOTA_SETTLED)
 
 
 def _usage_of(user_id: int) -> Usage:

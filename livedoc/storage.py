@@ -56,6 +56,9 @@ class Storage(Protocol):
     def get_bytes(self, key: str) -> bytes | None:
         """The bytes under key, or None when there are none."""
 
+    def get_prefix(self, key: str, limit: int) -> bytes | None:
+        """At most the first `limit` bytes under key (whatever its size), or None when there are none."""
+
     def fetch(self, key: str, path: Path) -> None:
         """Copy the object under key into a local file (FileNotFoundError when absent)."""
 
@@ -141,6 +144,13 @@ class LocalStorage:
     def get_bytes(self, key: str) -> bytes | None:
         try:
             return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def get_prefix(self, key: str, limit: int) -> bytes | None:
+        try:
+            with self._path(key).open("rb") as f:
+                return f.read(max(0, limit))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
@@ -254,6 +264,20 @@ class S3Storage:
             raise
         with obj["Body"] as body:
             return body.read()
+
+    def get_prefix(self, key: str, limit: int) -> bytes | None:
+        if limit <= 0:
+            return b"" if self.exists(key) else None
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes=0-{limit - 1}")
+        except self._client_error as exc:
+            if self._missing(exc):
+                return None
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # an empty object has no byte 0
+            raise
+        with obj["Body"] as body:
+            return body.read(limit)  # a server that ignores Range still sends no more than this
 
     def fetch(self, key: str, path: Path) -> None:
         try:

@@ -115,6 +115,27 @@ def test_a_sharper_page_beyond_the_quota_is_not_stored(app, client, users, redis
     page.close()
 
 
+def test_a_lost_usage_hash_fails_nothing_and_the_next_admission_writes_it_again(
+    app, client, users, redis_conn, storage_dir
+):
+    app.config.update(QUOTA_MB=5)
+    token = users.create("alice")
+    doc = _upload(client, token, dense_pdf(1))
+    lost = redis_conn.keys("livedoc:quota-usage:*")
+    assert len(lost) == 1
+    redis_conn.delete(*lost)  # as after a Redis restart without persistence
+    run_jobs(redis_conn)
+    assert _status(client, token, doc)["state"] == "complete"  # not charged, not failed
+
+    second = _upload(client, token, dense_pdf(8, seed=1))
+    # The base is what the database says: the first document whole, the second one's original.
+    assert int(redis_conn.hget(lost[0], "settled")) == _stored(storage_dir)
+    run_jobs(redis_conn)
+    prog = _status(client, token, second)
+    assert prog["state"] == "failed" and prog["error"]["code"] == "quota_exceeded", prog
+    assert _stored(storage_dir) <= 5 * MB
+
+
 @pytest.mark.parametrize("chunk_pages", ["0", "2"], ids=["one-job", "page-ranges"])
 def test_a_document_with_too_much_text_ends_too_much_text(
     app, client, users, redis_conn, storage_dir, monkeypatch, chunk_pages
@@ -127,7 +148,7 @@ def test_a_document_with_too_much_text_ends_too_much_text(
     prog = _status(client, token, doc)
     assert prog["state"] == "failed", prog
     assert prog["error"]["code"] == "too_much_text" and prog["error"]["retryable"] is False
-    assert prog["ready"] < 6
+    assert prog["ready"] == 2  # 2 pages of about 20,000 characters fit in 50,000; the third does not
 
 
 @pytest.mark.live
