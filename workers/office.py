@@ -430,7 +430,7 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
     # LibreOffice picks its import filter by extension first; the content decided the extension.
     document = workdir / f"document.{ext}"
     if ext in ("rtf",):
-        dropped = office_links.copy_rtf(source, document)
+        dropped = office_links.copy_rtf(source, document, settings.MAX_PAGES)
     elif ext in OLE2_KINDS:
         # Linked objects of the binary formats live in records not rewritten here: the sandbox is
         # the layer that keeps them from reaching anything.

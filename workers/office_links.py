@@ -37,7 +37,7 @@ from xml.parsers import expat
 from xml.sax.saxutils import escape, quoteattr
 
 from config import Settings
-from workers.errors import CorruptDocument, TooLargeUnpacked, UnsupportedDocument
+from workers.errors import CorruptDocument, TooLargeUnpacked, TooManyPages, UnsupportedDocument
 
 MB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -48,11 +48,17 @@ RATIO_FLOOR = 1 * MB
 MAX_DEPTH = 5_000
 XLINK = "http://www.w3.org/1999/xlink"
 RELS = "http://schemas.openxmlformats.org/package/2006/relationships"
+W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+ODF_TEXT = "urn:oasis:names:tc:opendocument:xmlns:text:1.0"
+ODF_STYLE = "urn:oasis:names:tc:opendocument:xmlns:style:1.0"
+FO = "urn:oasis:names:tc:opendocument:xmlns:xsl-fo-compatible:1.0"
+OFF = ("0", "false", "off")
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 DTD = "This document declares a DTD (Office documents never do), so it cannot be converted."
 BROKEN_XML = "The document is damaged: one of its parts is not well-formed XML."
 TOO_DEEP = "The document nests its content too deeply to be converted."
 RTF_FIELD = re.compile(rb"\\(fldinst|objlink|objautlink)(?![A-Za-z])", re.IGNORECASE)
+RTF_PAGE = re.compile(rb"\\page(?![A-Za-z])")
 RTF_RENAMED = {b"fldinst": b"fldxxxx", b"objlink": b"objxxxx", b"objautlink": b"objxxxxxxx"}
 
 
@@ -130,8 +136,14 @@ class _XmlFilter:
     pointing outside are removed; "rels": external Relationship elements are removed.
     """
 
-    def __init__(self, policy: str, write: Callable[[bytes], object]):
+    def __init__(self, policy: str, write: Callable[[bytes], object], max_pages: int = 0):
         self.policy = policy
+        # Explicit page breaks counted on the way: each starts a page, so more than MAX_PAGES of them
+        # is a document LibreOffice would spend OFFICE_TIMEOUT laying out only to be refused.
+        self.max_pages = max_pages
+        self.breaks = 0
+        self.breaking_styles: set[str] = set()
+        self.style: str | None = None
         self.write = write
         self.parser = expat.ParserCreate()
         self.parser.ordered_attributes = True
@@ -149,7 +161,7 @@ class _XmlFilter:
             self.parser.CommentHandler = self._comment
             self.parser.ProcessingInstructionHandler = self._pi
         else:
-            self.parser.StartElementHandler = self._depth_only
+            self.parser.StartElementHandler = self._check
             self.parser.EndElementHandler = self._pop
 
     def feed(self, data: bytes, final: bool = False) -> None:
@@ -181,10 +193,34 @@ class _XmlFilter:
     def _pop(self, name: str) -> None:
         self.scopes.pop()
 
-    def _depth_only(self, name: str, attrs: list[str]) -> None:
-        if len(self.scopes) > MAX_DEPTH:
-            raise _Refused(UnsupportedDocument(TOO_DEEP))
-        self.scopes.append(None)
+    def _check(self, name: str, attrs: list[str]) -> None:
+        self._push(attrs)
+        if self.max_pages:
+            self._count(name, [(attrs[i], attrs[i + 1]) for i in range(0, len(attrs), 2)])
+
+    def _named(self, pairs: list[tuple[str, str]], uri: str, local: str) -> str | None:
+        for key, value in pairs:
+            if key.rsplit(":", 1)[-1] == local and ":" in key and self._uri(key) == uri:
+                return value
+        return None
+
+    def _count(self, name: str, pairs: list[tuple[str, str]]) -> None:
+        local, uri = name.rsplit(":", 1)[-1], self._uri(name)
+        if uri == W:
+            if local == "br" and self._named(pairs, W, "type") == "page":
+                self.breaks += 1
+            elif local == "pageBreakBefore" and (self._named(pairs, W, "val") or "1").lower() not in OFF:
+                self.breaks += 1
+        elif uri == ODF_STYLE and local == "style":
+            self.style = self._named(pairs, ODF_STYLE, "name")
+        elif uri == ODF_STYLE and local == "paragraph-properties" and self.style is not None:
+            if "page" in (self._named(pairs, FO, "break-before"), self._named(pairs, FO, "break-after")):
+                self.breaking_styles.add(self.style)
+        elif uri == ODF_TEXT and local in ("p", "h"):
+            if self._named(pairs, ODF_TEXT, "style-name") in self.breaking_styles:
+                self.breaks += 1
+        if self.breaks >= self.max_pages:
+            raise _Refused(TooManyPages(f"The document has more than {self.max_pages} pages, the limit."))
 
     def _uri(self, qname: str) -> str | None:
         prefix = qname.split(":", 1)[0] if ":" in qname else ""
@@ -195,6 +231,8 @@ class _XmlFilter:
 
     def _start(self, name: str, attrs: list[str]) -> None:
         self._push(attrs)
+        if self.max_pages:
+            self._count(name, [(attrs[i], attrs[i + 1]) for i in range(0, len(attrs), 2)])
         if self.skipping:
             self.skipping += 1
             return
@@ -280,7 +318,8 @@ def copy_zip(source: Path, dest: Path, ext: str, settings: Settings) -> int:
                     out.writestr(target, b"")
                     continue
                 with out.open(target, "w", force_zip64=info.file_size > 256 * MB) as stream:
-                    removed += _copy_member(zf, info, stream, _policy(ext, info.filename), budget)
+                    policy = _policy(ext, info.filename)
+                    removed += _copy_member(zf, info, stream, policy, budget, settings.MAX_PAGES)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError):
         raise CorruptDocument(
             "The document is damaged or incomplete (its zip structure is broken)."
@@ -291,13 +330,19 @@ def copy_zip(source: Path, dest: Path, ext: str, settings: Settings) -> int:
 
 
 def _copy_member(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, stream: BinaryIO, policy: str | None, budget: _Budget
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    stream: BinaryIO,
+    policy: str | None,
+    budget: _Budget,
+    max_pages: int,
 ) -> int:
     if policy is None:
         for chunk in budget.chunks(zf, info):
             stream.write(chunk)
         return 0
-    xml = _XmlFilter(policy, stream.write)
+    counted = info.filename in ("word/document.xml", "content.xml")
+    xml = _XmlFilter(policy, stream.write, max_pages if counted else 0)
     for chunk in budget.chunks(zf, info):
         xml.feed(chunk)
         if policy == "check":
@@ -306,10 +351,14 @@ def _copy_member(
     return xml.removed
 
 
-def copy_rtf(source: Path, dest: Path) -> int:
-    """Copy an RTF file with its field instructions and object links renamed away; returns how many."""
+def copy_rtf(source: Path, dest: Path, max_pages: int) -> int:
+    """Copy an RTF file with its field instructions and object links renamed away; returns how many.
+
+    More than `max_pages` explicit page breaks (\\page) are refused as too many pages.
+    """
     longest = max(len(k) for k in RTF_RENAMED) + 1
     removed = 0
+    breaks = 0
 
     def rename(match: re.Match) -> bytes:
         nonlocal removed
@@ -331,5 +380,8 @@ def copy_rtf(source: Path, dest: Path) -> int:
             slash = data.rfind(b"\\", cut)
             keep = slash if slash != -1 else len(data)
             out.write(RTF_FIELD.sub(rename, data[:keep]))
+            breaks += len(RTF_PAGE.findall(data, 0, keep))
+            if breaks >= max_pages:
+                raise TooManyPages(f"The document has more than {max_pages} pages, the limit.")
             carry = data[keep:]
     return removed
