@@ -4,7 +4,7 @@
  * SSE, long-poll on its status URL); the list page names many (the multiplexed SSE stream, or
  * one poll of the whole list). Options:
  *   settings        the server's client settings: {mode, transports (best first), maxDocs,
- *                   longpollWait (s), pollInterval, pingInterval (ms)}
+ *                   longpollWait (s), pollInterval, pingInterval, connectTimeout (ms)}
  *   docs            [[id, progress], ...] known so far; unfinished ones are watched
  *   wsUrl           WebSocket endpoint (path); absent = no WebSocket
  *   sseUrl(ids, cursor)  the SSE URL for these documents, resuming after cursor
@@ -24,7 +24,9 @@ const WS_STABLE = 15000;      // ms a WebSocket must live for its drop not to co
 const QUIET = 10000;          // ms a higher mode must be advertised before we climb back to it
 // Used only when a page hands over no settings: the chain the server documents.
 const DEFAULTS = { mode: 'poll', transports: ['ws', 'sse', 'longpoll', 'poll'], maxDocs: 50, longpollWait: 25,
-                   pollInterval: 2000, pingInterval: 30000 };
+                   pollInterval: 2000, pingInterval: 30000, connectTimeout: 10000 };
+// The WebSocket URL may come as a path (http: or https: once resolved) or already as ws:/wss:.
+const WS_SCHEMES = { 'http:': 'ws:', 'https:': 'wss:', 'ws:': 'ws:', 'wss:': 'wss:' };
 
 export class Feed {
   constructor(o) {
@@ -33,6 +35,7 @@ export class Feed {
     this.order = s.transports.indexOf('poll') >= 0 ? s.transports : s.transports.concat(['poll']);
     this.pollInterval = Math.max(o.minPoll || 500, Number(s.pollInterval) || DEFAULTS.pollInterval);
     this.pingInterval = Number(s.pingInterval) || DEFAULTS.pingInterval;
+    this.connectTimeout = Number(s.connectTimeout) || DEFAULTS.connectTimeout;
     this.seqs = new Map();  // id → last seq applied: replays must not move the UI back
     this.open = new Set();  // ids not yet terminal: what the connection watches
     this.mode = null;
@@ -46,6 +49,7 @@ export class Feed {
     this.subscribed = new Set();  // ids subscribed on the open WebSocket
     this.wsWorked = false;  // a WebSocket opened since the last start: later failures may be transient
     this.es = null; this.ws = null; this.req = null; this.timer = null; this.watchdog = null;
+    this.lifeTimer = null;  // a new WebSocket or EventSource that must show life within connectTimeout
     (o.docs || []).forEach(([id, p]) => this.track(id, p));
   }
 
@@ -89,7 +93,18 @@ export class Feed {
     if (this.req) { this.req.abort(); this.req = null; }
     clearTimeout(this.timer);
     clearTimeout(this.watchdog);
+    clearTimeout(this.lifeTimer);
   }
+
+  /* A stream that neither opens nor delivers is abandoned after connectTimeout, whatever the browser
+   * fires: a CSP block or a proxy that swallows the request may give `error` without `close`, or
+   * nothing at all, and waiting for an event that never comes leaves the viewer at "Connecting…". */
+  expectLife(gen, abandon) {
+    clearTimeout(this.lifeTimer);
+    this.lifeTimer = setTimeout(() => { if (gen === this.gen) abandon(); }, this.connectTimeout);
+  }
+
+  alive() { clearTimeout(this.lifeTimer); }
 
   conn(state, text) { this.connState = state; this.o.onConnection(state, text || LABELS[state]); }
 
@@ -144,15 +159,17 @@ export class Feed {
     const gen = this.gen;
     const mine = () => gen === this.gen;
     const url = new URL(this.o.wsUrl, window.location.href);
-    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     let ws;
-    try { ws = this.ws = new WebSocket(url.href); } catch (_) { this.switchTo(this.below('ws'), true); return; }
+    try {
+      url.protocol = WS_SCHEMES[url.protocol];
+      ws = this.ws = new WebSocket(url.href);
+    } catch (_) { this.switchTo(this.below('ws'), true); return; }
     let openedAt = 0;
+    let heard = false;
     if (!this.failures) this.conn('reconnecting', 'Connecting…');
     ws.onopen = () => {
       if (!mine()) return;
       openedAt = Date.now();
-      this.wsWorked = true;
       this.conn('live');
       this.subscribed.clear();
       this.topUp();
@@ -160,23 +177,27 @@ export class Feed {
     };
     ws.onmessage = (e) => {
       if (!mine()) return;
+      if (!heard) { heard = true; this.wsWorked = true; this.alive(); }
       this.arm(gen);
       let m = null;
       try { m = JSON.parse(e.data); } catch (_) { return; }
       if (m && typeof m === 'object') this.wsMessage(m);
     };
-    ws.onclose = () => {
-      if (!mine()) return;
+    const dropped = () => {
       this.ws = null;
       clearTimeout(this.watchdog);
-      // Refused before it ever opened here (flags off, a proxy that drops upgrades, logged out):
-      // SSE at once. Later, only repeated short-lived sockets count as a failing transport.
+      this.alive();
+      // Refused or silent before it ever answered here (flags off, a proxy that drops upgrades, a
+      // CSP block, logged out): SSE at once. Later, only repeated short-lived sockets count.
       if (!this.wsWorked) { this.switchTo(this.below('ws'), true); return; }
       if (openedAt && Date.now() - openedAt >= WS_STABLE) this.failures = 0;
       if (++this.failures >= WS_MAX_DROPS) { this.switchTo(this.below('ws'), true); return; }
       this.conn(navigator.onLine === false ? 'offline' : 'reconnecting');
       this.timer = setTimeout(() => { if (mine()) this.openWs(); }, backoff(this.failures));
     };
+    ws.onclose = () => { if (mine()) dropped(); };
+    // The server answers a subscription at once: no first message within the bound, no socket.
+    this.expectLife(gen, () => { ws.onclose = null; ws.close(); dropped(); });
   }
 
   send(msg) { if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg)); }
@@ -228,6 +249,7 @@ export class Feed {
     let errors = 0;
     const onData = (e) => {
       if (!mine()) return;
+      this.alive();
       errors = 0;
       if (e.lastEventId) this.cursor = e.lastEventId;
       let p = null;
@@ -240,7 +262,9 @@ export class Feed {
       }
     };
     if (!this.failures) this.conn('reconnecting', 'Connecting…');
-    es.onopen = () => { if (mine()) this.conn('live'); };
+    const abandon = () => this.switchTo(this.below('sse'), true);
+    this.expectLife(gen, abandon);
+    es.onopen = () => { if (mine()) { this.alive(); this.conn('live'); } };
     es.addEventListener('progress', onData);
     es.addEventListener('complete', onData);
     // The operator switched transport: this stream is ending on purpose, follow it down.
@@ -262,6 +286,7 @@ export class Feed {
         this.switchTo(this.below('sse'), true);
       } else {
         this.conn('reconnecting');
+        this.expectLife(gen, abandon);  // the browser retries by itself: that retry is bound too
       }
     });
   }
