@@ -229,3 +229,22 @@ def shared_database_url(database_url) -> str:
     """DATABASE_URL that several hosts share: a migrated SQLite file, or on scripts/test's PostgreSQL
     pass the throwaway PostgreSQL server (tests using it run on both)."""
     return database_url
+
+
+@pytest.fixture
+def make_nginx(tmp_path):
+    """Factory of real nginx processes (tests/support/nginx.py: README's block) in front of upstreams."""
+    from tests.support.nginx import NGINX, Nginx
+
+    if not os.access(NGINX, os.X_OK):
+        pytest.skip(f"nginx is not installed ({NGINX}): the reverse-proxy tests need Debian's nginx")
+    started = []
+
+    def make(*upstreams: str) -> Nginx:
+        proxy = Nginx(tmp_path / f"nginx{len(started)}", list(upstreams))
+        started.append(proxy)
+        return proxy.start()
+
+    yield make
+    for proxy in started:
+        proxy.stop()
