@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gevent
+import gevent.lock
 from flask import (
     Blueprint,
     Response,
@@ -16,10 +18,11 @@ from flask import (
 from flask_login import current_user, login_required
 from werkzeug.datastructures import FileStorage
 
-from livedoc import documents
+from blueprints.realtime import user_key
+from livedoc import documents, progress, search
 from livedoc.appctx import file_storage, realtime_flags, redis_conn
 from livedoc.audit import audit
-from livedoc.errors import LivedocError, NotFound
+from livedoc.errors import LivedocError, NotFound, TooManyRequests
 from livedoc.extensions import db, limiter
 from livedoc.models import Document
 
@@ -251,13 +254,50 @@ def api_delete(doc_id: str):
     return Response(status=204)
 
 
+def _search_limit() -> str:
+    return current_app.config["RATELIMIT_SEARCH"]
+
+
+# Searches running at once in this process: each pauses between pages, but ten at once would still
+# share the processor ten ways with every stream. Beyond it a search waits, then gets a 429.
+SEARCH_CONCURRENCY = 2
+_searching = gevent.lock.BoundedSemaphore(SEARCH_CONCURRENCY)
+
+
 @bp.route("/api/documents/<doc_id>/search")
 @login_required
+@limiter.limit(_search_limit, key_func=user_key)
 def api_search(doc_id: str):
     """Find a phrase in the pages that are ready: hits with page, snippet and rectangles."""
     query = request.args.get("q", "")
     doc = documents.get_owned(doc_id, current_user)
-    return jsonify(documents.search(doc, documents.current_progress(redis_conn(), doc), query))
+    try:
+        search.needle_of(query)
+    except search.BadQuery as exc:
+        raise LivedocError(str(exc), code="bad_parameter") from None
+    prog = documents.current_progress(redis_conn(), doc)
+    files, attempt = documents.files_of(doc), prog.get("attempt", doc.attempt)
+    db.session.close()  # the search may take a while: hold no database connection through it
+    budget_ms = current_app.config["SEARCH_BUDGET_MS"]
+    if not _searching.acquire(timeout=budget_ms / 1000):
+        audit("limit_hit", limit="searches_per_process", cap=SEARCH_CONCURRENCY)
+        raise TooManyRequests("Too many searches are running; try again in a moment.", retry_after=2)
+    try:
+        found = search.search(
+            files, attempt, prog.get("ready") or 0, query, pause=lambda: gevent.sleep(0), budget_ms=budget_ms
+        )
+    finally:
+        _searching.release()
+    return jsonify(
+        {
+            "query": query,
+            "hits": found["hits"],
+            "searched_pages": found["searched_pages"],
+            "pages": prog.get("pages") or 0,
+            "complete": prog["state"] == progress.State.COMPLETE.value,
+            "truncated": found["truncated"],
+        }
+    )
 
 
 @bp.route("/api/documents/<doc_id>/position", methods=["PUT"])

@@ -185,9 +185,10 @@ ROUTES: list[tuple[str, str, dict]] = [
     _op(
         "GET",
         "/api/documents/{doc_id}/search",
-        "Find a phrase in the pages that are ready.",
+        "Find a phrase in the pages that are ready (within a time budget: `truncated` and "
+        "`searched_pages` say when it stopped early).",
         {200: {"description": "Hits", "content": _json("Search")}},
-        (400, 404),
+        (400, 404, 429),
         params=(DOC_ID, _param("q", "query", {"type": "string", "maxLength": 200})),
     ),
     _op(
