@@ -18,6 +18,7 @@ export class Find {
     this.hits = [];
     this.index = -1;
     this.searched = 0;
+    this.readyAt = -1;            // pages ready when the last search was sent
     this.req = null;
     o.form.addEventListener('submit', (ev) => { ev.preventDefault(); this.enter(1); });
     this.input.addEventListener('keydown', (ev) => {
@@ -39,7 +40,8 @@ export class Find {
   enter(dir) {
     const q = this.input.value.trim();
     if (!q) { this.reset(); return; }
-    if (q === this.query && this.hits.length && this.o.ready() === this.searched) { this.step(dir); return; }
+    // (Not compared with searched_pages: a search that ran out of time or hits searched fewer.)
+    if (q === this.query && this.hits.length && this.o.ready() === this.readyAt) { this.step(dir); return; }
     this.search(q);
   }
 
@@ -56,6 +58,7 @@ export class Find {
   search(q) {
     if (this.req) this.req.abort();
     this.status.textContent = 'Searching…';
+    const readyAt = this.o.ready();
     const req = this.req = request(withQuery(this.o.searchUrl, 'q=' + encodeURIComponent(q)));
     req.then((r) => {
       if (req !== this.req || r.aborted) return;
@@ -69,6 +72,7 @@ export class Find {
       this.query = q;
       this.hits = r.data.hits || [];
       this.searched = r.data.searched_pages || 0;
+      this.readyAt = readyAt;
       this.total = r.data.pages || this.o.total();
       this.truncated = !!r.data.truncated;
       this.render();
