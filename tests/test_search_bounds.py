@@ -108,6 +108,26 @@ def test_a_bad_query_is_refused(tmp_path, query):
         search.search(files, 1, 1, query, pause=lambda: None, budget_ms=1000)
 
 
+def test_on_s3_a_page_is_read_by_a_ranged_get(s3_settings, monkeypatch):
+    from config import Settings
+    from livedoc.storage import S3Storage
+
+    for name, value in s3_settings.items():
+        monkeypatch.setenv(name, value)
+    storage = S3Storage.from_settings(Settings.from_env())
+    files = DocumentFiles(storage, new_doc_id())
+    key = files.key(1, page_names(1)["text"])
+    storage.put_bytes(key, b"x" * (search.PAGE_BYTES + 10) + b" needle")
+    storage.put_bytes(files.key(1, page_names(2)["text"]), b"")
+    storage.put_bytes(files.key(1, page_names(3)["text"]), b"a needle")
+    assert storage.get_prefix(key, 10) == b"x" * 10
+    assert storage.get_prefix(key, 0) == b""
+    assert storage.get_prefix(files.key(1, page_names(2)["text"]), 10) == b""  # empty: no byte 0
+    assert storage.get_prefix(files.key(1, "absent.txt"), 10) is None
+    found = search.search(files, 1, 4, "needle", pause=lambda: None, budget_ms=10_000)
+    assert [h["page"] for h in found["hits"]] == [3] and found["searched_pages"] == 4
+
+
 # -- live: a real gunicorn + gevent web process and a real worker -----------------------------------
 
 PAGES = 40
