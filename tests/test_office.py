@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -177,24 +179,58 @@ def _hanging_office(tmp_path: Path) -> tuple[Path, Path]:
     return script, pids
 
 
+def _marked(marker: str) -> set[int]:
+    """The pids of the processes whose command line holds `marker`."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        pids.add(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
 def test_hung_libreoffice_is_killed_at_the_timeout_and_retried_once(
     documents, redis_conn, storage_dir, worker_env, monkeypatch, tmp_path
 ):
-    script, pids = _hanging_office(tmp_path)
+    # The stand-in runs in the sandbox, which can write no pid file here (and has pids of its own):
+    # its processes are found by a marker in their command lines, watched while the job runs.
+    suffix = f"-{tmp_path.name}-{time.monotonic_ns()}"
+    marker = "hung" + suffix
+    script = tmp_path / "fake-soffice"
+    inner = f'sh -c "sleep 300; : ${{m}}{suffix}"'
+    script.write_text(f"#!/bin/sh\nm=hung\n{inner} &\n{inner}\n")
+    script.chmod(0o755)
+    seen: set[int] = set()
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.is_set():
+            seen.update(_marked(marker))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     monkeypatch.setenv("OFFICE_BINARY", str(script))
     monkeypatch.setenv("OFFICE_TIMEOUT", "2")
     started = time.monotonic()
     _, job_id, messages = _convert(redis_conn, storage_dir, documents["docx"])
     elapsed = time.monotonic() - started
+    watching.set()
+    watcher.join(5)
     final = progress.read(redis_conn, job_id)
-    assert final["state"] == "failed" and final["error"]["code"] == "office_timeout"
+    # The first hang is retried; the second is the document's, and final.
+    assert final["state"] == "failed" and final["error"]["code"] == "office_timeout_final", final
+    assert final["error"]["retryable"] is False
     assert final["error"]["message"] == "LibreOffice took longer than 2 s and was stopped."
     assert final["attempt"] == 2, "retried exactly once"
     assert [m["stage"] for m in messages].count("retrying") == 1
     assert 4 <= elapsed < 15
-    started_pids = [int(p) for p in pids.read_text().split()]
-    assert len(started_pids) == 4  # two runs, each a shell and its child
-    assert not [p for p in started_pids if _alive(p)], "a LibreOffice process survived"
+    assert len(seen) == 4  # two runs, each two shells
+    assert not [p for p in seen if _alive(p)], "a LibreOffice process survived"
     _assert_invariants(messages)
 
 

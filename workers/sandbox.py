@@ -95,9 +95,6 @@ def command(
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
-    for path in readonly:
-        real = os.path.realpath(path)
-        args += ["--ro-bind", real, real]
     args += [
         "--proc",
         "/proc",
@@ -114,6 +111,10 @@ def command(
         "--chdir",
         str(WORKDIR),
     ]
+    # After /tmp: a converter kept under /tmp (tests' stand-ins) must not be hidden by the sandbox's own.
+    for path in readonly:
+        real = os.path.realpath(path)
+        args += ["--ro-bind", real, real]
     for name, value in {"PATH": PATH, "HOME": str(WORKDIR), "LANG": "C.UTF-8", **(env or {})}.items():
         args += ["--setenv", name, value]
     return [*args, "--", *argv]
