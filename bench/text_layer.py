@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/text_layer.py [--chars 100000,300000,600000] [--old] [--pages 300]
 
+Times are CPU seconds of this process (time.process_time): the machine is shared, and wall time
+under load says more about the neighbours than about the code.
+
 1. For one-page PDFs of N characters (tests/pdfgen.py `dense_text_pdf`: one short string a line, so
    N / 10 text objects), the seconds `workers.pdf.page_text` takes, and with --old the code before
    (pdfium's rectangles, each read with FPDFText_GetBoundedText: quadratic, 31 s at 300,000).
@@ -53,14 +56,14 @@ def time_page(path: Path, old: bool) -> tuple[float, float | None, int]:
     try:
         page = doc[0]
         chars = page.get_textpage().count_chars()
-        started = time.perf_counter()
+        started = time.process_time()
         pdf.page_text(page)
-        new = time.perf_counter() - started
+        new = time.process_time() - started
         before = None
         if old:
-            started = time.perf_counter()
+            started = time.process_time()
             old_runs(page)
-            before = time.perf_counter() - started
+            before = time.process_time() - started
         return new, before, chars
     finally:
         doc.close()
@@ -73,13 +76,13 @@ def real_manual(old: bool) -> None:
     new = before = 0.0
     for index in range(len(doc)):
         page = doc[index]
-        started = time.perf_counter()
+        started = time.process_time()
         pdf.page_text(page)
-        new += time.perf_counter() - started
+        new += time.process_time() - started
         if old:
-            started = time.perf_counter()
+            started = time.process_time()
             old_runs(page)
-            before += time.perf_counter() - started
+            before += time.process_time() - started
         page.close()
     pages = len(doc)
     doc.close()
@@ -96,6 +99,19 @@ def descendants(pid: int) -> list[int]:
     for child in map(int, children):
         found += [child, *descendants(child)]
     return found
+
+
+def role(pid: int, worker: int) -> str:
+    """What a process under the worker is: its work horse, a render process, or something it ran."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return "gone"
+    parent = int(stat.rsplit(")", 1)[1].split()[1])
+    if "python" not in command:
+        return f"program {Path(command).name}"
+    return "work horse" if parent == worker else "render process"
 
 
 def vm_peak(pid: int) -> int:
@@ -148,12 +164,15 @@ def horse_memory(pages: int) -> None:
                 text=True,
             )
             peaks: dict[int, int] = {}
+            parents: dict[int, str] = {}
             done = threading.Event()
 
             def sample() -> None:
                 while not done.is_set():
                     for pid in descendants(child.pid):
                         peaks[pid] = max(peaks.get(pid, 0), vm_peak(pid))
+                        if pid not in parents:
+                            parents[pid] = role(pid, child.pid)
                     time.sleep(0.02)
 
             sampler = threading.Thread(target=sample)
@@ -166,7 +185,7 @@ def horse_memory(pages: int) -> None:
             worker_peak = vm_peak(child.pid)
             print(f"  worker process (parent) VmPeak {worker_peak} MB (at its end)")
             for pid, peak in sorted(peaks.items(), key=lambda item: -item[1]):
-                print(f"  descendant {pid}: VmPeak {peak} MB")
+                print(f"  {parents.get(pid, '?')} {pid}: VmPeak {peak} MB")
     finally:
         server.terminate()
         server.wait()

@@ -483,7 +483,7 @@ def _object_runs(textpage: pdfium.PdfTextPage, count: int) -> list[PointRun] | N
                     return None
             current, chars = obj, []
         if code:
-            chars.append(_character(code))
+            chars.append(chr(code) if code < 0xD800 else _character(code))
         after_char = True
     if current is not None:
         texts.append("".join(chars))
@@ -550,7 +550,7 @@ def _char_runs(textpage: pdfium.PdfTextPage, count: int) -> Iterator[PointRun]:
             if ct > top:
                 top = ct
         if code:
-            chars.append(_character(code))
+            chars.append(chr(code) if code < 0xD800 else _character(code))
         after_char = True
     if current is not None:
         yield left, bottom, right, top, "".join(chars)
