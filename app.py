@@ -184,8 +184,8 @@ def _register_auth(app: Flask) -> None:
         # A request that names a bearer token is that token's alone: the session cookie is not read,
         # so a made-up token cannot borrow the browser's session (nor its CSRF exemption, below).
         # Not a user's token (a typo, a revoked one, the METRICS_TOKEN): the request is anonymous.
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
+        scheme, sep, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not sep:
             return None
         g.token_user = User.by_token(token.strip())
         # flask-login keeps the request's user in g._login_user; set, it never loads the cookie's.
@@ -207,8 +207,12 @@ def _register_security(app: Flask) -> None:
         # authenticated need no CSRF token (their cookie is ignored); every other write does.
         if request.method in ("GET", "HEAD", "OPTIONS"):
             return None
-        if g.get("token_user") is not None:
-            return None
+        if "token_user" in g:
+            if g.token_user is not None:
+                return None
+            # A script whose token was revoked or mistyped is told that, not that a CSRF token is
+            # missing; the write is refused either way.
+            raise Unauthorized("The API token is not valid (revoked, expired or mistyped).")
         if request.blueprint == "rq_dashboard":
             return None  # its JS cannot send our token: blueprints/admin.py checks the origin instead
         csrf.protect()
