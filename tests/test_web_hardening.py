@@ -352,3 +352,19 @@ def test_the_cli_takes_a_password_from_the_environment(app):
     assert out.exit_code == 0, out.output
     with app.app_context():
         assert User.by_name("dora").check_password("from-the-environment")
+
+
+def test_redis_down_answers_503_pages_with_the_security_headers(
+    redis_conn, storage_dir, worker_env, database_url
+):
+    from tests.support.app import Users, made_app
+
+    with made_app("redis://127.0.0.1:1/0", storage_dir, database_url, RATELIMIT_ENABLED=False) as app:
+        client = app.test_client()
+        token = Users(app, client).create("root", admin=True)
+        page = client.get("/admin/", headers=_bearer(token))  # its flags and stats live in Redis
+        assert page.status_code == 503 and page.mimetype == "text/html"
+        assert b"Briefly unavailable" in page.data
+        for header in SECURITY_HEADERS:
+            assert header in page.headers, header
+        assert page.headers["Cache-Control"] == "no-store" and int(page.headers["Retry-After"]) >= 1
