@@ -6,6 +6,11 @@ spawned without touching the worker), which also puts it out of reach of RQ, whi
 or timed-out work horse by its process group. This guard is that group's leader: its stdin is a
 pipe from the work horse, and end-of-file on it means the horse is gone (killed, crashed) and
 nobody will ever collect LibreOffice's output, so the group is killed at once.
+
+The guard itself runs outside the sandbox (it parses nothing of the document); what it runs is
+`bwrap ... soffice` (workers/sandbox.py). Inside, LibreOffice has a session of its own, so the group
+kill reaches bwrap, not LibreOffice: bwrap's --die-with-parent and its pid namespace (whose processes
+the kernel kills when its first process ends) take everything inside down with it.
 """
 
 from __future__ import annotations
