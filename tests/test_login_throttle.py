@@ -55,8 +55,9 @@ def test_wrong_passwords_from_one_address_do_not_lock_the_user_out(throttled_app
 
 
 def test_the_pair_limit_refuses_that_client_only(
-    redis_conn, redis_url, storage_dir, worker_env, database_url
+    redis_conn, redis_url, storage_dir, worker_env, database_url, caplog
 ):
+    caplog.set_level(logging.INFO, logger="livedoc.audit")
     with made_app(
         redis_url,
         storage_dir,
@@ -77,6 +78,11 @@ def test_the_pair_limit_refuses_that_client_only(
         assert _login(app, B, "alice-right-password").status_code == 302
         # Another name from A is a different pair.
         assert _login(app, A, "wrong", name="bob").status_code == 401
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "livedoc.audit"]
+    locks = [(r["user"], r["ip"], r["scope"]) for r in lines if r["event"] == "login_locked"]
+    assert locks == [("alice", A, "client")], locks
+    refusals = [r for r in lines if r["event"] == "limit_hit" and r.get("limit") == "login"]
+    assert len(refusals) == 4 and {r["ip"] for r in refusals} == {A}, refusals
 
 
 def test_the_per_name_limit_over_many_addresses_still_lets_a_clean_client_in(throttled_app):

@@ -80,6 +80,7 @@ def test_html_pages_are_never_cached_static_files_still_are(app, client, users):
         assert "no-store" in resp.headers.get("Cache-Control", ""), (path, resp.headers.get("Cache-Control"))
     css = client.get("/static/style.css")
     assert css.status_code == 200 and "no-store" not in css.headers.get("Cache-Control", "")
+    css.close()
 
 
 # -- Database down -----------------------------------------------------------------------------------
