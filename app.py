@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
-from flask import Flask, Request, current_app, g, redirect, request, url_for
+from flask import Flask, Request, current_app, g, has_request_context, redirect, request, url_for
 from flask.cli import AppGroup, with_appcontext
 from werkzeug.exceptions import BadRequest, HTTPException
 
@@ -174,22 +174,35 @@ def _instance_secret(instance: Path) -> str:
     return path.read_text().strip()
 
 
+def _bearer_token(req: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None without one."""
+    scheme, sep, token = req.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and sep else None
+
+
 def _register_auth(app: Flask) -> None:
+    # A request that names a bearer token is that token's alone: the session cookie is not read,
+    # so a made-up token cannot borrow the browser's session (nor its CSRF exemption, in check_csrf).
+    # Not a user's token (a typo, a revoked one, the METRICS_TOKEN): the request is anonymous.
     @login_manager.user_loader
     def load_user(user_id: str) -> User | None:
+        if has_request_context() and _bearer_token(request) is not None:
+            return None
         return sessions.load(user_id)
+
+    @login_manager.request_loader
+    def load_user_from_token(req: Request) -> User | None:
+        token = _bearer_token(req)
+        return User.by_token(token) if token is not None else None
 
     @app.before_request
     def authenticate_bearer():
-        # A request that names a bearer token is that token's alone: the session cookie is not read,
-        # so a made-up token cannot borrow the browser's session (nor its CSRF exemption, below).
-        # Not a user's token (a typo, a revoked one, the METRICS_TOKEN): the request is anonymous.
-        scheme, sep, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not sep:
+        token = _bearer_token(request)
+        if token is None:
             return None
-        g.token_user = User.by_token(token.strip())
-        # flask-login keeps the request's user in g._login_user; set, it never loads the cookie's.
-        g._login_user = g.token_user or login_manager.anonymous_user()
+        # Decided before any hook or view asks who the user is (check_csrf needs it).
+        g.token_user = User.by_token(token)
+        g._login_user = g.token_user or login_manager.anonymous_user()  # where flask-login keeps it
         return None
 
     @login_manager.unauthorized_handler
