@@ -106,3 +106,14 @@ def test_a_correct_login_clears_that_clients_failures(throttled_app, redis_conn)
     assert len(redis_conn.keys(keys.LOGIN_FAILURES + "*")) == 1
     assert _login(throttled_app, A, "alice-right-password").status_code == 302
     assert redis_conn.keys(keys.LOGIN_FAILURES + "*") == []
+
+
+def test_with_redis_down_logins_are_checked_unthrottled(storage_dir, worker_env, database_url, redis_conn):
+    # As every rate limit here (RATELIMIT_SWALLOW_ERRORS): the throttle lets logins through, it does
+    # not turn them into 503s.
+    with made_app(
+        "redis://127.0.0.1:1/0", storage_dir, database_url, RATELIMIT_ENABLED=True, TRUSTED_PROXIES=1
+    ) as app:
+        Users(app, app.test_client()).create("alice", "alice-right-password")
+        assert _login(app, A, "wrong").status_code == 401
+        assert _login(app, A, "alice-right-password").status_code == 302
