@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -21,7 +23,7 @@ from livedoc import search
 from livedoc.ids import new_doc_id
 from livedoc.storage import DocumentFiles, LocalStorage, page_names
 from tests import pdfgen
-from tests.live import api
+from tests.live import ROOT, api
 from tests.support.streams import poll_until_terminal, upload
 
 # -- the pure search over a real local storage ------------------------------------------------------
@@ -35,6 +37,16 @@ def _store_pages(tmp_path, texts: list[bytes], layers: list[bytes | None] | None
         if layer is not None:
             files.storage.put_bytes(files.key(1, page_names(n)["layer"]), layer)
     return files
+
+
+def test_the_search_module_loads_neither_flask_nor_gevent():
+    # Shared by web and worker: the web hands it a pause instead of it importing gevent.
+    code = (
+        "import sys, livedoc.search; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'flask', 'gevent'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_normalised_in_slices_equals_the_whole_page_normalised(monkeypatch):
