@@ -228,3 +228,35 @@ def test_a_horse_beyond_worker_memory_fails_cleanly_and_the_worker_goes_on(redis
     assert final["error"]["code"] == "page_too_large" and final["error"]["retryable"] is False, final
     assert "memory" in final["error"]["message"], final
     assert after["state"] == "complete", after
+
+
+def test_pdfium_refused_memory_ends_the_conversion_without_waiting(redis_url, redis_conn, tmp_path):
+    """pdfium aborts its process when an allocation is refused. In a render process (two pages: a pool
+    of two) the horse notices the death and ends page_too_large, where the pool used to wait for the
+    dead process's page for ever; in the horse itself (one page) RQ records the attempt lost, and it is
+    not run again. Either way the worker converts the next document."""
+    two = tmp_path / "two.pdf"
+    two.write_bytes(pdfgen.dense_text_pdf(600_000, pages=2))
+    one = tmp_path / "one.pdf"
+    one.write_bytes(pdfgen.dense_text_pdf(600_000))
+    small = tmp_path / "small.pdf"
+    small.write_bytes(pdfgen.make_pdf(["the next document"]))
+    result = _convert(
+        redis_url,
+        tmp_path / "storage",
+        [two, one, small],
+        HOSTILE_WORKER="livedoc",
+        # Threads of the pool need ~280 MB here (stacks, malloc arenas); a 720,000-character text page
+        # more than 360 MB: 300 sits between (measured on this machine; a new host may need it moved).
+        WORKER_MEMORY_MB="300",
+        MAX_PAGE_TEXT="1000000",
+        WORKER_NICE="0",
+        RENDER_PROCESSES="2",
+    )
+    pooled, (alone, after) = result["progress"], result["others"]
+    assert pooled["state"] == "failed" and pooled["error"]["code"] == "page_too_large", pooled
+    assert "memory" in pooled["error"]["message"] and pooled["attempt"] == 1, pooled
+    assert alone["state"] == "failed" and alone["error"]["code"] == "worker_lost", alone
+    assert alone["attempt"] == 1, alone
+    assert after["state"] == "complete", after
+    assert result["seconds"] < 60, result

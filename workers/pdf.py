@@ -210,8 +210,23 @@ def render_pages(
             _waiting(pool.imap(render, range(first - 1, last)), interval, workers), stored, interval
         )
     finally:
+        if any(worker.exitcode is not None for worker in workers):
+            _unlock_dead_pool(pool)
         pool.terminate()
         pool.join()
+
+
+def _unlock_dead_pool(pool) -> None:
+    """Make a pool whose process died terminable: terminate() first takes the lock on the task queue,
+    which a process that died reading it (pdfium aborted, or it was killed) holds for ever."""
+    for worker in list(pool._pool):
+        if worker.exitcode is None:
+            worker.kill()
+            worker.join(5)
+    try:
+        pool._inqueue._rlock.release()  # a Lock, not an RLock: any process may release it
+    except ValueError:
+        pass  # it was free
 
 
 def _waiting(results, tick: float, workers: list) -> Iterator[tuple | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 
 from redis.client import Pipeline
 from rq import Worker
@@ -39,6 +40,15 @@ class LivedocWorker(Worker):
         worker that forked the horse keeps no limit of its own."""
         limit_memory(Settings.from_env().WORKER_MEMORY_MB)
         return super().main_work_horse(job, queue)
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage) -> None:
+        """A horse that aborted under WORKER_MEMORY_MB is not run again: pdfium aborts the process when
+        an allocation is refused, and the same file would be refused again on every retry."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        aborted = os.WIFSIGNALED(ret_val) and os.WTERMSIG(ret_val) == signal.SIGABRT
+        if aborted and Settings.from_env().WORKER_MEMORY_MB > 0:
+            self.log.warning("job %s: the work horse aborted (out of memory?); not retrying", job.id)
+            job.retries_left = 0
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None):
         """RQ's heartbeat, plus the advertisement of this host's converters with the same lifetime.
