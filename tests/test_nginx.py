@@ -42,7 +42,7 @@ SETTINGS = {
     "RENDER_DPI": "250",
     "MAX_STREAMS_PER_USER": "50",
 }
-PAGES = 60  # at 250 DPI: long enough that updates arriving one by one are told from a burst
+PAGES = 200  # at 250 DPI: several seconds, so updates arriving one by one are told from a burst
 LONG_PDF = make_pdf([f"Page {i} of the proxy test\nLine two of page {i}" for i in range(1, PAGES + 1)])
 SMALL_PDF = make_pdf(["one", "two", "three"])
 TRANSPORTS = ("sse", "sse-multi", "ws", "longpoll")
