@@ -115,6 +115,9 @@ class Settings:
     # A long-poll that sees a change waits this many ms more and answers with everything new by then:
     # one request per change window, not per save (a 1,000-page conversion saves hundreds of times).
     LONGPOLL_WINDOW_MS: int = 1000
+    # How long a page gives a new WebSocket or EventSource to deliver its first message (SSE: or to
+    # open) before it abandons it for the next transport down, whatever the browser reports.
+    CONNECT_TIMEOUT_MS: int = 10000
     STATS_TTL: int = 15
     WEBSOCKET_ENABLED: bool = False
 
@@ -177,6 +180,7 @@ class Settings:
     RATELIMIT_SEARCH: str = "30 per minute"  # searches per user
     # Milliseconds of work one search may take before it answers with what it found so far.
     SEARCH_BUDGET_MS: int = 2000
+    SEARCH_CONCURRENCY: int = 2  # searches running at once per web process (beyond: wait, then 429)
     MAX_STREAMS_PER_USER: int = 20
     MAX_DOCS_PER_STREAM: int = 50
 

@@ -258,10 +258,16 @@ def _search_limit() -> str:
     return current_app.config["RATELIMIT_SEARCH"]
 
 
-# Searches running at once in this process: each pauses between pages, but ten at once would still
-# share the processor ten ways with every stream. Beyond it a search waits, then gets a 429.
-SEARCH_CONCURRENCY = 2
-_searching = gevent.lock.BoundedSemaphore(SEARCH_CONCURRENCY)
+# Searches running at once in this process (SEARCH_CONCURRENCY): each pauses between pages, but ten
+# at once would still share the processor ten ways with every stream. Beyond, a search waits, then 429.
+_searching: gevent.lock.BoundedSemaphore | None = None
+
+
+def _search_slots() -> gevent.lock.BoundedSemaphore:
+    global _searching
+    if _searching is None:
+        _searching = gevent.lock.BoundedSemaphore(current_app.config["SEARCH_CONCURRENCY"])
+    return _searching
 
 
 @bp.route("/api/documents/<doc_id>/search")
@@ -279,15 +285,16 @@ def api_search(doc_id: str):
     files, attempt = documents.files_of(doc), prog.get("attempt", doc.attempt)
     db.session.close()  # the search may take a while: hold no database connection through it
     budget_ms = current_app.config["SEARCH_BUDGET_MS"]
-    if not _searching.acquire(timeout=budget_ms / 1000):
-        audit("limit_hit", limit="searches_per_process", cap=SEARCH_CONCURRENCY)
+    slots = _search_slots()
+    if not slots.acquire(timeout=budget_ms / 1000):
+        audit("limit_hit", limit="searches_per_process", cap=current_app.config["SEARCH_CONCURRENCY"])
         raise TooManyRequests("Too many searches are running; try again in a moment.", retry_after=2)
     try:
         found = search.search(
             files, attempt, prog.get("ready") or 0, query, pause=lambda: gevent.sleep(0), budget_ms=budget_ms
         )
     finally:
-        _searching.release()
+        slots.release()
     return jsonify(
         {
             "query": query,

@@ -31,11 +31,6 @@ class Transport(StrEnum):
 
 CHAIN = tuple(Transport)
 
-# How long a client gives a new WebSocket or EventSource to deliver its first message (or, for SSE,
-# to open) before it abandons it for the next transport down: the server answers both at once, so
-# only a blocked or swallowed connection takes longer. A constant until config.py grows a setting.
-CONNECT_TIMEOUT_MS = 10_000
-
 
 def client_settings(flags: RealtimeFlags, config: Mapping) -> dict:
     """What a page's script needs to follow the server: its mode, the chain and the limits."""
@@ -46,7 +41,7 @@ def client_settings(flags: RealtimeFlags, config: Mapping) -> dict:
         "longpollWait": config["LONGPOLL_MAX_WAIT"],
         "pollInterval": config["SSE_POLL_INTERVAL"],
         "pingInterval": config["SSE_PING_INTERVAL"],
-        "connectTimeout": CONNECT_TIMEOUT_MS,
+        "connectTimeout": config["CONNECT_TIMEOUT_MS"],
     }
 
 
