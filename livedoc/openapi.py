@@ -29,6 +29,7 @@ _ERROR_TEXT = {
     415: "Not a PDF, PNG, JPEG or UTF-8 text file.",
     429: "A rate limit, stream cap or quota was hit.",
     503: "Redis is briefly unreachable.",
+    507: "The server's storage is full: nothing of the upload was kept.",
 }
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 
@@ -163,7 +164,7 @@ ROUTES: list[tuple[str, str, dict]] = [
                 "headers": {"Location": {"schema": {"type": "string"}}},
             }
         },
-        (400, 413, 415, 429),
+        (400, 413, 415, 429, 507),
         body=_upload_body(),
     ),
     _op(
@@ -329,7 +330,7 @@ ROUTES: list[tuple[str, str, dict]] = [
         "/documents",
         "The upload form.",
         {303: REDIRECT},
-        (400, 413, 415, 429),
+        (400, 413, 415, 429, 507),
         html=True,
         body=_upload_body(),
     ),
