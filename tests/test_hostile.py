@@ -7,16 +7,14 @@ machine but far below what the unbounded code took (a 44 MB single-line text: mo
 
 from __future__ import annotations
 
-import json
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
 from tests import pdfgen
+from tests.support.hostile import convert_in_child
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -152,39 +150,12 @@ HOSTILE = {
 }
 
 
-def _run(redis_url: str, storage: Path, kind: str, source: Path) -> dict:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "REDIS_URL": redis_url,
-        "STORAGE_DIR": str(storage),
-        "JOB_RETRY_INTERVALS": "0,0,0",
-        "JOB_TIMEOUT": "120",
-    }
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "hostile_child.py"),
-            redis_url,
-            str(storage),
-            kind,
-            str(source),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_hostile_upload_is_bounded(name, redis_url, redis_conn, tmp_path):
     kind, make, state, code = HOSTILE[name]
     source = tmp_path / "upload"
     source.write_bytes(make())
-    result = _run(redis_url, tmp_path / "storage", kind, source)
+    result = convert_in_child(redis_url, tmp_path / "storage", kind, [source], timeout=180)
     final = result["progress"]
     print(
         f"{name}: {result['seconds']} s, peak {result['peak_mb']} MB "

@@ -7,7 +7,6 @@ process where its peak RSS is the measure, as tests/test_hostile.py does).
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import socket
@@ -28,6 +27,7 @@ from livedoc.ids import new_doc_id
 from livedoc.storage import SOURCE_PDF, DocumentFiles, LocalStorage, page_names
 from tests import officegen, pdfgen
 from tests.support.app import run_jobs
+from tests.support.hostile import convert_in_child
 from workers import office, office_links, sandbox
 from workers.rqworker import LivedocWorker
 
@@ -309,33 +309,6 @@ def bombs(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _child(redis_url: str, storage: Path, source: Path) -> dict:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "REDIS_URL": redis_url,
-        "STORAGE_DIR": str(storage),
-        "JOB_RETRY_INTERVALS": "0,0,0",
-        "JOB_TIMEOUT": "300",
-    }
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "hostile_child.py"),
-            redis_url,
-            str(storage),
-            "office",
-            str(source),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize(
     "name, codes",
     [
@@ -348,7 +321,9 @@ def _child(redis_url: str, storage: Path, source: Path) -> dict:
 )
 def test_zip_bomb_ends_quickly_in_little_memory(name, codes, bombs, redis_url, redis_conn, tmp_path):
     assert bombs[name].stat().st_size < 2 * MB
-    result = _child(redis_url, tmp_path / "storage", bombs[name])
+    result = convert_in_child(
+        redis_url, tmp_path / "storage", "office", [bombs[name]], job_timeout=300, timeout=900
+    )
     final = result["progress"]
     print(
         f"{name}: {result['seconds']} s, peak {result['peak_mb']} MB (base {result['base_mb']} MB), {final}"

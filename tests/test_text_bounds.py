@@ -9,41 +9,18 @@ stored whole, ~100 MB of text and layers).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pypdfium2 as pdfium
 import pytest
 
 from tests import pdfgen
+from tests.support.hostile import convert_in_child
 from workers import pdf
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 20.0
 REAL_PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
-
-
-def _convert(redis_url: str, storage: Path, sources: list[Path], kind: str = "pdf", **settings: str) -> dict:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "REDIS_URL": redis_url,
-        "STORAGE_DIR": str(storage),
-        "JOB_RETRY_INTERVALS": "0,0,0",
-        "JOB_TIMEOUT": "120",
-        **settings,
-    }
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "hostile_child.py"), redis_url, str(storage), kind]
-        + [str(s) for s in sources],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _stored_bytes(storage: Path) -> int:
@@ -61,7 +38,7 @@ def test_a_page_of_300000_characters_converts_in_seconds(redis_url, redis_conn, 
     source = tmp_path / "dense.pdf"
     source.write_bytes(pdfgen.dense_text_pdf(300_000))
     assert len(source.read_bytes()) < 4000
-    result = _convert(redis_url, tmp_path / "storage", [source], MAX_PAGE_TEXT="1000000")
+    result = convert_in_child(redis_url, tmp_path / "storage", "pdf", [source], MAX_PAGE_TEXT="1000000")
     print(f"300,000 characters: {result['seconds']} s, peak {result['peak_mb']} MB")
     assert result["progress"]["state"] == "complete", result["progress"]
     assert result["seconds"] < SECONDS, result
@@ -75,7 +52,8 @@ def test_a_page_of_300000_characters_converts_in_seconds(redis_url, redis_conn, 
 def test_a_page_over_max_page_text_ends_too_much_text_quickly(redis_url, redis_conn, tmp_path):
     source = tmp_path / "dense.pdf"
     source.write_bytes(pdfgen.dense_text_pdf(300_000))
-    result = _convert(redis_url, tmp_path / "storage", [source])  # MAX_PAGE_TEXT: its default, 100,000
+    # MAX_PAGE_TEXT: its default, 100,000.
+    result = convert_in_child(redis_url, tmp_path / "storage", "pdf", [source])
     final = result["progress"]
     assert final["state"] == "failed", final
     assert final["error"]["code"] == "too_much_text" and final["error"]["retryable"] is False, final
@@ -89,7 +67,7 @@ def test_text_amplification_ends_too_much_text_and_stores_little(redis_url, redi
     source.write_bytes(pdfgen.dense_text_pdf(1_000_000, pages=100, per_show=30_000))
     assert len(source.read_bytes()) < 30_000
     storage = tmp_path / "storage"
-    result = _convert(redis_url, storage, [source])
+    result = convert_in_child(redis_url, storage, "pdf", [source])
     final = result["progress"]
     stored = _stored_bytes(storage)
     print(f"amplification: {result['seconds']} s, {stored:,} bytes stored, {final.get('error')}")
@@ -102,8 +80,8 @@ def test_a_text_file_page_over_max_page_text_ends_too_much_text(redis_url, redis
     """Text pages are bounded by their lines (60 x 100 characters); a long page setting meets the cap."""
     source = tmp_path / "long.txt"
     source.write_bytes(b"a line of text\n" * 1000)
-    result = _convert(
-        redis_url, tmp_path / "storage", [source], "text", TEXT_LINES_PER_PAGE="1000", MAX_PAGE_TEXT="10000"
+    result = convert_in_child(
+        redis_url, tmp_path / "storage", "text", [source], TEXT_LINES_PER_PAGE="1000", MAX_PAGE_TEXT="10000"
     )
     final = result["progress"]
     assert final["state"] == "failed" and final["error"]["code"] == "too_much_text", final
@@ -214,9 +192,10 @@ def test_a_horse_beyond_worker_memory_fails_cleanly_and_the_worker_goes_on(redis
     big.write_bytes(pdfgen.make_pdf(["a page at the pixel cap"], sizes=[(4100, 4100)]))
     small = tmp_path / "small.pdf"
     small.write_bytes(pdfgen.make_pdf(["the next document"]))
-    result = _convert(
+    result = convert_in_child(
         redis_url,
         tmp_path / "storage",
+        "pdf",
         [big, small],
         HOSTILE_WORKER="livedoc",
         WORKER_MEMORY_MB="250",
@@ -241,9 +220,10 @@ def test_pdfium_refused_memory_ends_the_conversion_without_waiting(redis_url, re
     one.write_bytes(pdfgen.dense_text_pdf(600_000))
     small = tmp_path / "small.pdf"
     small.write_bytes(pdfgen.make_pdf(["the next document"]))
-    result = _convert(
+    result = convert_in_child(
         redis_url,
         tmp_path / "storage",
+        "pdf",
         [two, one, small],
         HOSTILE_WORKER="livedoc",
         # Threads of the pool need ~280 MB here (stacks, malloc arenas); a 720,000-character text page
