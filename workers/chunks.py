@@ -31,7 +31,7 @@ from livedoc import jobs, keys, progress
 from livedoc.progress import Deleted
 from livedoc.storage import SOURCE_PDF, DocumentFiles, open_storage
 from workers import pdf
-from workers.errors import ConversionError, InternalError, TooMuchText
+from workers.errors import ConversionError, InternalError, TooMuchText, TransientError
 from workers.pages import RENDER_END, PageSink
 from workers.quota import Meter, charged
 
@@ -237,6 +237,10 @@ def run(source: Path, settings: Settings, sink: PageSink) -> None:
         while True:
             chunking.work(source, sink.scratch, job.id)
             table = plan.read()
+            if not table:
+                # Redis lost the plan (restarted empty): nothing can be claimed or merged any more, and
+                # waiting for the other chunks would hold this worker until JOB_TIMEOUT.
+                raise TransientError("The conversion's plan was lost; it starts again.")
             if "error" in table:
                 raise ConversionError.from_error(json.loads(table["error"]))
             if not chunking.pending(table):
