@@ -44,7 +44,10 @@ def status(doc_id: str):
     body = documents.status_body(doc, prog)
     # In poll mode (or with real-time off) `wait` is ignored: a rollback turns long-polls to polls.
     changed = prog["seq"] > after or is_terminal(prog) or doc.job_id is None
-    if wait > 0 and flags.allows(Transport.LONGPOLL) and not changed:
+    # A follower's next long-poll (after > 0) that finds news already still gathers for one window:
+    # saves made between an answer and the next request would otherwise cost a second request.
+    following = after > 0 and not is_terminal(prog) and doc.job_id is not None
+    if wait > 0 and flags.allows(Transport.LONGPOLL) and (not changed or following):
         admit(Transport.LONGPOLL)
         doc_id, job_id, user_id = doc.id, doc.job_id, current_user.id
         db.session.close()  # do not hold a database connection while parked
