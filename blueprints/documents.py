@@ -16,6 +16,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, login_required
+from gevent import monkey
 from werkzeug.datastructures import FileStorage
 
 from blueprints.realtime import user_key
@@ -263,6 +264,14 @@ def _search_limit() -> str:
 _searching: gevent.lock.BoundedSemaphore | None = None
 
 
+def _pause() -> None:
+    # Under gunicorn's gevent worker (sockets patched) a search lets every other request run between
+    # pages. Elsewhere (the test client, a plain WSGI server) another greenlet, such as a stream hub's,
+    # may sit in an unpatched blocking read: switching to it would hang this request for good.
+    if monkey.is_module_patched("socket"):
+        gevent.sleep(0)
+
+
 def _search_slots() -> gevent.lock.BoundedSemaphore:
     global _searching
     if _searching is None:
@@ -291,7 +300,7 @@ def api_search(doc_id: str):
         raise TooManyRequests("Too many searches are running; try again in a moment.", retry_after=2)
     try:
         found = search.search(
-            files, attempt, prog.get("ready") or 0, query, pause=lambda: gevent.sleep(0), budget_ms=budget_ms
+            files, attempt, prog.get("ready") or 0, query, pause=_pause, budget_ms=budget_ms
         )
     finally:
         slots.release()
