@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 import gevent
 from flask import current_app
+from gevent import monkey
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -416,6 +417,16 @@ def storage_names(n: int) -> dict[str, str]:
     return {**page_names(n), "hd": hd_name(n)}
 
 
+def _sleep(seconds: float) -> None:
+    # gevent's sleep under gunicorn -k gevent: other requests go on meanwhile. Where sockets are not
+    # gevent's (the test client) another greenlet, such as a stream hub's, may sit in a plain blocking
+    # read, and switching to it would hang this request for good: a plain sleep there.
+    if monkey.is_module_patched("socket"):
+        gevent.sleep(seconds)
+    else:
+        time.sleep(seconds)
+
+
 def servable(doc: Document, prog: progress.Progress, attempt: int, name: str) -> tuple[str, int] | None:
     """(role, page) when this file of this attempt may be served now: its page is ready."""
     from livedoc.storage import parse_page_file
@@ -448,8 +459,7 @@ def sharper_page(connection: Redis, config: Mapping, doc: Document, attempt: int
     job_key = progress.job_key(jobs.hd_job_id(doc.id, attempt, n))
     deadline = time.monotonic() + config["HD_WAIT"]
     while time.monotonic() < deadline:
-        # gevent's sleep (the app runs under gunicorn -k gevent): other requests go on meanwhile.
-        gevent.sleep(0.1)
+        _sleep(0.1)
         if files.storage.exists(key):
             return
         # Its job stores the file before it finishes: finished without it, it did not fit the quota.
@@ -503,4 +513,4 @@ def _wait_stopped(connection: Redis, job_id: str, timeout: float = 5.0) -> None:
     while time.monotonic() < deadline:
         if connection.hget(progress.job_key(job_id), "status") != b"started":
             return
-        gevent.sleep(0.05)
+        _sleep(0.05)
