@@ -77,9 +77,12 @@ def test_open_stream_cap_per_user_answers_429(make_stack):
     reader = api(stack.user("greedy"))
     body = upload(reader, stack.base_url)
     held = [open_stream(reader, stack.base_url, body) for _ in range(2)]
-    for resp in held:
+    # The event readers are kept: a discarded one closes its response, and the server now notices a
+    # closed socket at once (it would free the slot this test holds).
+    readers = [sse_events(resp, until_terminal=False) for resp in held]
+    for resp, events in zip(held, readers):
         assert resp.status_code == 200
-        next(e for e in sse_events(resp, until_terminal=False) if "event" in e)
+        next(e for e in events if "event" in e)
     third = open_stream(reader, stack.base_url, body)
     assert third.status_code == 429
     assert third.headers["Retry-After"] == "10"
