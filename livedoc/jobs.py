@@ -34,16 +34,18 @@ def enqueue_conversion(
     seq: int,
     attempt: int,
     quota: Mapping | None = None,
+    start: Mapping | None = None,
 ) -> str:
-    """Queue a conversion whose progress starts at `seq`; returns the job id. `quota` ({"user",
-    "limit"}) makes the worker charge what it stores to the owner (workers/quota.py)."""
+    """Queue a conversion whose progress starts at `seq` (or as `start`, an attempt that keeps pages
+    stored before it); returns the job id. `quota` ({"user", "limit"}) makes the worker charge what
+    it stores to the owner (workers/quota.py)."""
     intervals = [int(x) for x in str(config["JOB_RETRY_INTERVALS"]).split(",") if x.strip()]
     job = queue(connection, config["QUEUE_NAME"]).enqueue(
         CONVERT,
         doc_id,
         kind,
         job_id=job_id(doc_id, attempt),
-        meta={progress.META_KEY: progress.initial(seq, attempt)},
+        meta={progress.META_KEY: dict(start) if start else progress.initial(seq, attempt)},
         retry=Retry(max=config["JOB_RETRIES"], interval=intervals) if config["JOB_RETRIES"] else None,
         job_timeout=config["JOB_TIMEOUT"],
         result_ttl=config["RESULT_TTL"],
