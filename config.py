@@ -212,8 +212,15 @@ class Settings:
     WORKER_CONNECTIONS: int = 10000  # open streams (greenlets and sockets) per gunicorn worker
     GRACEFUL_TIMEOUT: int = 10
     ACCESS_LOG: str = ""  # a path, or "-" for stderr; empty: no access log
-    JOB_MONITORING_INTERVAL: int = 10  # s: how often a worker checks on its work horse
-    MAINTENANCE_INTERVAL: int = 30  # s: how often a worker requeues abandoned jobs
+    JOB_MONITORING_INTERVAL: int = 10  # s: how often a busy worker checks on its work horse (and beats)
+    # s: how often the fleet (one worker at a time) looks for the jobs of dead workers; below
+    # WORKER_TTL - 15, so every idle worker's wake-up may do it.
+    MAINTENANCE_INTERVAL: int = 10
+    # s: RQ's worker_ttl. A worker and the job it runs count as dead this long after their last
+    # heartbeat, and an idle worker wakes every WORKER_TTL - 15 s to beat and to run maintenance: a
+    # dead worker is noticed within WORKER_TTL + that (~45 s), capabilities Redis lost come back
+    # within ~15 s. RQ's default, 420, took ~8 minutes.
+    WORKER_TTL: int = 30
     # Set (to an empty directory) with several gunicorn workers per host; prometheus_client reads
     # the variable itself, livedoc reads it here to merge the processes' metrics.
     PROMETHEUS_MULTIPROC_DIR: str = ""

