@@ -139,6 +139,9 @@ class Settings:
     # a worker rides out a restart for ~30 s (livedoc.redis_client.ResilientRedis) and then writes
     # its progress again, so an ending derived sooner could contradict the conversion finishing.
     JOB_VANISH_GRACE: int = 45
+    # How often one web process (any host: a Redis lock picks it) settles every unfinished document,
+    # so one whose job vanished with Redis is queued again even while nobody watches it.
+    RECOVERY_INTERVAL: int = 10
     # Office documents: LibreOffice on the worker host (workers/office.py), one run per document.
     OFFICE_BINARY: str = "soffice"
     OFFICE_TIMEOUT: int = 180

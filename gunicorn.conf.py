@@ -99,6 +99,9 @@ def post_worker_init(worker):
         gevent.spawn(worker.close_idle)
 
     signal.signal(signal.SIGTERM, handle_exit)
+    from blueprints.documents import sweep_forever
+
+    gevent.spawn(sweep_forever, worker.wsgi)
 
 
 def child_exit(server, worker):

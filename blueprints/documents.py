@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import random
+
 import gevent
 import gevent.lock
 from flask import (
@@ -20,7 +24,7 @@ from gevent import monkey
 from werkzeug.datastructures import FileStorage
 
 from blueprints.realtime import user_key
-from livedoc import documents, progress, search
+from livedoc import documents, keys, progress, search
 from livedoc.appctx import file_storage, realtime_flags, redis_conn
 from livedoc.audit import audit
 from livedoc.errors import LivedocError, NotFound, TooManyRequests
@@ -28,6 +32,23 @@ from livedoc.extensions import db, limiter
 from livedoc.models import Document
 
 bp = Blueprint("documents", __name__)
+log = logging.getLogger("livedoc")
+
+
+def sweep_forever(app) -> None:
+    """Every RECOVERY_INTERVAL, in whichever web process takes the turn first (a Redis lock, so one
+    per interval across hosts), settle every unfinished document: a conversion Redis lost is queued
+    again from the database even when nobody is watching it."""
+    interval = app.config["RECOVERY_INTERVAL"]
+    while interval > 0:
+        gevent.sleep(interval * random.uniform(0.5, 1.0))
+        try:
+            with app.app_context():
+                connection = redis_conn()
+                if connection.set(keys.RECOVERY_SWEEP, os.getpid(), nx=True, ex=interval):
+                    documents.recover_unfinished(connection)
+        except Exception:  # noqa: BLE001 - Redis or the database may be down; the next turn tries again
+            log.warning("the recovery sweep failed", exc_info=True)
 
 
 def _upload_limit() -> str:

@@ -128,7 +128,14 @@ def settle_unfinished(connection: Redis, user: User, cap: int) -> None:
     progress_of_many(connection, unfinished(user, limit=cap + 50))
 
 
-def _enqueue(connection: Redis, config: Mapping, doc: Document, seq: int, attempt: int) -> None:
+def _enqueue(
+    connection: Redis,
+    config: Mapping,
+    doc: Document,
+    seq: int,
+    attempt: int,
+    start: progress.Progress | None = None,
+) -> None:
     try:
         job_id = jobs.enqueue_conversion(
             connection,
@@ -138,6 +145,7 @@ def _enqueue(connection: Redis, config: Mapping, doc: Document, seq: int, attemp
             seq=seq,
             attempt=attempt,
             quota=quotas.job_quota(doc.owner_id, config),
+            start=start,
         )
     except RedisError:
         # The upload is safe on disk and in the database; let the owner retry once Redis is back.
@@ -255,6 +263,11 @@ def _settle(connection: Redis, doc: Document, prog: progress.Progress | None) ->
             ).get(doc.job_id)
             if prog is None:
                 return last  # not an ending yet
+            # Nobody wrote within the grace: no worker holds it. The original is in storage, so the
+            # document is queued again (keeping its pages) rather than lost with Redis.
+            again = _recover(connection, current_app.config, doc, last)
+            if again is not None:
+                return again
     if progress.is_terminal(prog) and prog["seq"] > doc.last_seq:
         manifest = files_of(doc).manifest(prog["attempt"]) if prog["state"] == "complete" else None
         _store_final(doc, prog, manifest)
@@ -262,6 +275,69 @@ def _settle(connection: Redis, doc: Document, prog: progress.Progress | None) ->
         # The row counts the pages now: the workers' quota base takes them over from the conversion.
         quotas.recount(connection, doc.owner_id)
     return prog
+
+
+# A document whose conversion vanished this many attempts in is given up (worker_lost), not queued
+# again: something other than a lost Redis keeps ending it.
+RECOVER_ATTEMPTS = 12
+
+
+def _recover(
+    connection: Redis, config: Mapping, doc: Document, last: progress.Progress
+) -> progress.Progress | None:
+    """Queue again a document whose job vanished from Redis, as a new attempt that keeps every page
+    stored before; its progress, or None when it is not to be recovered (or another host did)."""
+    files = files_of(doc)
+    attempt = max([doc.attempt, *files.attempts_stored()]) + 1
+    if attempt > RECOVER_ATTEMPTS:
+        return None
+    # Above any seq the vanished job reached, so every viewer applies it (progress.vanished_seq).
+    seq = progress.vanished_seq(doc.last_seq)
+    claimed = db.session.execute(
+        db.update(Document)
+        .where(
+            Document.id == doc.id,
+            Document.job_id == doc.job_id,
+            Document.state.not_in(progress.TERMINAL),
+        )
+        .values(attempt=attempt, last_seq=seq)
+    ).rowcount
+    db.session.commit()
+    if claimed != 1:
+        return last  # another request or host recovers it
+    db.session.refresh(doc)
+    log.warning("document %s: its job vanished from Redis; queued again as attempt %d", doc.id, attempt)
+    start = _resumed(files, seq, attempt, "The conversion was interrupted; it goes on where it stopped.")
+    try:
+        _enqueue(connection, config, doc, seq=seq, attempt=attempt, start=start)
+    except Unavailable:
+        return _from_final(doc)
+    return start
+
+
+def _resumed(files: DocumentFiles, seq: int, attempt: int, message: str) -> progress.Progress:
+    """The first progress of an attempt the web queues: the newest earlier attempt's pages are moved
+    under its number first, so the pages a viewer was shown stay servable (`ready` never goes back)."""
+    files.carry_over(attempt)
+    layout = files.layout(attempt) or {}
+    pages = int(layout.get("pages") or 0)
+    return progress.resumed(seq, attempt, files.leading_pages(attempt), pages, message)
+
+
+def recover_unfinished(connection: Redis, limit: int = 500) -> None:
+    """Settle every unfinished document (a periodic sweep): those whose job vanished from Redis, even
+    with nobody watching, are queued again after the grace."""
+    docs = (
+        db.session.execute(
+            db.select(Document)
+            .filter(Document.state.not_in(progress.TERMINAL), Document.job_id.is_not(None))
+            .order_by(Document.created_at)
+            .limit(limit)
+        )
+        .scalars()
+        .all()
+    )
+    progress_of_many(connection, docs)
 
 
 def _finished_manifest(doc: Document) -> dict | None:
@@ -333,17 +409,20 @@ def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
     if claimed != 1:
         raise Conflict("A retry is already under way.", code="retry_in_progress")
     db.session.refresh(doc)
-    _enqueue(connection, config, doc, seq=seq, attempt=attempt)
+    start = _resumed(files_of(doc), seq, attempt, "Queued again; the pages converted so far stay.")
+    _enqueue(connection, config, doc, seq=seq, attempt=attempt, start=start)
     return doc
 
 
 def queue_status(
     connection: Redis, config: Mapping, doc: Document, prog: progress.Progress
 ) -> fleet.QueueInfo | None:
-    """While the document waits for a worker: its place in the queue and how many workers are alive."""
+    """While the document waits for a worker: its place among the documents that start before it
+    (not counting page ranges or sharper pages) and how many workers are alive."""
     if prog["state"] != progress.State.QUEUED.value or not doc.job_id:
         return None
-    return fleet.queue_info(connection, config["QUEUE_NAME"], doc.job_id)
+    queue_name, cap = config["QUEUE_NAME"], config.get("HD_PER_USER", 2)
+    return fleet.waiting_place(connection, queue_name, doc.job_id, cap)
 
 
 def status_body(doc: Document, prog: progress.Progress) -> dict:

@@ -22,6 +22,7 @@ import uuid
 from collections import Counter
 
 import gevent
+from gevent import monkey
 from gevent.event import Event
 from redis import Redis
 from redis.exceptions import RedisError
@@ -309,7 +310,10 @@ class StreamHub:
         self._sync_push()
 
     def _sync_push(self) -> None:
-        want = self.flags.enabled and self.flags.push
+        # Pub/sub is a read that blocks until a message comes: only where sockets are gevent's does
+        # it let other greenlets run. Anywhere else (a test client, a CLI) a switch into it would hang
+        # the whole process, so there the hub relies on its poll alone.
+        want = self.flags.enabled and self.flags.push and monkey.is_module_patched("socket")
         running = self._pusher is not None and not self._pusher.dead
         if want and not running:
             self._pusher = gevent.spawn(self._push_loop)

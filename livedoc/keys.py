@@ -4,6 +4,7 @@ PREFIX = "livedoc:"
 FLAGS = PREFIX + "flags:realtime"  # hash: mode, push, websocket — the runtime override
 STATS_HOSTS = PREFIX + "stats:host:"  # + host id: JSON snapshot of one web process, short TTL
 STATS_INDEX = PREFIX + "stats:hosts"  # zset of host ids scored by when their snapshot expires
+RECOVERY_SWEEP = PREFIX + "recovery-sweep"  # held by the web process whose turn it is to sweep
 MISSING_JOB = PREFIX + "missing:"  # + job id: when readers first found the job's record gone
 PROGRESS_CHANNEL = PREFIX + "progress:"  # + job id: pub/sub channel of the job's saved progress
 PROGRESS_PATTERN = PROGRESS_CHANNEL + "*"  # what each web process's hub PSUBSCRIBEs to

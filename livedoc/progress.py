@@ -1,11 +1,12 @@
 """The progress contract: the one module that writes and reads a conversion's progress.
 
 Progress lives in the RQ job's meta under ``META_KEY`` (so the RQ dashboard shows it) as one dict:
-``seq`` (+1 on every write), ``state``, ``stage``, ``percent`` (never goes back within an attempt),
-``page``, ``pages``, ``ready`` (pages 1..ready are servable now; never goes back within an attempt;
-equals ``pages`` at complete), ``message``, ``error`` ({code, message, retryable}) when failed,
-``attempt``, ``updated_at`` (epoch seconds). After each save the worker PUBLISHes the saved dict as
-JSON on ``channel(job_id)`` so streams wake at once; readers still poll, because a missed message
+``seq`` (+1 on every write), ``state``, ``stage``, ``percent`` (never goes back, across attempts
+too), ``page``, ``pages``, ``ready`` (pages 1..ready are servable now; never goes back, across
+attempts too, since an attempt keeps the pages stored before it; equals ``pages`` at complete),
+``message``, ``error`` ({code, message, retryable}) when failed, ``attempt``, ``updated_at``
+(epoch seconds). After each save the worker PUBLISHes the saved dict as JSON on
+``channel(job_id)`` so streams wake at once; readers still poll, because a missed message
 is normal for pub/sub. Jobs use RQ's default serializer (``SERIALIZER``), so a stock ``rq worker``
 runs them and the RQ dashboard reads their meta; meta written as JSON by earlier versions is still
 read.
@@ -90,6 +91,14 @@ def initial(seq: int, attempt: int) -> Progress:
         "attempt": attempt,
         "updated_at": round(time.time(), 4),
     }
+
+
+def resumed(seq: int, attempt: int, ready: int, pages: int, message: str) -> Progress:
+    """The progress stored with an attempt queued by the web (a retry, a recovery) that keeps the
+    `ready` pages stored before it (moved under its number already)."""
+    prog = initial(seq, attempt)
+    prog.update(ready=ready, pages=pages, page=min(ready + 1, pages) if pages else 0, message=message)
+    return prog
 
 
 def failure(ending: endings.Ending, message: str | None = None) -> dict[str, Any]:
@@ -306,18 +315,22 @@ class ProgressWriter:
         ]
         previous = max(candidates, key=lambda p: p["seq"]) if candidates else initial(0, 1)
         # An attempt that never started keeps its number; anything else (an RQ retry, a job
-        # re-run after its worker died) is a new attempt whose percent starts again at 0.
+        # re-run after its worker died) is a new attempt. It keeps the pages stored before it
+        # (workers/convert.py), so `ready` and percent go on from where they were, never back.
         started_before = previous.get("stage") != "queued"
         self.progress: Progress = dict(previous)
         self.progress["attempt"] = previous.get("attempt", 1) + (1 if started_before else 0)
-        self.progress["percent"] = 0
-        self.progress["ready"] = 0  # a new attempt writes its pages afresh
+        self.progress.setdefault("percent", 0)
+        self.progress.setdefault("ready", 0)
         self.progress["error"] = None
         self._save_script = connection.register_script(_GUARDED_SAVE)
         self._deleted_key = keys.DELETED_JOB + job.id
         # Set once page-range jobs merge into this job's progress too (workers/chunks.py): each save
         # then continues from the stored seq, percent and ready instead of this writer's own copy.
-        self.merge = False
+        # So is the first save of an attempt after another: the earlier attempt's page-range jobs
+        # may still be merging pages until that save makes them stale.
+        self.merge = started_before
+        self._merge_first = started_before
 
     @property
     def attempt(self) -> int:
@@ -396,6 +409,8 @@ class ProgressWriter:
             raise Deleted(self.job.id)
         self.progress = json.loads(saved)
         self.job.meta[META_KEY] = dict(self.progress)
+        if self._merge_first:
+            self._merge_first = self.merge = False
         return dict(self.progress)
 
 
@@ -466,10 +481,11 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local raw = redis.call('HGET', KEYS[1], 'livedoc_progress')
 local old = raw and cjson.decode(raw) or nil
 local new = cjson.decode(ARGV[1])
-if type(old) == 'table' and tonumber(old['attempt']) == tonumber(new['attempt']) then
+if type(old) == 'table' and tonumber(old['seq']) then
+  -- Across attempts too: a new attempt keeps the pages stored before it (workers/convert.py).
   new['seq'] = math.max(tonumber(new['seq']), tonumber(old['seq'])) + 1
-  if tonumber(old['percent']) > tonumber(new['percent']) then new['percent'] = old['percent'] end
-  if tonumber(old['ready']) > tonumber(new['ready']) then new['ready'] = old['ready'] end
+  if tonumber(old['percent'] or 0) > tonumber(new['percent']) then new['percent'] = old['percent'] end
+  if tonumber(old['ready'] or 0) > tonumber(new['ready']) then new['ready'] = old['ready'] end
 else
   new['seq'] = tonumber(new['seq']) + 1
 end

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
@@ -38,6 +38,8 @@ DELETE_BATCH = 1000  # the most keys one S3 DeleteObjects request takes
 # Page files by role: the viewer asks for them by these names, and only these.
 PAGE_FILE = re.compile(r"^(page|thumb|text|layer|hd)-(\d{4,6})\.(jpg|txt|json)$")
 MIMETYPES = {"jpg": "image/jpeg", "txt": "text/plain; charset=utf-8", "json": "application/json"}
+# What a page's layer file says of the page, so a later attempt can keep the page as it is.
+PAGE_META = ("width", "height", "chars")
 _SUFFIX = {"page": "jpg", "thumb": "jpg", "text": "txt", "layer": "json", "hd": "jpg"}
 
 
@@ -70,6 +72,12 @@ class Storage(Protocol):
 
     def size_of_prefix(self, prefix: str) -> int:
         """Bytes stored under prefix."""
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under prefix (relative to it) with its size, in one listing."""
+
+    def move(self, src: str, dst: str, names: Iterable[str]) -> None:
+        """Move the named keys from under prefix src to under prefix dst (replacing what is there)."""
 
     def local_path(self, key: str) -> Path | None:
         """A path the web can send directly (local storage), or None (object storage)."""
@@ -169,6 +177,25 @@ class LocalStorage:
 
     def size_of_prefix(self, prefix: str) -> int:
         return sum(p.stat().st_size for p in self._walk(self._path(prefix.rstrip("/"))))
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        top = self._path(prefix.rstrip("/"))
+        out = {}
+        for path in self._walk(top):
+            try:
+                out[path.relative_to(top).as_posix()] = path.stat().st_size
+            except FileNotFoundError:
+                pass  # removed while listed
+        return out
+
+    def move(self, src: str, dst: str, names: Iterable[str]) -> None:
+        for name in names:
+            dest = self._path(dst + name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(self._path(src + name), dest)
+            except FileNotFoundError:
+                pass  # gone meanwhile
 
     @staticmethod
     def _walk(top: Path) -> Iterator[Path]:
@@ -321,6 +348,20 @@ class S3Storage:
 
     def size_of_prefix(self, prefix: str) -> int:
         return sum(obj["Size"] for obj in self._objects(prefix))
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        start = len(self._key(prefix))
+        return {obj["Key"][start:]: obj["Size"] for obj in self._objects(prefix)}
+
+    def move(self, src: str, dst: str, names: Iterable[str]) -> None:
+        # S3 has no rename: a server-side copy, then the source goes.
+        for name in names:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=self._key(dst + name),
+                CopySource={"Bucket": self.bucket, "Key": self._key(src + name)},
+            )
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(src + name))
 
     def local_path(self, key: str) -> Path | None:
         return None
@@ -488,6 +529,68 @@ class DocumentFiles:
     def manifest(self, attempt: int) -> dict | None:
         """The completed attempt's manifest, or None."""
         return self.read_json(attempt, MANIFEST)
+
+    def attempts_stored(self) -> list[int]:
+        """The attempt numbers that hold output in storage, in one listing."""
+        found = set()
+        for name in self.storage.sizes(self.prefix):
+            head = name.split("/", 1)[0]
+            if "/" in name and head[:1] == "a" and head[1:].isdigit():
+                found.add(int(head[1:]))
+        return sorted(found)
+
+    def carry_over(self, into: int) -> bool:
+        """Give attempt `into` the output of the newest earlier attempt (its stored pages stay valid:
+        the same source renders the same pages), and remove whatever older attempts left; False when
+        attempt `into` holds nothing (no page to keep: no need to look)."""
+        stored = self.attempts_stored()
+        earlier = [a for a in stored if a < into]
+        if earlier:
+            # Only what is whole moves: a page missing one of its files is made again.
+            sizes = self.storage.sizes(self.attempt_prefix(earlier[-1]))
+            whole = self._whole(sizes)
+            keep = {LAYOUT, SOURCE_PDF}
+            keep.update(v for n in whole for v in page_names(n).values())
+            keep.update(hd_name(n) for n in whole)
+            self.storage.move(
+                self.attempt_prefix(earlier[-1]), self.attempt_prefix(into), [k for k in sizes if k in keep]
+            )
+        for attempt in earlier:
+            self.storage.delete_prefix(self.attempt_prefix(attempt))
+        return bool(earlier) or into in stored
+
+    def _whole(self, sizes: dict[str, int]) -> list[int]:
+        out = []
+        for name in sizes:
+            parsed = parse_page_file(name)
+            if parsed is not None and parsed[0] == "layer":
+                if all(v in sizes for v in page_names(parsed[1]).values()):
+                    out.append(parsed[1])
+        return sorted(out)
+
+    def leading_pages(self, attempt: int) -> int:
+        """How many pages from page 1 on an attempt holds whole (one listing)."""
+        ready = 0
+        for n in self._whole(self.storage.sizes(self.attempt_prefix(attempt))):
+            if n != ready + 1:
+                break
+            ready = n
+        return ready
+
+    def stored_pages(self, attempt: int) -> tuple[dict[int, dict], int]:
+        """The pages an attempt holds whole (image, thumbnail, text, layer) by number, as manifest
+        entries, and their bytes; a page whose layer does not say its size is left out (made again)."""
+        sizes = self.storage.sizes(self.attempt_prefix(attempt))
+        found: dict[int, dict] = {}
+        total = 0
+        for n in self._whole(sizes):
+            names = page_names(n)
+            meta = (json_object(self.storage.get_bytes(self.key(attempt, names["layer"]))) or {}).get("page")
+            if not isinstance(meta, dict) or not all(isinstance(meta.get(k), int) for k in PAGE_META):
+                continue
+            found[n] = {"n": n, **names, **{k: meta[k] for k in PAGE_META}}
+            total += sum(sizes[v] for v in names.values())
+        return found, total
 
     def clear_attempts(self, upto: int) -> None:
         """Remove the output of attempts 1..upto (a new attempt starts clean); keeps the original."""

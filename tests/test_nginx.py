@@ -455,3 +455,50 @@ def test_reconnect_at_the_terminal_event_gets_204(proxied):
         with session.get(multi, headers={"Last-Event-ID": behind}, stream=True, timeout=30) as resp:
             assert resp.status_code == 200, (base, behind)
             assert [m["event"] for m in sse_events(resp, until_terminal=False) if "data" in m] == ["complete"]
+
+
+def test_a_graceful_reload_mid_stream_through_nginx(make_stack, make_nginx):
+    """gunicorn HUP while viewers follow through nginx (plain and TLS): each reconnects once, promptly,
+    through the proxy to the new worker, and follows the conversion to complete."""
+    import signal
+
+    from tests.support import wait_for
+    from tests.support.streams import Viewer, slow_pdf
+
+    stack = make_stack(**{**SETTINGS, "SSE_RETRY": "3000", "RENDER_DPI": "300"})
+    proxy = make_nginx(f"127.0.0.1:{stack.ports[0]}")
+    token = stack.user("reloaded")
+    body = upload(api(token), stack.base_url, slow_pdf(250))
+    viewers = []
+    for name, base in (("h1", proxy.http_url), ("tls", proxy.https_url)):
+        v = Viewer(name, token, base, body["events_url"], deadline=180, read_timeout=30)
+        v.session.verify = str(proxy.cert)
+        viewers.append(v)
+        v.start()
+    stack.start_worker()
+    wait_for(
+        lambda: all(v.latest and v.latest["stage"] == "rendering" for v in viewers), 90, what="rendering"
+    )
+    ends = [len(v.stream_ends) for v in viewers]
+    hup, hup_wall = time.monotonic(), time.time()
+    stack.webs[0].send(signal.SIGHUP)
+    wait_for(lambda: all(len(v.stream_ends) > n for v, n in zip(viewers, ends)), 15, 0.02, what="streams end")
+
+    def first_after(v, n):
+        ended = v.stream_ends[n] - hup
+        later = [t - hup_wall for t, _ in list(v.received) if t - hup_wall > ended]
+        return min(later) if later else None
+
+    wait_for(
+        lambda: all(first_after(v, n) is not None for v, n in zip(viewers, ends)),
+        30,
+        0.05,
+        what="events again",
+    )
+    delays = [first_after(v, n) for v, n in zip(viewers, ends)]
+    print(f"\nfirst event after the HUP through nginx (h1, tls): {', '.join(f'{d:.2f} s' for d in delays)}")
+    for v in viewers:
+        v.join(180)
+        assert v.final is not None and v.final["state"] == "complete", (v.name, v.failures, v.latest)
+    # The stopping worker tells EventSource to come back at once (retry 50-1000 ms), not after 3 s.
+    assert max(delays) < 3.0, delays

@@ -102,9 +102,10 @@ def test_complete_document_on_s3_lists_every_file_and_serves_them(make_stack, mo
     body = upload(s, stack.base_url, make_pdf(["one", "two"]))
     assert poll_until_terminal(s, stack.base_url, body)["state"] == "complete"
     doc = body["id"]
-    # What a 2-page conversion costs in S3 requests: the web PUTs the upload; the worker fetches the
-    # original (HEAD + GET), PUTs the layout, 4 files per page and the manifest; the web reads the
-    # manifest once when it records the final state, and lists the document once for its quota.
+    # What a 2-page conversion costs in S3 requests: the web PUTs the upload; the worker lists the
+    # document once (pages an earlier attempt stored: none), fetches the original (HEAD + GET), PUTs
+    # the layout, 4 files per page and the manifest; the web reads the manifest once when it records
+    # the final state, and lists the document once for its quota.
     root = f"/{s3_settings['STORAGE_URL'][5:]}/{doc}"
     bucket = root.split("/")[1]
     per_page = [
@@ -113,17 +114,19 @@ def test_complete_document_on_s3_lists_every_file_and_serves_them(make_stack, mo
         for role, ext in (("page", "jpg"), ("thumb", "jpg"), ("text", "txt"), ("layer", "json"))
     ]
     made = moto_server.requests()[start:]
-    assert made[:4] + made[4 + len(per_page) :] == [
+    listing = f"GET /{bucket}?list-type=2&prefix={root[len(bucket) + 2 :]}/&encoding-type=url"
+    assert made[:5] + made[5 + len(per_page) :] == [
         f"PUT {root}/original",
+        listing,
         f"HEAD {root}/original",
         f"GET {root}/original",
         f"PUT {root}/a1/layout.json",
         f"PUT {root}/a1/manifest.json",
         f"GET {root}/a1/manifest.json",
-        f"GET /{bucket}?list-type=2&prefix={root[len(bucket) + 2 :]}/&encoding-type=url",
+        listing,
     ]
     # The render processes upload their pages side by side: each file once, in any order.
-    assert sorted(made[4 : 4 + len(per_page)]) == sorted(per_page)
+    assert sorted(made[5 : 5 + len(per_page)]) == sorted(per_page)
     pages = [
         f"{doc}/a1/{role}-{n:04d}.{ext}"
         for n in (1, 2)

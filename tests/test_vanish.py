@@ -7,7 +7,7 @@ import io
 import json
 import time
 
-from livedoc import keys, progress
+from livedoc import documents, keys, progress
 from livedoc.flags import RealtimeFlags
 from livedoc.hub import Connection, StreamHub
 from tests.pdfgen import make_pdf
@@ -91,7 +91,7 @@ def test_the_hub_forgets_the_clock_when_the_record_is_back(redis_conn):
     assert redis_conn.exists(keys.MISSING_JOB + "doc-y-1") == 0
 
 
-def test_the_status_of_a_vanished_job_waits_out_the_grace_then_is_lost(client, users, redis_conn):
+def test_a_vanished_job_waits_out_the_grace_then_is_queued_again_then_lost(client, users, redis_conn):
     token = users.create()
     auth = {"Authorization": f"Bearer {token}"}
     body = client.post(
@@ -106,7 +106,18 @@ def test_the_status_of_a_vanished_job_waits_out_the_grace_then_is_lost(client, u
     assert status["state"] == "queued" and status["seq"] == 1
     _missing_since(redis_conn, job_id, 46)  # JOB_VANISH_GRACE is 45
     status = client.get(body["status_url"], headers=auth).get_json()
-    assert status["state"] == "failed" and status["error"]["code"] == "worker_lost"
+    # Past the grace no worker holds it: queued again from the database as a new attempt, with a seq
+    # above any the vanished job reached.
+    assert status["state"] == "queued" and status["attempt"] == 2 and status["seq"] > 10**12
+    assert redis_conn.exists(progress.job_key(f"doc-{body['id']}-2"))
+    # A document whose job keeps vanishing is given up at last, as lost.
+    for attempt in range(2, documents.RECOVER_ATTEMPTS + 1):
+        job_id = f"doc-{body['id']}-{attempt}"
+        redis_conn.delete(progress.job_key(job_id))
+        client.get(body["status_url"], headers=auth)
+        _missing_since(redis_conn, job_id, 46)
+        status = client.get(body["status_url"], headers=auth).get_json()
+    assert status["state"] == "failed" and status["error"]["code"] == "worker_lost", status
     assert status["seq"] > 10**12
     # The ending is stored: the next read comes from the database, with the same seq.
     again = client.get(body["status_url"], headers=auth).get_json()

@@ -119,6 +119,27 @@ class Plan:
             pipe.delete(self.lease(index))
             pipe.execute()
 
+    def stored_among(self, first: int, last: int) -> set[int]:
+        """The pages of first..last already stored for this attempt (one read of the bitmap)."""
+        bits = self.connection.get(self.stored) or b""
+        return {n for n in range(first, last + 1) if n // 8 < len(bits) and bits[n // 8] & (0x80 >> (n % 8))}
+
+    def keep(self, entries: dict[int, dict], chunks: list[tuple[int, int]]) -> None:
+        """Record pages an earlier attempt stored as stored for this one, and the chunks they fill as
+        done, before any participant claims a chunk."""
+        if not entries:
+            return
+        with self.connection.pipeline(transaction=True) as pipe:
+            for n, entry in entries.items():
+                pipe.setbit(self.stored, n, 1)
+                pipe.hset(self.entries, n, json.dumps(entry, separators=(",", ":")))
+                pipe.hset(self.text, n, entry.get("chars", 0))
+            pipe.hincrby(self.text, "total", sum(e.get("chars", 0) for e in entries.values()))
+            for index, (first, last) in enumerate(chunks):
+                if all(n in entries for n in range(first, last + 1)):
+                    pipe.hset(self.table, f"done:{index}", 1)
+            pipe.execute()
+
     def count_text(self, n: int, chars: int) -> int:
         """Count page n's characters (once); returns the document's so far."""
         return int(self.connection.register_script(_COUNT_TEXT)(keys=[self.text], args=[n, chars]))
@@ -196,7 +217,12 @@ class _Chunking:
             if status != "ok":
                 raise Abandoned(status)
 
-        pdf.render_pages(source, self.settings, scratch, self.files, self.plan.attempt, first, last, stored)
+        # Pages stored already (kept from an earlier attempt, or by a participant whose lease ran out)
+        # are not rendered again.
+        skip = self.plan.stored_among(first, last)
+        pdf.render_pages(
+            source, self.settings, scratch, self.files, self.plan.attempt, first, last, stored, skip=skip
+        )
         self.plan.done(index)
 
 
@@ -231,6 +257,7 @@ def run(source: Path, settings: Settings, sink: PageSink) -> None:
         pipe.hset(plan.text, "total", 0)
         pipe.expire(plan.text, ttl)
         pipe.execute()
+    plan.keep({n: sink.entries[n] for n in sink.kept}, chunk_list)
     _enqueue_chunks(connection, settings, files.doc_id, job.id, sink.attempt, len(chunk_list), sink.quota)
     chunking = _Chunking(plan, files, settings, plan.read())
     try:

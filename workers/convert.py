@@ -4,8 +4,9 @@ One attempt: validate → announce the page sizes → render and store page by p
 as soon as it and those before it are stored (`ready`) → write the manifest → mark complete. Every
 failure ends in a progress record the viewer can explain: permanent errors stop RQ's retries at
 once; transient ones (storage, Redis, timeout) let RQ run the job again, and the next attempt
-writes its pages afresh under its own attempt number with its percent back at 0. A document deleted
-while it converts stops the job at its next progress save, and the job removes what it wrote.
+keeps every page stored before and renders only the rest (`ready` and percent never go back). A
+document deleted while it converts stops the job at its next progress save, and the job removes
+what it wrote.
 """
 
 from __future__ import annotations
@@ -68,15 +69,21 @@ def convert_document(doc_id: str, kind: str, quota: dict | None = None) -> dict:
         settings = Settings.from_env()
         meter = Meter.of_job(job.connection, quota, doc_id, keys.QUOTA_CONVERTING)
         files = DocumentFiles(charged(open_storage(settings), meter), doc_id)
-        writer.update("validating", 0, page=0, pages=0, ready=0, message="Checking the document")
-        # Earlier attempts' pages are never served again (page URLs name their attempt): drop them.
-        files.clear_attempts(writer.attempt - 1)
+        # Resume, never redo: the pages an earlier attempt stored whole become this attempt's (page
+        # URLs name the attempt, so they move under it before this attempt says a word).
+        kept, kept_bytes = files.stored_pages(writer.attempt) if files.carry_over(writer.attempt) else ({}, 0)
         if meter is not None:
-            meter.restart()  # what they were charged is gone with them
+            meter.restart(kept_bytes)
+        ready = next(n for n in range(len(kept) + 1) if n + 1 not in kept)
+        writer.update("validating", 0, page=ready, ready=ready, message="Checking the document")
         sink = PageSink(files, writer.attempt, writer, settings, kind, quota=quota)
+        sink.keep(kept, kept_bytes)
         converter(_original(files, sink.scratch), settings, sink)
         pages = sink.finish()
         writer.complete(pages)
+        # A page-range job of an earlier attempt that was still rendering may have written after the
+        # carry-over: nothing of that attempt is ever served.
+        files.clear_attempts(writer.attempt - 1)
         return {"pages": pages}
     except Deleted:
         log.info("job %s: the document was deleted; stopping", job.id)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from config import Settings
 from livedoc.progress import ProgressWriter
-from livedoc.storage import LAYOUT, MANIFEST, DocumentFiles, page_names
+from livedoc.storage import LAYOUT, MANIFEST, PAGE_META, DocumentFiles, page_names
 from workers.errors import TooMuchText
 
 JPEG_QUALITY = 85
@@ -87,11 +87,16 @@ def write_page_files(
         small.close()
     thumb.close()
     paths[names["text"]].write_text(text, encoding="utf-8", newline="")
-    paths[names["layer"]].write_text(
-        json.dumps({"runs": [list(r) for r in runs]}, separators=(",", ":")), encoding="utf-8"
-    )
     # `chars` lets the document's text be totalled from the manifest without reading every page.
     entry = {"n": n, **names, "width": rgb.width, "height": rgb.height, "chars": len(text)}
+    # The layer also says what the manifest needs of the page, so a later attempt keeps the page
+    # (DocumentFiles.stored_pages) without rendering it again; the viewer reads only `runs`.
+    paths[names["layer"]].write_text(
+        json.dumps(
+            {"runs": [list(r) for r in runs], "page": {k: entry[k] for k in PAGE_META}}, separators=(",", ":")
+        ),
+        encoding="utf-8",
+    )
     if rgb is not image:
         rgb.close()
     return entry, paths
@@ -125,12 +130,24 @@ class PageSink:
     # The job's owner and storage limit (workers/quota.py), handed on to its page-range jobs.
     quota: dict | None = None
     chars: int = 0  # text characters of the pages stored, against MAX_DOCUMENT_TEXT
+    # Pages an earlier attempt stored whole, kept as they are (never rendered or stored again).
+    kept: set[int] = field(default_factory=set)
     _announced: int = 0  # the `ready` last saved
 
     def __post_init__(self) -> None:
         root = self.files.storage.scratch_root()
         root.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"{self.files.doc_id}-a{self.attempt}-", dir=root))
+
+    def keep(self, entries: dict[int, dict], size: int) -> None:
+        """Count pages an earlier attempt stored (DocumentFiles.stored_pages) as this attempt's own."""
+        self.kept = set(entries)
+        self.entries.update(entries)
+        self.stored += size
+        self.chars += sum(e.get("chars", 0) for e in entries.values())
+        while self.ready + 1 in self.entries:
+            self.ready += 1
+        self._announced = self.ready
 
     def begin(self, sizes: list[tuple[int, int]], outline: list[dict] | None = None) -> None:
         """Announce the page count and sizes (the viewer lays out placeholders) before page 1."""
@@ -157,6 +174,8 @@ class PageSink:
         self, n: int, image: Image.Image, text: str, runs: list[Run], thumb: Image.Image | None = None
     ) -> None:
         """Write page n's files and store them; the page becomes ready with those before it."""
+        if n in self.kept:
+            return  # stored whole by an earlier attempt
         entry, paths = write_page_files(self.scratch, n, image, text, runs, self.settings.THUMB_WIDTH, thumb)
         self.stored_page(entry, put_page_files(self.files, self.attempt, paths))
 

@@ -11,7 +11,7 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
 import pypdfium2 as pdfium
@@ -136,7 +136,15 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
         chunks.run(source, settings, sink)
     else:
         render_pages(
-            source, settings, sink.scratch, sink.files, sink.attempt, 1, len(sizes), sink.stored_page
+            source,
+            settings,
+            sink.scratch,
+            sink.files,
+            sink.attempt,
+            1,
+            len(sizes),
+            sink.stored_page,
+            skip=sink.kept,
         )
 
 
@@ -159,10 +167,11 @@ def render_pages(
     first: int,
     last: int,
     stored: Stored,
+    skip: Collection[int] = (),
 ) -> set[int]:
-    """Render pages first..last through scratch into the attempt's storage and report each to
-    `stored` (its manifest entry, its bytes) in page order; returns the ids of the processes that
-    rendered them.
+    """Render pages first..last (but those in `skip`, stored already) through scratch into the
+    attempt's storage and report each to `stored` (its manifest entry, its bytes) in page order;
+    returns the ids of the processes that rendered them.
 
     From several processes pages may arrive faster than anyone can watch: their progress is
     announced at most every PROGRESS_INTERVAL, and what was held back is announced as soon as the
@@ -178,7 +187,11 @@ def render_pages(
     function.
     """
     scale = settings.RENDER_DPI / POINTS_PER_INCH
-    processes = min(render_processes(settings), last - first + 1)
+    indices = [i for i in range(first - 1, last) if i + 1 not in skip]
+    if not indices:
+        stored(None, 0, True)
+        return set()
+    processes = min(render_processes(settings), len(indices))
     if threading.active_count() > 1:
         # Forking copies only the calling thread: from a process with other threads (an app with
         # its hub, a test run) a child could inherit a lock held forever. The work horse RQ forks
@@ -195,7 +208,7 @@ def render_pages(
         _child_open(str(source), files, attempt)
         try:
             # Rendered right here, the next page keeps the caller waiting: announce every one.
-            return _report_all(map(render, range(first - 1, last)), stored, 0.0)
+            return _report_all(map(render, indices), stored, 0.0)
         finally:
             _child_close()
     pool = multiprocessing.get_context("fork").Pool(
@@ -206,9 +219,7 @@ def render_pages(
         # The pool replaces a process that dies, but the page it was rendering is never answered: its
         # own processes are watched so a death ends the attempt instead of waiting for ever.
         workers = list(pool._pool)  # type: ignore[attr-defined]  # multiprocessing keeps no public list
-        return _report_all(
-            _waiting(pool.imap(render, range(first - 1, last)), interval, workers), stored, interval
-        )
+        return _report_all(_waiting(pool.imap(render, indices), interval, workers), stored, interval)
     finally:
         if any(worker.exitcode is not None for worker in workers):
             _unlock_dead_pool(pool)

@@ -69,11 +69,15 @@ class Meter:
         if self._script(keys=[self.key], args=[self.field, int(size), self.limit]) == 0:
             raise QuotaExceeded()
 
-    def restart(self) -> None:
-        """Forget what earlier attempts of the document wrote, sharper pages included: a new attempt
-        has just removed it. (The database may still count it until this attempt ends: too much,
-        never too little.)"""
-        self.connection.hdel(self.key, keys.QUOTA_CONVERTING + self.doc_id, keys.QUOTA_HD + self.doc_id)
+    def restart(self, kept: int = 0) -> None:
+        """Count, for a new attempt, only the `kept` bytes of pages earlier attempts stored and this
+        one keeps (sharper pages included in what is forgotten). (The database may count them too
+        until this attempt ends: too much, never too little.)"""
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.key, keys.QUOTA_CONVERTING + self.doc_id, keys.QUOTA_HD + self.doc_id)
+            if kept:
+                pipe.hincrby(self.key, keys.QUOTA_CONVERTING + self.doc_id, int(kept))
+            pipe.execute()
 
 
 class ChargedStorage:

@@ -71,11 +71,13 @@ export class PageColumn {
   setLayout(filesUrl, sizes, ready) {
     if (sizes.length !== this.figs.length) this.build(sizes);
     if (filesUrl !== this.filesUrl) {
-      // A new attempt: its files have other URLs and it starts again from page 1.
-      Array.from(this.live).forEach((n) => this.unload(n));
+      // Another attempt: its files have other addresses, but it kept the pages stored before it
+      // (`ready` never goes back), so the pages shown stay as they are; only the rest wait for it.
+      const kept = this.filesUrl ? Math.min(this.ready, ready) : 0;
+      Array.from(this.live).forEach((n) => { if (n > kept) this.unload(n); });
       this.filesUrl = filesUrl;
-      this.ready = 0;
-      this.figs.forEach((f) => this.setPending(f, true));
+      this.ready = kept;
+      this.figs.forEach((f, i) => { if (i >= kept) this.setPending(f, true); });
     }
     this.setReady(ready);
     this.setZoom(this.zoom);

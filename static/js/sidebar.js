@@ -86,9 +86,18 @@ export class Sidebar {
   setPages(filesUrl, sizes) {
     const rebuild = sizes.length !== this.links.length;
     if (filesUrl !== this.filesUrl) {
-      this.links.forEach((a) => this.far(a));
+      // Another attempt's files: the thumbnails shown are the same pages (an attempt keeps the pages
+      // stored before it), so they stay; those not shown yet load from the new address. No files
+      // (deleted, or an attempt that kept nothing): every thumbnail goes.
+      if (!filesUrl) {
+        this.links.forEach((a) => {
+          const img = $('img', a);
+          if (img) img.remove();
+          a.classList.remove('ready');
+        });
+        this.ready = 0;
+      }
       this.filesUrl = filesUrl;
-      this.ready = 0;
     }
     if (!rebuild) return;
     this.io.disconnect();

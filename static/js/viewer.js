@@ -125,10 +125,14 @@ export function init(root) {
       sidebar.setReady(p.ready || 0);
       return;
     }
-    if (layoutAttempt !== null) {  // a retry: the old attempt's files are no longer served
+    if (layoutAttempt !== null) {
+      // Another attempt. It keeps the pages stored before it (p.ready of them): those stay shown
+      // while its layout is fetched; an attempt that kept none starts the pages afresh.
       layoutAttempt = null;
-      pages.clear();
-      sidebar.setPages(null, pages.sizes);
+      if (!(p.ready > 0)) {
+        pages.clear();
+        sidebar.setPages(null, pages.sizes);
+      }
     }
     if (fetching || !(p.pages > 0 || p.ready > 0 || p.state === 'complete')) return;
     fetching = true;
