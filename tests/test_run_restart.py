@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -26,30 +25,14 @@ from livedoc import progress
 from livedoc.redis_client import connect
 from tests.live import api, wait_http
 from tests.pdfgen import make_pdf
-from tests.support import ROOT, TRANSIENT, wait_for
+from tests.support import TRANSIENT, wait_for
 from tests.support.streams import status_of, upload
+from tests.support.worktree import copy_worktree
 
 # Two starts of a whole deployment and a conversion in between.
 pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 
 PAGES = 40  # at 300 dpi on one render process: still converting when Ctrl-C comes
-
-
-def _copy_worktree(dest: Path) -> Path:
-    """The working tree's files (tracked, and new ones not ignored) under dest, with .venv linked."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (raw.decode() for raw in listed)):
-        source = ROOT / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    (dest / ".venv").symlink_to(ROOT / ".venv")
-    return dest
 
 
 class Run:
@@ -100,7 +83,7 @@ class Run:
 
 
 def test_ctrl_c_mid_conversion_and_a_new_start_complete_every_document(tmp_path):
-    root = _copy_worktree(tmp_path / "livedoc")
+    root = copy_worktree(tmp_path / "livedoc")
     port = devredis.free_port()
     env = {k: v for k, v in os.environ.items() if k not in {f.name for f in dataclasses.fields(Settings)}}
     env.update(BIND=f"127.0.0.1:{port}", RENDER_DPI="300", RENDER_PROCESSES="1")

@@ -87,8 +87,11 @@ def test_ctrl_c_in_scripts_run_mid_conversion_stops_everything_within_10_s(tmp_p
 
     from tests.dbs import FLASK, fresh
     from tests.live import wait_http
-    from tests.support import ROOT
+    from tests.support.worktree import copy_worktree
 
+    # A copy: scripts/run keeps its Redis on disk (var/), and a queued job left there would be
+    # converted by the developer's next scripts/run.
+    ROOT = copy_worktree(tmp_path / "tree")
     port = devredis.free_port()
     env = {
         **os.environ,
