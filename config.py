@@ -129,6 +129,9 @@ class Settings:
     # Sharper renditions for zoomed-in readers, rendered on demand; how long a request waits for one.
     HD_DPI: int = 300
     HD_WAIT: int = 8
+    # Sharper renditions of one user's pages admitted to the workers at once; the rest wait in that
+    # user's turn (livedoc/fair.py), so one reader zooming through a book cannot hold every worker.
+    HD_PER_USER: int = 2
     THUMB_WIDTH: int = 180
     TEXT_LINES_PER_PAGE: int = 60
     JOB_TIMEOUT: int = 600

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from redis import Redis
-from rq import Retry, get_current_job
+from rq import get_current_job
 
 from config import Settings
 from livedoc import jobs, keys, progress
@@ -294,28 +294,10 @@ def _enqueue_chunks(
     count: int,
     quota: dict | None = None,
 ) -> None:
-    queue = jobs.queue(connection, settings.QUEUE_NAME)
-    intervals = [int(x) for x in settings.JOB_RETRY_INTERVALS.split(",") if x.strip()]
-    retry = Retry(max=settings.JOB_RETRIES, interval=intervals) if settings.JOB_RETRIES else None
-    # At the front, last first: the chunks of a document being converted go before documents that
-    # are still waiting, in page order.
-    for index in range(count - 1, 0, -1):
-        queue.enqueue(
-            CHUNK,
-            doc_id,
-            job_id,
-            attempt,
-            index,
-            job_id=f"{job_id}-a{attempt}-c{index}",
-            at_front=True,
-            job_timeout=settings.JOB_TIMEOUT,
-            result_ttl=CHUNK_RESULT_TTL,
-            failure_ttl=CHUNK_RESULT_TTL,
-            retry=retry,
-            description=f"pages chunk {index + 1}/{count} of {job_id}",
-            # The pages are charged to the owner like the document job's (workers/quota.py).
-            **({"quota": quota} if quota else {}),
-        )
+    # Helpers, not prerequisites: this job claims every chunk no helper holds, so they wait in the
+    # owner's chunk lane and run only on workers no other user's document needs (livedoc/fair.py).
+    args = (doc_id, job_id, attempt)
+    jobs.enqueue_chunks(connection, settings, CHUNK, args, job_id, attempt, count, quota, CHUNK_RESULT_TTL)
 
 
 def render_chunk(doc_id: str, job_id: str, attempt: int, index: int, quota: dict | None = None) -> dict:

@@ -96,6 +96,51 @@ export function init(root) {
     if (isDeleted(p)) { deleted(); return; }
     render(p, prev);
     syncPages(p);
+    if (p.state !== prev.state) watchQueue();
+  }
+
+  /* ---- the queue notice: the place among the documents that start before this one ---- */
+  // Asked of the server while the document waits (the place moves as others start, and the progress
+  // stream says nothing until this one does); hidden as soon as the conversion starts.
+  const QUEUE_POLL = 2000;
+  const queueNotice = $('#queue-notice');
+  let queueTimer = null;
+
+  function queueText(q) {
+    if (!q) return '';
+    if (q.workers === 0) return 'No conversion worker is running. The document will be converted when one starts.';
+    const workers = plural(q.workers, 'worker') + ' converting.';
+    if (q.position === 1) return 'Next in the queue — ' + workers;
+    if (q.position > 1) {
+      return 'Place in the queue: ' + q.position + ' — ' + plural(q.position - 1, 'document') + ' ahead of yours, '
+        + workers;
+    }
+    return '';
+  }
+
+  function showQueue(q) {
+    if (!queueNotice) return;
+    const text = state.state === 'queued' && !gone ? queueText(q) : '';
+    if (queueNotice.textContent !== text) queueNotice.textContent = text;
+    queueNotice.hidden = !text;
+    queueNotice.dataset.workers = q ? String(q.workers) : '';
+    queueNotice.dataset.position = q && q.position ? String(q.position) : '';
+  }
+
+  function watchQueue() {
+    clearTimeout(queueTimer);
+    queueTimer = null;
+    if (gone || state.state !== 'queued') { showQueue(null); return; }
+    queueTimer = setTimeout(() => {
+      request(d.docUrl).then((r) => {
+        if (r.status === 401) { sessionExpired(); return; }
+        if (r.status === 404) { deleted(); return; }
+        const p = r.status === 200 && r.data && r.data.progress;
+        if (p && p.seq > state.seq) onState(d.docId, p);  // started meanwhile: the notice goes
+        if (p && state.state === 'queued') showQueue(r.data.queue || null);
+        if (state.state === 'queued' && !gone) watchQueue();
+      });
+    }, QUEUE_POLL);
   }
 
   /* ---- the reader ---- */
@@ -367,6 +412,7 @@ export function init(root) {
     const start = pageFromHash() || saved;
     if (start > 1) go(start);
     if (!isTerminal(state)) startFeed();
+    watchQueue();
   }
   watchNetwork(() => feed, setConnection);
   window.livedoc = {
