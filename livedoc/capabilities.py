@@ -15,7 +15,7 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from livedoc import keys
-from livedoc.errors import UnsupportedType
+from livedoc.http_errors import UnsupportedType
 
 BUILTIN = frozenset({"pdf", "image", "text"})
 OFFICE_DISABLED = "Office documents are not enabled on this server."
