@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent
 
@@ -35,17 +36,77 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
 _CHOICES = {"REALTIME_MODE": REALTIME_MODES, "S3_ADDRESSING_STYLE": ("auto", "path", "virtual")}
 
 
-def _storage_url(raw: str) -> str:
-    from livedoc.storage import parse_s3_url
+# The grammar of the URL settings lives here, not in the modules that use them (livedoc/storage.py,
+# livedoc/redis_client.py), so that this module stays a leaf that imports nothing of livedoc.
+SENTINEL_SCHEME = "redis+sentinel"
 
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """The parts of a redis+sentinel:// URL."""
+
+    sentinels: list[tuple[str, int]]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        """Parse redis+sentinel://[[user]:password@]host:port[,host:port]/master[/db]."""
+        parts = urlsplit(url)
+        if parts.scheme != SENTINEL_SCHEME:
+            raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user, _, password = auth.partition(":")
+        sentinels = []
+        for item in hosts.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"sentinel addresses are host:port, not {item!r}")
+            sentinels.append((host, int(port)))
+        path = [p for p in parts.path.split("/") if p]
+        if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise ValueError("a sentinel URL names the master and optionally the db: .../master/0")
+        return cls(
+            sentinels,
+            unquote(path[0]),
+            int(path[1]) if len(path) == 2 else 0,
+            unquote(user) or None,
+            unquote(password) or None,
+        )
+
+    def limiter_uri(self) -> str:
+        """The URL for Flask-Limiter (limits takes the db as an option, not in the path)."""
+        auth = f"{self.username or ''}:{self.password}@" if self.password else ""
+        return f"{SENTINEL_SCHEME}://{auth}{','.join(f'{h}:{p}' for h, p in self.sentinels)}/{self.master}"
+
+
+def is_sentinel(url: str) -> bool:
+    """True for a redis+sentinel:// URL."""
+    return url.startswith(SENTINEL_SCHEME + "://")
+
+
+def sentinel_url(sentinels: str, master: str, db: int = 0) -> str:
+    """The redis+sentinel:// URL of REDIS_SENTINELS ("host:port,host:port") and a master name."""
+    return f"{SENTINEL_SCHEME}://{sentinels.replace(' ', '')}/{master}/{db}"
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of s3://bucket/prefix; ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"STORAGE_URL must look like s3://bucket/prefix, not {url!r}")
+    return parts.netloc, parts.path.strip("/")
+
+
+def _storage_url(raw: str) -> str:
     if raw:
         parse_s3_url(raw)
     return raw
 
 
 def _sentinel_redis_url(redis_url: str, sentinels: str, master: str) -> str:
-    from livedoc.redis_client import SentinelURL, is_sentinel, sentinel_url
-
     if is_sentinel(redis_url):
         db = SentinelURL.parse(redis_url).db
     else:
@@ -60,8 +121,6 @@ def _sentinel_redis_url(redis_url: str, sentinels: str, master: str) -> str:
 
 
 def _redis_url(raw: str) -> str:
-    from livedoc.redis_client import SentinelURL, is_sentinel
-
     if is_sentinel(raw):
         SentinelURL.parse(raw)
     return raw

@@ -7,67 +7,16 @@ failover (a connection to a demoted master fails with a ConnectionError and is r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
-
 from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-SENTINEL_SCHEME = "redis+sentinel"
+# The grammar of REDIS_URL is a setting's: config.py validates it without importing livedoc.
+from config import SENTINEL_SCHEME, SentinelURL, is_sentinel, sentinel_url
 
-
-@dataclass(frozen=True)
-class SentinelURL:
-    """The parts of a redis+sentinel:// URL."""
-
-    sentinels: list[tuple[str, int]]
-    master: str
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> SentinelURL:
-        """Parse redis+sentinel://[[user]:password@]host:port[,host:port]/master[/db]."""
-        parts = urlsplit(url)
-        if parts.scheme != SENTINEL_SCHEME:
-            raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
-        auth, _, hosts = parts.netloc.rpartition("@")
-        user, _, password = auth.partition(":")
-        sentinels = []
-        for item in hosts.split(","):
-            host, _, port = item.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"sentinel addresses are host:port, not {item!r}")
-            sentinels.append((host, int(port)))
-        path = [p for p in parts.path.split("/") if p]
-        if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-            raise ValueError("a sentinel URL names the master and optionally the db: .../master/0")
-        return cls(
-            sentinels,
-            unquote(path[0]),
-            int(path[1]) if len(path) == 2 else 0,
-            unquote(user) or None,
-            unquote(password) or None,
-        )
-
-    def limiter_uri(self) -> str:
-        """The URL for Flask-Limiter (limits takes the db as an option, not in the path)."""
-        auth = f"{self.username or ''}:{self.password}@" if self.password else ""
-        return f"{SENTINEL_SCHEME}://{auth}{','.join(f'{h}:{p}' for h, p in self.sentinels)}/{self.master}"
-
-
-def is_sentinel(url: str) -> bool:
-    """True for a redis+sentinel:// URL."""
-    return url.startswith(SENTINEL_SCHEME + "://")
-
-
-def sentinel_url(sentinels: str, master: str, db: int = 0) -> str:
-    """The redis+sentinel:// URL of REDIS_SENTINELS ("host:port,host:port") and a master name."""
-    return f"{SENTINEL_SCHEME}://{sentinels.replace(' ', '')}/{master}/{db}"
+__all__ = ["SENTINEL_SCHEME", "SentinelURL", "is_sentinel", "sentinel_url"]
 
 
 class SentinelBlockingConnectionPool(SentinelConnectionPool, BlockingConnectionPool):

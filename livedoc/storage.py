@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 
+# STORAGE_URL's grammar is a setting's: config.py validates it without importing livedoc.
+from config import parse_s3_url
 from livedoc.ids import valid_doc_id
 
 MANIFEST = "manifest.json"
@@ -415,14 +417,6 @@ class _CountingReader:
         chunk = self.stream.read(size)
         self.count += len(chunk)
         return chunk
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of s3://bucket/prefix; ValueError for anything else."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"STORAGE_URL must look like s3://bucket/prefix, not {url!r}")
-    return parts.netloc, parts.path.strip("/")
 
 
 def open_storage(settings) -> Storage:

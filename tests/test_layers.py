@@ -105,6 +105,21 @@ def test_worker_modules_import_no_flask_and_no_gevent_anywhere():
     assert not any(name.startswith("blueprints") or name == "app" for name in reached)
 
 
+def test_config_is_a_leaf():
+    assert GRAPH["config"] == set()
+
+
+def test_layers_import_only_the_layers_below_them():
+    wrong = sorted(
+        (name, imported)
+        for name, edges in GRAPH.items()
+        for imported in edges
+        if imported.split(".")[0] != name.split(".")[0]
+        and imported.split(".")[0] not in LAYERS[name.split(".")[0]]
+    )
+    assert wrong == []
+
+
 def _loops(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan)."""
     index: dict[str, int] = {}
