@@ -37,6 +37,9 @@ TIMER_TICK = 0.25  # s: resolution of the hub's timer wheel (ping and long-poll 
 TIMER_MIN = 2.0  # s: shorter waits use their own gevent timeout
 
 
+# Why the hub ends a connection whose job's record vanished from Redis (see StreamHub._vanished).
+VANISHED = "vanished"
+
 class Connection:
     """One client connection (an SSE stream, a long-poll, a WebSocket) and the jobs it watches."""
 
@@ -359,17 +362,19 @@ class StreamHub:
 
     def _vanished(self, job_ids: list[str]) -> None:
         # The jobs' records are gone from Redis (restarted empty, flushed). If no worker writes them
-        # again within vanish_grace (JOB_VANISH_GRACE, on the clock all hosts share), end the
-        # streams on "lost" rather than leave them on "running" forever; a reconnect then settles
-        # against the database and the document's output.
+        # again within vanish_grace (JOB_VANISH_GRACE, on the clock all hosts share), their streams
+        # end (no event: the hub cannot know what follows) rather than stay on "running" forever.
+        # The client's reconnect settles against the database: the document is queued again from
+        # it as a new job (livedoc/documents.py), or, past its last recovery, ends "lost" there.
         missing = {}
         for job_id in job_ids:
             watch = self._watches.get(job_id)
             if watch is not None and watch.progress is not None and not progress.is_terminal(watch.progress):
                 watch.seen_missing = True
                 missing[job_id] = watch.progress
-        for job_id, ending in progress.vanished_endings(self.connection, missing, self.vanish_grace).items():
-            self._offer(job_id, ending)
+        for job_id in progress.vanished_endings(self.connection, missing, self.vanish_grace):
+            for sub in list(self._watches[job_id].subscribers):
+                sub.conn.end(VANISHED)
 
     def _found(self, job_id: str) -> None:
         # A record seen missing is back (a worker rode out the restart): its next loss gets a new grace.

@@ -93,11 +93,20 @@ def initial(seq: int, attempt: int) -> Progress:
     }
 
 
+# Percent bands: rendering dominates the time, so it gets most of the bar.
+RENDER_START = 5
+RENDER_END = 95
+
+
 def resumed(seq: int, attempt: int, ready: int, pages: int, message: str) -> Progress:
     """The progress stored with an attempt queued by the web (a retry, a recovery) that keeps the
-    `ready` pages stored before it (moved under its number already)."""
+    `ready` pages stored before it (moved under its number already); its percent is what those pages
+    are worth in the render band, so it does not fall back to 0 either."""
     prog = initial(seq, attempt)
-    prog.update(ready=ready, pages=pages, page=min(ready + 1, pages) if pages else 0, message=message)
+    percent = int(RENDER_START + (RENDER_END - RENDER_START) * ready / pages) if pages and ready else 0
+    prog.update(
+        ready=ready, pages=pages, page=min(ready + 1, pages) if pages else 0, percent=percent, message=message
+    )
     return prog
 
 

@@ -178,3 +178,46 @@ def test_redis_emptied_mid_chunked_conversion_ends_complete_once(make_stack):
     time.sleep(2)  # nothing may follow: a complete document is never shown failed afterwards
     again = s.get(base + body["status_url"], timeout=10).json()
     assert again["state"] == "complete" and again["seq"] == final["seq"], again
+
+
+@pytest.mark.timeout(300)
+def test_a_document_whose_worker_and_redis_are_both_lost_resumes_from_the_database(make_stack):
+    # The worker host dies mid-conversion and Redis restarts empty: nothing will write again, so
+    # the web queues the document again from the database, keeping the pages stored whole.
+    stack = make_stack(
+        CHUNK_PAGES="0",
+        RENDER_DPI="200",
+        RENDER_PROCESSES="1",
+        JOB_VANISH_GRACE="3",
+        RECOVERY_INTERVAL="1",
+        RATELIMIT_STREAM="6000 per minute",
+    )
+    worker = stack.start_worker("--with-scheduler")
+    token = stack.user("host-lost")
+    s = api(token)
+    base = stack.base_url
+    body = upload(s, base, slow_pdf(PAGES))
+    viewer = Viewer("lost-viewer", token, base, body["events_url"], deadline=240)
+    viewer.start()
+    wait_status(s, base, body, lambda st: st["state"] == "running" and st["ready"] >= 8, timeout=120)
+    for horse in _horses(worker.popen.pid):
+        os.killpg(horse, signal.SIGKILL)
+    os.killpg(worker.popen.pid, signal.SIGKILL)
+    worker.popen.wait(10)
+    before = _whole_pages(stack.dir / "storage" / body["id"] / "a1")
+    assert len(before) >= 8
+    conn = connect(stack.redis_url)
+    try:
+        conn.flushdb()
+        wait_for(lambda: conn.exists(f"rq:job:doc-{body['id']}-2"), 60, 0.2, what="queued again")
+    finally:
+        conn.connection_pool.disconnect()
+    stack.start_worker("--with-scheduler")
+    final = wait_status(s, base, body, lambda st: st["state"] in ("complete", "failed"), timeout=240)
+    assert final["state"] == "complete" and final["attempt"] == 2, final
+    viewer.join(30)
+    _assert_never_back(viewer)
+    after = _whole_pages(stack.dir / "storage" / body["id"] / "a2")
+    assert sorted(after) == list(range(1, PAGES + 1))
+    redone = sorted(n for n, inode in before.items() if after.get(n) != inode)
+    assert not redone, f"pages rendered twice: {redone}"

@@ -16,16 +16,13 @@ from pathlib import Path
 from PIL import Image
 
 from config import Settings
-from livedoc.progress import ProgressWriter
+from livedoc.progress import RENDER_END, RENDER_START, ProgressWriter
 from livedoc.storage import LAYOUT, MANIFEST, PAGE_META, DocumentFiles, page_names
 from workers.errors import TooMuchText
 
 JPEG_QUALITY = 85
 THUMB_QUALITY = 80
 
-# Percent bands: rendering dominates the time, so it gets most of the bar.
-RENDER_START = 5
-RENDER_END = 95
 
 # A text run over the page: (x, y, width, height) as fractions of the page, and its text.
 Run = tuple[float, float, float, float, str]

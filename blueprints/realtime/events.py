@@ -17,7 +17,7 @@ from livedoc.delivery import PING, Closed, Delivery, Event
 from livedoc.errors import LivedocError, NotFound
 from livedoc.extensions import db
 from livedoc.flags import Transport
-from livedoc.hub import StreamHub
+from livedoc.hub import VANISHED, StreamHub
 from livedoc.progress import is_terminal
 
 SINGLE, MULTI = "sse", "sse-multi"  # their labels in the stats; both are the SSE transport
@@ -150,9 +150,10 @@ def _stream(
             elif isinstance(item, Closed):
                 if item.mode:
                     yield sse.message({"mode": item.mode}, event="mode").encode()
-                elif item.reason == "shutdown":
-                    # EventSource reconnects by itself, with its Last-Event-ID, to a live worker:
-                    # at once rather than after SSE_RETRY, spread so a crowd does not arrive together.
+                elif item.reason in ("shutdown", VANISHED):
+                    # EventSource reconnects by itself, with its Last-Event-ID, to a live worker (or
+                    # to the document's new job): at once rather than after SSE_RETRY, spread so a
+                    # crowd does not arrive together.
                     yield sse.retry(random.randint(*SHUTDOWN_RETRY_MS)).encode()
                 reason = item.reason
                 return
