@@ -9,7 +9,7 @@ import time
 from flask import Response, current_app, request
 from flask_login import current_user, login_required
 
-from blueprints.realtime import admit, bp, fall_back, limited, peer_socket, watch_peer
+from blueprints.realtime.shared import admit, bp, fall_back, limited, peer_socket, watch_peer
 from livedoc import documents, sse
 from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.audit import audit

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response, current_app, jsonify, request
 
 from blueprints.admin import admin_required
-from blueprints.realtime import bp
+from blueprints.realtime.shared import bp
 from livedoc import hub, metrics
 from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 

@@ -12,7 +12,16 @@ import time
 from flask import current_app, jsonify
 from flask_login import current_user, login_required
 
-from blueprints.realtime import MAX_SEQ, admit, bp, int_arg, peer_socket, user_key, wait_arg, watch_peer
+from blueprints.realtime.shared import (
+    MAX_SEQ,
+    admit,
+    bp,
+    int_arg,
+    peer_socket,
+    user_key,
+    wait_arg,
+    watch_peer,
+)
 from livedoc import documents
 from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.delivery import Delivery

@@ -11,7 +11,7 @@ from flask_login import current_user, login_required
 from gevent import get_hub
 from wsproto.utilities import LocalProtocolError
 
-from blueprints.realtime import admit, bp, limited
+from blueprints.realtime.shared import admit, bp, limited
 from livedoc import documents, msgrate, origins, sse
 from livedoc.appctx import realtime_flags, redis_conn, stream_hub
 from livedoc.audit import audit
