@@ -443,7 +443,14 @@ def page_text(page: pdfium.PdfPage, max_chars: int = 0, number: int = 0) -> tupl
         runs: list[Run] = []
         found = _object_runs(textpage, count)
         for rl, rb, rr, rt, chars in found if found is not None else _char_runs(textpage, count):
-            run_text = chars.replace("\r", "").replace("\n", " ")
+            # Per character pdfium gives its line-end hyphen as U+0002 (U+FFFE in the page's text).
+            run_text = chars.replace("\r", "").replace("\n", " ").replace("\x02", _HYPHEN_MARK)
+            if run_text.endswith(_HYPHEN_MARK):
+                # The word goes on in the next run, on the next line: the text layer joins the two
+                # where a run ends with a soft hyphen (U+00AD) instead of breaking the line.
+                run_text = _normalise(run_text, False) + "\u00ad"
+            elif _HYPHEN_MARK in run_text:
+                run_text = _normalise(run_text, False)
             if not run_text.strip():
                 continue
             # Top-down fractions of the unrotated page, then turned the way the page is shown.
@@ -600,7 +607,23 @@ def _rotate(u0: float, v0: float, u1: float, v1: float, rotation: int) -> tuple[
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def _normalise(text: str) -> str:
+# pdfium's mark for a hyphen that ends a line inside a word (a soft hyphen, or a hard one it takes for
+# one); its text then goes on with the word's second half, the line break already dropped.
+_HYPHEN_MARK = "\ufffe"
+
+
+def _normalise(text: str, lines: bool = True) -> str:
+    # The word's halves joined as pdftotext and PDF.js's find join them ("encour-|aged": "encouraged"),
+    # so that search finds the word; a compound keeps its hyphen there ("up-to-|date": "up-to-date").
+    if _HYPHEN_MARK in text:
+        parts = text.split(_HYPHEN_MARK)
+        joined = [parts[0]]
+        for part in parts[1:]:
+            words = joined[-1].split()
+            joined.append(("-" if words and "-" in words[-1] else "") + part)
+        text = "".join(joined)
+    if not lines:
+        return text
     # pdfium separates lines with CRLF; the text files use plain newlines like the text kind does.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text if not text or text.endswith("\n") else text + "\n"

@@ -47,18 +47,102 @@ export class PageColumn {
     this.zoom = 'auto';
     this.scale = this.k100;
     this.current = 1;
-    this.io = nearness(null, NEAR, (fig) => this.near(fig), (fig) => this.far(fig));
+    // The pages scroll in their own box (the section) once the script sizes them; without it, the window.
+    this.scroller = section;
+    this.io = nearness(section, NEAR, (fig) => this.near(fig), (fig) => this.far(fig));
     this.adopt();
     let queued = false;
-    window.addEventListener('scroll', () => {
+    const onScroll = () => {
       if (queued) return;
       queued = true;
       requestAnimationFrame(() => { queued = false; this.track(); });
-    }, { passive: true });
+    };
+    // Only a scroll of the pages raises them: the reader may scroll the window back up to the header.
+    section.addEventListener('scroll', () => { this.raise(); onScroll(); }, { passive: true });
+    window.addEventListener('scroll', onScroll, { passive: true });
     window.addEventListener('resize', () => { if (typeof this.zoom === 'string') this.setZoom(this.zoom); });
+    this.column.addEventListener('mousedown', (ev) => this.marginDrag(ev));
+    document.addEventListener('keydown', (ev) => this.selectAll(ev));
+  }
+
+  /* ---- selection ---- */
+  // Ctrl+A in the document selects the pages' text (of the pages that hold a text layer now), as
+  // PDF.js does, not every control of the reader; in a form field it stays the field's own.
+  selectAll(ev) {
+    if ((ev.key !== 'a' && ev.key !== 'A') || !(ev.ctrlKey || ev.metaKey) || ev.altKey || ev.shiftKey) return;
+    if (ev.target.closest && ev.target.closest('input, textarea, select, [contenteditable], dialog')) return;
+    const layers = $$('.text-layer', this.column);
+    if (!layers.length) return;
+    ev.preventDefault();
+    const last = layers[layers.length - 1];
+    const range = document.createRange();
+    range.setStart(layers[0], 0);
+    range.setEnd(last, last.childNodes.length);
+    const sel = window.getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+  }
+
+  // A drag that starts beside the text (in a page's margin, between lines) selects from the nearest
+  // place in the text: the spans are positioned out of the flow, so the browser would find none.
+  marginDrag(ev) {
+    if (ev.button !== 0 || ev.detail > 1 || ev.target.closest('.text-layer span')) return;
+    const box = ev.target.closest('.page-box');
+    const start = box && this.caretNear(box, ev.clientX, ev.clientY);
+    if (!start) return;
+    ev.preventDefault();
+    const sel = window.getSelection();
+    if (ev.shiftKey && sel.rangeCount) sel.extend(start.node, start.offset);
+    else sel.collapse(start.node, start.offset);
+    const move = (e) => {
+      const under = document.elementFromPoint(e.clientX, e.clientY);
+      const to = this.caretNear((under && under.closest('.page-box')) || box, e.clientX, e.clientY);
+      if (to) sel.extend(to.node, to.offset);
+    };
+    const up = () => {
+      window.removeEventListener('mousemove', move);
+      window.removeEventListener('mouseup', up);
+    };
+    window.addEventListener('mousemove', move);
+    window.addEventListener('mouseup', up);
+  }
+
+  // The place in a page's text nearest a point: the nearest line first, then the nearest run on it.
+  caretNear(box, x, y) {
+    let best = null;
+    let bestD = Infinity;
+    $$('.text-layer span', box).forEach((span) => {
+      const r = span.getBoundingClientRect();
+      const dy = y < r.top ? r.top - y : Math.max(0, y - r.bottom);
+      const dx = x < r.left ? r.left - x : Math.max(0, x - r.right);
+      const d = dy * 1e4 + dx;
+      if (d < bestD && span.firstChild) { bestD = d; best = { node: span.firstChild, r }; }
+    });
+    if (!best) return null;
+    const { node, r } = best;
+    if (x <= r.left) return { node, offset: 0 };
+    if (x >= r.right) return { node, offset: node.length };
+    const cy = Math.min(Math.max(y, r.top + 1), r.bottom - 1);
+    const pos = document.caretPositionFromPoint ? document.caretPositionFromPoint(x, cy) : null;
+    if (pos && pos.offsetNode === node) return { node, offset: pos.offset };
+    return { node, offset: Math.round(node.length * (x - r.left) / r.width) };
   }
 
   get count() { return this.sizes.length; }
+
+  // The part of the window the pages are seen in: their box's top and bottom edges.
+  view() {
+    const r = this.scroller.getBoundingClientRect();
+    return { top: Math.max(0, r.top), bottom: Math.min(window.innerHeight, r.bottom) };
+  }
+
+  // Reading down the pages takes the whole window: the header above the toolbar scrolls away first,
+  // else a wheel over the pages would scroll them inside a box partly below the window.
+  raise() {
+    if (this.scroller.scrollTop <= 0 || !this.opts.toolbar) return;
+    const top = this.opts.toolbar.getBoundingClientRect().top;
+    if (top > 0) window.scrollBy(0, top);
+  }
 
   // The server-rendered figures, taken over as they are.
   adopt() {
@@ -197,7 +281,10 @@ export class PageColumn {
     const layer = make('div', 'text-layer');
     runs.forEach((run, i) => {
       if (!Array.isArray(run) || run.length !== 5 || !run[4]) return;
-      const [x, y, rw, rh, text] = run;
+      const [x, y, rw, rh, whole] = run;
+      // A run that ends inside a word (a soft hyphen at the line's end) goes on in the next run.
+      const cut = whole.endsWith('\u00ad');
+      const text = cut ? whole.slice(0, -1) : whole;
       const span = make('span', '', text);
       // Positions in % of the page and the font in % of its height (cqh): they follow the zoom.
       span.style.left = (x * 100) + '%';
@@ -207,6 +294,7 @@ export class PageColumn {
       if (natural > 0) span.style.transform = 'scaleX(' + ((rw * w) / natural).toFixed(4) + ')';
       layer.appendChild(span);
       const next = runs[i + 1];
+      if (cut && next) return;
       // A line break where the next run starts a new line, so copied text keeps its lines.
       layer.appendChild(next && Math.abs(next[1] - y) < rh / 2 ? document.createTextNode(' ')
                                                               : document.createElement('br'));
@@ -227,7 +315,8 @@ export class PageColumn {
     if (mode === 'auto') return Math.min(width, AUTO_MAX * this.k100);
     const [w, h] = this.sizes[this.current - 1] || this.sizes[0];
     const top = this.opts.toolbar ? this.opts.toolbar.offsetHeight : 0;
-    const availH = Math.max(100, window.innerHeight - top - 48);  // room for the caption
+    // Less room for the caption.
+    const availH = Math.max(100, Math.min(window.innerHeight - top, this.scroller.clientHeight) - 48);
     return Math.min(availW / w, availH / h);
   }
 
@@ -237,6 +326,8 @@ export class PageColumn {
     this.zoom = factor === null ? value : factor;
     const scale = factor === null ? this.fitScale(value) : factor * this.k100;
     const anchor = this.anchor();
+    const s = this.scroller;
+    const across = s.scrollWidth > s.clientWidth ? (s.scrollLeft + s.clientWidth / 2) / s.scrollWidth : 0.5;
     this.scale = scale;
     this.figs.forEach((fig, i) => {
       const box = fig.firstElementChild;
@@ -245,6 +336,8 @@ export class PageColumn {
     });
     this.column.classList.add('sized');
     if (anchor) this.restore(anchor);
+    // The same spot across the page stays in the middle of the view (the middle, at first).
+    s.scrollLeft = across * s.scrollWidth - s.clientWidth / 2;
     this.live.forEach((n) => this.sharpen(n));
   }
 
@@ -252,16 +345,16 @@ export class PageColumn {
   get factor() { return this.scale / this.k100; }
 
   line() {
-    const top = this.opts.toolbar ? Math.max(0, this.opts.toolbar.getBoundingClientRect().bottom) : 0;
-    return top + Math.min(100, (window.innerHeight - top) / 3);
+    const { top, bottom } = this.view();
+    return top + Math.min(100, (bottom - top) / 3);
   }
 
   // Where the reader is: the current page's box against the toolbar's bottom edge.
   anchor() {
     const fig = this.figs[this.current - 1];
-    if (!fig || window.scrollY === 0) return null;
+    if (!fig || (this.scroller.scrollTop === 0 && window.scrollY === 0)) return null;
     const r = fig.firstElementChild.getBoundingClientRect();
-    const top = this.opts.toolbar ? this.opts.toolbar.getBoundingClientRect().bottom : 0;
+    const top = this.view().top;
     return { fig, top, into: top - r.top, frac: r.height ? (top - r.top) / r.height : 0 };
   }
 
@@ -270,15 +363,15 @@ export class PageColumn {
   restore(a) {
     const r = a.fig.firstElementChild.getBoundingClientRect();
     const want = a.into > 0 ? a.frac * r.height : a.into;
-    window.scrollBy(0, r.top + want - a.top);
+    this.scroller.scrollBy(0, r.top + want - a.top);
   }
 
   /* ---- the current page ---- */
   track() {
     if (!this.count) return;
     let n;
-    const doc = document.documentElement;
-    if (window.scrollY > 0 && window.innerHeight + window.scrollY >= doc.scrollHeight - 2) {
+    const s = this.scroller;
+    if (s.scrollTop > 0 && s.clientHeight + s.scrollTop >= s.scrollHeight - 2) {
       n = this.count;  // at the very end the last page is current, however short it is
     } else {
       const line = this.line();
@@ -311,9 +404,9 @@ export class PageColumn {
     n = this.goTo(n);
     const box = n && this.figs[n - 1].firstElementChild.getBoundingClientRect();
     if (!box) return;
-    const top = this.opts.toolbar ? this.opts.toolbar.getBoundingClientRect().bottom : 0;
+    const { top, bottom } = this.view();
     const spot = box.top + y * box.height;
-    if (spot > top + (window.innerHeight - top) * 0.6) window.scrollBy(0, spot - top - (window.innerHeight - top) / 3);
+    if (spot > top + (bottom - top) * 0.6) this.scroller.scrollBy(0, spot - top - (bottom - top) / 3);
   }
 
   /** The page's top or bottom is out of view: PgDn/PgUp scroll within it first. */
@@ -321,14 +414,14 @@ export class PageColumn {
     const fig = this.figs[this.current - 1];
     if (!fig) return false;
     const box = fig.firstElementChild.getBoundingClientRect();
-    const top = this.opts.toolbar ? this.opts.toolbar.getBoundingClientRect().bottom : 0;
-    const room = window.innerHeight - top;
-    if (dir > 0 && box.bottom > window.innerHeight + 4) {
-      window.scrollBy(0, Math.min(room * 0.9, box.bottom - window.innerHeight + 8));
+    const { top, bottom } = this.view();
+    const room = bottom - top;
+    if (dir > 0 && box.bottom > bottom + 4) {
+      this.scroller.scrollBy(0, Math.min(room * 0.9, box.bottom - bottom + 8));
       return true;
     }
     if (dir < 0 && box.top < top - 4) {
-      window.scrollBy(0, -Math.min(room * 0.9, top - box.top + 8));
+      this.scroller.scrollBy(0, -Math.min(room * 0.9, top - box.top + 8));
       return true;
     }
     return false;

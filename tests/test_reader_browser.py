@@ -1,0 +1,165 @@
+"""The reader's defects of issue Q, each where it showed: Playwright driving Debian chromium against a
+real gunicorn + rq worker, at 1280x900 and at a 360x740 phone.
+
+Zoom beyond the column's width, selection and Ctrl+A, the layout of long search words, of the list
+and of a failed document, and find's current match. Screenshots: reader-*.png in SCREENSHOT_DIR.
+"""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.live import api
+from tests.pdfgen import make_pdf
+from tests.support import streams
+from tests.support.browser import login, screenshot
+
+pytestmark = pytest.mark.browser
+
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 360, "height": 740}
+SIZES = pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["1280", "360"])
+TEXT = make_pdf(
+    [
+        f"Page {i}: the quick brown fox jumps over the lazy dog\nSecond line of page {i} with walrus{i}\n"
+        "Third line alpha beta gamma delta"
+        for i in range(1, 5)
+    ]
+)
+
+
+def wait_complete(stack, token: str, doc_id: str) -> None:
+    streams.wait_document(
+        api(token),
+        stack.base_url,
+        doc_id,
+        lambda body: body["progress"]["state"] == "complete",
+        90,
+        what="complete",
+    )
+
+
+@pytest.fixture
+def doc(make_stack):
+    """A deployment with one converted 4-page document of user 'rita': (stack, token, doc id)."""
+    stack = make_stack()
+    token = stack.user("rita")
+    doc_id = streams.upload(api(token), stack.base_url, TEXT, "reader.pdf")["id"]
+    stack.start_worker()
+    wait_complete(stack, token, doc_id)
+    return stack, token, doc_id
+
+
+def reader(open_context, stack, size: dict) -> Page:
+    page = open_context(stack, "rita", requests=True).new_page()
+    page.set_viewport_size(size)
+    login(page, "rita")
+    return page
+
+
+def open_viewer(page: Page, doc_id: str, fragment: str = "") -> None:
+    page.goto(f"/documents/{doc_id}{fragment}")
+    page.wait_for_function("() => !!(window.livedoc && window.livedoc.page)")
+    page.wait_for_function("() => document.querySelector('#page-1 .text-layer span')")
+
+
+def rect(page: Page, selector: str) -> dict:
+    return page.evaluate(
+        "(s) => { const r = document.querySelector(s).getBoundingClientRect();"
+        " return {left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width}; }",
+        selector,
+    )
+
+
+def no_sideways_scroll(page: Page) -> None:
+    width = page.viewport_size["width"]
+    got = page.evaluate("() => [document.documentElement.scrollWidth, window.scrollX]")
+    assert got[0] <= width and got[1] == 0, got
+
+
+# -- 1. zoom beyond the column's width ---------------------------------------------------------------
+@SIZES
+def test_a_page_zoomed_to_400_percent_is_reachable_edge_to_edge_and_clear_of_the_sidebar(
+    doc, open_context, console, size
+):
+    stack, token, doc_id = doc
+    page = reader(open_context, stack, size)
+    open_viewer(page, doc_id, "#page=2")
+    if size is DESKTOP and not page.locator("#sidebar").is_visible():
+        page.click("#sidebar-toggle")
+    if size is DESKTOP:
+        expect(page.locator("#sidebar")).to_be_visible()
+    page.select_option("#zoom", "4")
+    page.wait_for_function("() => window.livedoc.page() === 2")
+    no_sideways_scroll(page)
+
+    # The pages scroll in their own box: from its left end the page's left edge is in view...
+    view = rect(page, "#pages")
+    page.evaluate("() => { document.querySelector('#pages').scrollLeft = 0; }")
+    box = rect(page, "#page-2 .page-box")
+    assert box["width"] > view["right"] - view["left"], box
+    assert view["left"] <= box["left"] < view["right"], (box, view)
+    # ...and from its right end the right edge: every part of the page can be brought into view.
+    page.evaluate("() => { const s = document.querySelector('#pages'); s.scrollLeft = s.scrollWidth; }")
+    box = rect(page, "#page-2 .page-box")
+    assert view["left"] < box["right"] <= view["right"], (box, view)
+    no_sideways_scroll(page)
+
+    if size is DESKTOP:
+        # Nothing of the page paints over the open sidebar, whichever way the pages are scrolled.
+        side = rect(page, "#sidebar")
+        for left in (0, 10**6):
+            page.evaluate(f"() => {{ document.querySelector('#pages').scrollLeft = {left}; }}")
+            hit = page.evaluate(
+                "([x, y]) => !!document.elementFromPoint(x, y).closest('#sidebar')",
+                [side["right"] - 20, (side["top"] + side["bottom"]) / 2],
+            )
+            assert hit, f"the page covers the sidebar at scrollLeft={left}"
+    screenshot(page, f"reader-zoom-400-{size['width']}.png")
+    console.assert_clean()
+
+
+# -- 3. selection and copy ---------------------------------------------------------------------------
+SELECTED = """() => { const sel = getSelection(); const text = sel.toString();
+  const painted = Array.from(document.querySelectorAll('img, .tool, #sidebar, .viewer-head, figcaption'))
+    .filter((e) => sel.containsNode(e, true) && getComputedStyle(e).userSelect !== 'none')
+    .map((e) => e.tagName + '#' + e.id + '.' + e.className);
+  return {text, painted}; }"""
+
+
+def test_a_drag_from_the_margin_selects_the_line_and_ctrl_a_selects_only_the_page_text(
+    doc, open_context, console
+):
+    stack, token, doc_id = doc
+    page = reader(open_context, stack, DESKTOP)
+    open_viewer(page, doc_id)
+    box = rect(page, "#page-1 .page-box")
+    first = rect(page, "#page-1 .text-layer span")
+    y = (first["top"] + first["bottom"]) / 2
+    assert box["left"] + 20 < first["left"]  # a margin left of the line
+    page.mouse.move(box["left"] + 10, y)
+    page.mouse.down()
+    page.mouse.move(first["left"] + first["width"] * 0.6, y, steps=6)
+    page.mouse.up()
+    got = page.evaluate(SELECTED)
+    assert got["text"].startswith("Page 1: the quick"), got
+
+    # Ctrl+A in the document: the text of the pages, none of the reader's buttons, captions or images.
+    page.mouse.click(box["left"] + 10, box["top"] + 10)
+    page.keyboard.press("Control+A")
+    got = page.evaluate(SELECTED)
+    assert "Page 1: the quick brown fox" in got["text"], got
+    assert "Second line of page 2 with walrus2" in got["text"], got
+    for chrome in ("My documents", "Sidebar", "Conversion", "Download", "Automatic"):
+        assert chrome not in got["text"], (chrome, got["text"])
+    assert got["painted"] == [], got["painted"]
+    screenshot(page, "reader-select-all.png")
+    # In a form field Ctrl+A is the field's own.
+    page.fill("#find", "walrus")
+    page.focus("#find")
+    page.keyboard.press("Control+A")
+    assert page.evaluate(
+        "() => [document.activeElement.selectionStart, document.activeElement.selectionEnd]"
+    ) == [0, 6]
+    console.assert_clean()
