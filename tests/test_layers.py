@@ -157,3 +157,7 @@ def _loops(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_loop_finder_finds_a_loop():
     assert _loops({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_loops():
+    assert _loops(GRAPH) == []

@@ -25,7 +25,7 @@ from livedoc import keys
 from livedoc.ids import valid_doc_id
 from livedoc.progress import Deleted, ProgressWriter
 from livedoc.storage import DocumentFiles, open_storage
-from workers import images, office, pdf, text
+from workers import images, office, pdf_convert, text
 from workers.errors import (
     ConversionError,
     ConversionTimeout,
@@ -43,7 +43,7 @@ log = logging.getLogger("livedoc.worker")
 # The converter of each kind: convert(original path, settings, sink) renders every page into sink.
 Converter = Callable[[Path, Settings, PageSink], None]
 CONVERTERS: dict[str, Converter] = {
-    "pdf": pdf.convert,
+    "pdf": pdf_convert.convert,
     "image": images.convert,
     "text": text.convert,
     "office": office.convert,

@@ -31,7 +31,7 @@ from pathlib import Path
 from config import ROOT, Settings
 from livedoc import endings
 from livedoc.storage import SOURCE_PDF
-from workers import office_links, pdf, sandbox
+from workers import office_links, pdf_convert, sandbox
 from workers.errors import (
     ConversionError,
     CorruptDocument,
@@ -463,7 +463,7 @@ def convert(source: Path, settings: Settings, sink: PageSink) -> None:
     sink.files.storage.put_file(sink.files.pdf_key("office", sink.attempt), copy)
     sink.render_start = CONVERT_END
     try:
-        pdf.convert(result, settings, sink)
+        pdf_convert.convert(result, settings, sink)
     except TooManyPages:
         # LibreOffice stopped at MAX_PAGES + 1: the document has at least that many, maybe far more.
         raise TooManyPages(

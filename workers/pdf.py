@@ -32,7 +32,7 @@ from workers.errors import (
     TooMuchText,
 )
 from workers.images import MAX_SIDE
-from workers.pages import PageSink, Run, put_page_files, thumb_size, write_page_files
+from workers.pages import Run, put_page_files, thumb_size, write_page_files
 
 log = logging.getLogger(__name__)
 
@@ -119,33 +119,6 @@ def outline(doc: pdfium.PdfDocument) -> list[dict]:
     except pdfium.PdfiumError:
         return root  # a damaged outline is no reason to refuse a readable document
     return root
-
-
-def convert(source: Path, settings: Settings, sink: PageSink) -> None:
-    """Render every page of a PDF to JPEG plus thumbnail, text and text layer, made ready in page order."""
-    doc = open_document(source)
-    try:
-        sizes = check_document(doc, settings)
-        sink.begin(sizes, outline(doc))
-    finally:
-        # pdfium holds native memory that Python's GC does not see; close deterministically.
-        doc.close()
-    from workers import chunks  # chunks renders through this module
-
-    if chunks.wanted(settings, len(sizes)):
-        chunks.run(source, settings, sink)
-    else:
-        render_pages(
-            source,
-            settings,
-            sink.scratch,
-            sink.files,
-            sink.attempt,
-            1,
-            len(sizes),
-            sink.stored_page,
-            skip=sink.kept,
-        )
 
 
 # (entry, bytes, announce): page entry stored, with its size; announce says whether its progress is
