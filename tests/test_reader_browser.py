@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.live import api
-from tests.pdfgen import make_pdf
+from tests.pdfgen import corrupt_pdf, make_pdf
 from tests.support import streams
 from tests.support.browser import login, screenshot
 
@@ -49,6 +49,15 @@ def doc(make_stack):
     stack.start_worker()
     wait_complete(stack, token, doc_id)
     return stack, token, doc_id
+
+
+def upload(stack, token: str, data: bytes, name: str, state: str = "complete") -> str:
+    """Upload a document and wait until its conversion reaches `state`: its id."""
+    doc_id = streams.upload(api(token), stack.base_url, data, name)["id"]
+    streams.wait_document(
+        api(token), stack.base_url, doc_id, lambda body: body["progress"]["state"] == state, 90, what=state
+    )
+    return doc_id
 
 
 def reader(open_context, stack, size: dict) -> Page:
@@ -162,4 +171,89 @@ def test_a_drag_from_the_margin_selects_the_line_and_ctrl_a_selects_only_the_pag
     assert page.evaluate(
         "() => [document.activeElement.selectionStart, document.activeElement.selectionEnd]"
     ) == [0, 6]
+    console.assert_clean()
+
+
+# -- 4. layout at a desktop and a phone --------------------------------------------------------------
+LONG_WORD = "configuration_of_the_conversion_workers_and_their_queues_in_detail"
+LONG = make_pdf([f"See https://example.org/{LONG_WORD}/reference for {LONG_WORD} and more\nSecond line"])
+NAME = "Quarterly report for the board of directors 2026.pdf"
+# Which words of an element's text are drawn on more than one line (broken inside the word).
+BROKEN_WORDS = """(sel) => { const el = document.querySelector(sel); const node = el.firstChild;
+  const broken = []; let at = 0;
+  for (const word of node.textContent.split(' ')) {
+    const r = document.createRange(); r.setStart(node, at); r.setEnd(node, at + word.length);
+    const tops = new Set(Array.from(r.getClientRects()).map((c) => Math.round(c.top)));
+    if (tops.size > 1) broken.push(word);
+    at += word.length + 1;
+  }
+  return broken; }"""
+
+
+@SIZES
+def test_long_search_words_neither_widen_the_sidebar_nor_scroll_the_window(doc, open_context, console, size):
+    stack, token, _ = doc
+    doc_id = upload(stack, token, LONG, "long.pdf")
+    page = reader(open_context, stack, size)
+    open_viewer(page, doc_id)
+    if not page.locator("#sidebar").is_visible():
+        page.click("#sidebar-toggle")
+    before = rect(page, "#sidebar")
+    page.fill("#find", LONG_WORD)
+    page.press("#find", "Enter")
+    expect(page.locator("#find-status")).to_have_text("Match 1 of 2 in 1 page")
+    if not page.locator("#sidebar").is_visible():
+        page.click("#sidebar-toggle")
+    page.click("#tab-results")
+    expect(page.locator("#find-results .result")).to_have_count(2)
+    after = rect(page, "#sidebar")
+    assert after["width"] == before["width"], (before, after)
+    if size is DESKTOP:
+        assert after["width"] == 240
+    assert after["right"] <= size["width"]
+    for i in range(2):
+        assert rect(page, f"#find-results li:nth-child({i + 1}) .result")["right"] <= after["right"]
+    no_sideways_scroll(page)
+    screenshot(page, f"reader-long-words-{size['width']}.png")
+    console.assert_clean()
+
+
+def test_my_documents_fits_a_phone_and_file_names_break_between_words(doc, open_context, console):
+    stack, token, _ = doc
+    doc_id = upload(stack, token, TEXT, NAME)
+    page = reader(open_context, stack, PHONE)
+    page.goto("/documents")
+    row = f"tr[data-doc-id='{doc_id}']"
+    expect(page.locator(f"{row} .doc-state")).to_have_text("complete")
+    no_sideways_scroll(page)
+    for part in (".doc-link", ".doc-state", ".doc-percent", ".doc-actions button"):
+        b = page.locator(f"{row} {part}").bounding_box()
+        assert b and b["x"] >= 0 and b["x"] + b["width"] <= 360, (part, b)
+        assert page.locator(f"{row} {part}").is_visible()
+    assert page.evaluate(BROKEN_WORDS, f"{row} .doc-link") == []
+    screenshot(page, "reader-list-phone.png")
+    page.set_viewport_size(DESKTOP)
+    screenshot(page, "reader-list-desktop.png")
+    page.set_viewport_size(PHONE)
+    open_viewer(page, doc_id)
+    assert page.evaluate(BROKEN_WORDS, ".viewer-title h1") == []
+    console.assert_clean()
+
+
+@SIZES
+def test_a_failed_document_shows_its_error_and_no_empty_reader_or_notice(doc, open_context, console, size):
+    stack, token, _ = doc
+    doc_id = upload(stack, token, corrupt_pdf(), "broken.pdf", state="failed")
+    page = reader(open_context, stack, size)
+    page.goto(f"/documents/{doc_id}")
+    page.wait_for_function("() => !!(window.livedoc && window.livedoc.page)")
+    expect(page.locator("#error")).to_be_visible()
+    for part in ("#toolbar", "#viewer-body", "#zoom", "#find", "#page-number"):
+        expect(page.locator(part)).to_be_hidden()
+    no_sideways_scroll(page)
+    # A notice shown with nothing in it takes no room (no empty orange sliver).
+    height = page.evaluate("""() => { const n = document.querySelector('#queue-notice');
+        n.hidden = false; n.textContent = ''; return n.getBoundingClientRect().height; }""")
+    assert height == 0
+    screenshot(page, f"reader-failed-{size['width']}.png")
     console.assert_clean()

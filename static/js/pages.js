@@ -211,6 +211,7 @@ export class PageColumn {
       if (fig.dataset.near) this.load(n);
     }
     this.ready = Math.max(this.ready, ready);
+    this.section.dataset.ready = String(this.ready);
   }
 
   /** Forget every page's files (a new attempt has other files; a deleted document has none). */
@@ -218,6 +219,7 @@ export class PageColumn {
     Array.from(this.live).forEach((n) => this.unload(n));
     this.figs.forEach((f) => this.setPending(f, true));
     this.ready = 0;
+    this.section.dataset.ready = '0';
     this.filesUrl = null;
   }
 
