@@ -15,8 +15,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# What RQ runs: the document job, the page-range jobs, the render pool and the worker class.
-WORKER_ENTRY_POINTS = ("workers.convert", "workers.chunks", "workers.render", "workers.rqworker")
+# What RQ loads (scripts/worker): the document job, the page-range jobs, the render pool, the worker
+# class and the connection class.
+WORKER_ENTRY_POINTS = (
+    "workers.convert",
+    "workers.chunks",
+    "workers.render",
+    "workers.rqworker",
+    "livedoc.redis_client",
+)
 # Which top-level parts each part may import (besides itself): a layer imports only those below it.
 LAYERS = {
     "config": set(),
@@ -93,8 +100,9 @@ def test_worker_entry_point_loads_no_flask_and_no_gevent(entry):
 
 
 def test_worker_modules_import_no_flask_and_no_gevent_anywhere():
-    # Also the imports inside functions, which the subprocess above does not run.
-    reached, todo = set(), list(WORKER_ENTRY_POINTS)
+    # Every module of workers/ and all they reach, imports inside functions too (the subprocess
+    # above runs only what importing the entry points runs).
+    reached, todo = set(), [*WORKER_ENTRY_POINTS, *(name for name in MODULES if name.startswith("workers"))]
     while todo:
         name = todo.pop()
         if name not in reached:
