@@ -257,3 +257,37 @@ def test_a_failed_document_shows_its_error_and_no_empty_reader_or_notice(doc, op
     assert height == 0
     screenshot(page, f"reader-failed-{size['width']}.png")
     console.assert_clean()
+
+
+# -- 5. find ------------------------------------------------------------------------------------------
+HIT_STYLES = """() => Array.from(document.querySelectorAll('#page-1 .hit')).map((h) => {
+  const cs = getComputedStyle(h);
+  return [cs.backgroundColor, cs.outlineStyle, cs.outlineColor].join(' '); })"""
+
+
+@SIZES
+def test_find_marks_the_current_match_apart_and_an_emptied_box_clears_the_result(
+    doc, open_context, console, size
+):
+    stack, token, doc_id = doc
+    page = reader(open_context, stack, size)
+    open_viewer(page, doc_id)
+    page.fill("#find", "line")
+    page.press("#find", "Enter")
+    expect(page.locator("#find-status")).to_have_text("Match 1 of 8 in 4 pages")
+    page.wait_for_function("() => document.querySelectorAll('#page-1 .hit').length === 2")
+    first = page.evaluate(HIT_STYLES)
+    assert first[0] != first[1], first  # the current match looks unlike the other
+    page.press("#find", "Enter")
+    expect(page.locator("#find-status")).to_have_text("Match 2 of 8 in 4 pages")
+    second = page.evaluate(HIT_STYLES)
+    assert second == [first[1], first[0]], (first, second)  # the mark moved to the second match
+    screenshot(page, f"reader-find-{size['width']}.png")
+
+    # Emptying the box (by deleting its text, not only with its clear button) clears the result.
+    page.fill("#find", "")
+    expect(page.locator("#find-status")).to_have_text("")
+    expect(page.locator("#find-results .result")).to_have_count(0)
+    expect(page.locator("#pages .hit")).to_have_count(0)
+    expect(page.locator("#find-next")).to_be_disabled()
+    console.assert_clean()

@@ -26,6 +26,8 @@ export class Find {
     });
     // The clear button (or Escape) of a search box empties it: the highlights go too.
     this.input.addEventListener('search', () => { if (!this.input.value.trim()) this.reset(); });
+    // So does deleting its text: an empty box leaves no result of an earlier search behind.
+    this.input.addEventListener('input', () => { if (!this.input.value.trim() && this.query) this.reset(); });
     this.prev.addEventListener('click', () => this.step(-1));
     this.next.addEventListener('click', () => this.step(1));
     this.list.addEventListener('click', (ev) => {
@@ -130,7 +132,9 @@ export class Find {
   show(i) {
     this.index = i;
     const hit = this.hits[i];
-    this.o.pages.setHits(this.rectsByPage(), hit.page, this.query);
+    // Which of its page's hits it is: that one is drawn as the current match.
+    const nth = this.hits.slice(0, i).filter((h) => h.page === hit.page).length;
+    this.o.pages.setHits(this.rectsByPage(), hit.page, this.query, nth);
     const was = this.list.querySelector('[aria-current]');
     if (was) was.removeAttribute('aria-current');
     const b = this.list.querySelector('button[data-index="' + i + '"]');

@@ -44,6 +44,7 @@ export class PageColumn {
     this.needle = '';             // the search, folded: the text layer places its hits exactly
     this.runs = new Map();        // live page → its text runs
     this.hitPage = 0;             // the page of the current hit
+    this.hitNth = 0;              // which of that page's hits it is
     this.zoom = 'auto';
     this.scale = this.k100;
     this.current = 1;
@@ -431,11 +432,13 @@ export class PageColumn {
 
   /* ---- search highlights ---- */
   /** Highlight the hits: `byPage` maps a page to the server's rectangles, drawn until the page's text
-   *  layer is there to place them exactly; `needle` is the search; the current hit's page stands out. */
-  setHits(byPage, currentPage, needle) {
+   *  layer is there to place them exactly; `needle` is the search; the `nth` hit (from 0) of page
+   *  `currentPage` is the current match and stands out from the others, as PDF.js's selected match. */
+  setHits(byPage, currentPage, needle, nth = 0) {
     $$('.hit-layer', this.column).forEach((e) => e.remove());
     this.hits = byPage;
     this.hitPage = currentPage;
+    this.hitNth = nth;
     this.needle = String(needle || '').split(/\s+/).filter(Boolean).join(' ').toLowerCase();
     byPage.forEach((_, n) => this.drawHits(n));
   }
@@ -469,8 +472,8 @@ export class PageColumn {
     if (!rects.length) return;
     const layer = make('div', 'hit-layer' + (n === this.hitPage ? ' current' : ''));
     layer.setAttribute('aria-hidden', 'true');
-    rects.forEach(([x, y, w, h]) => {
-      const mark = make('div', 'hit');
+    rects.forEach(([x, y, w, h], i) => {
+      const mark = make('div', n === this.hitPage && i === this.hitNth ? 'hit current' : 'hit');
       mark.style.left = (x * 100) + '%'; mark.style.top = (y * 100) + '%';
       mark.style.width = (w * 100) + '%'; mark.style.height = (h * 100) + '%';
       layer.appendChild(mark);
