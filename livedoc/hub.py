@@ -40,6 +40,7 @@ TIMER_MIN = 2.0  # s: shorter waits use their own gevent timeout
 # Why the hub ends a connection whose job's record vanished from Redis (see StreamHub._vanished).
 VANISHED = "vanished"
 
+
 class Connection:
     """One client connection (an SSE stream, a long-poll, a WebSocket) and the jobs it watches."""
 
