@@ -106,6 +106,11 @@ def test_a_page_zoomed_to_400_percent_is_reachable_edge_to_edge_and_clear_of_the
     # The pages scroll in their own box: from its left end the page's left edge is in view...
     view = rect(page, "#pages")
     page.evaluate("() => { document.querySelector('#pages').scrollLeft = 0; }")
+    # The arrow keys scroll the pages' box (not the window) when no control has the focus.
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => document.querySelector('#pages').scrollLeft > 0")
+    page.evaluate("() => { document.querySelector('#pages').scrollLeft = 0; }")
     box = rect(page, "#page-2 .page-box")
     assert box["width"] > view["right"] - view["left"], box
     assert view["left"] <= box["left"] < view["right"], (box, view)

@@ -64,6 +64,21 @@ export class PageColumn {
     window.addEventListener('resize', () => { if (typeof this.zoom === 'string') this.setZoom(this.zoom); });
     this.column.addEventListener('mousedown', (ev) => this.marginDrag(ev));
     document.addEventListener('keydown', (ev) => this.selectAll(ev));
+    document.addEventListener('keydown', (ev) => this.scrollKeys(ev));
+  }
+
+  // The arrows and Space scroll the pages when no control has the focus: the browser would scroll
+  // the window, which holds only the header above the pages' own box.
+  scrollKeys(ev) {
+    if (ev.defaultPrevented || ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    if (ev.target !== document.body && ev.target !== document.documentElement) return;
+    const step = 40;
+    const screen = this.scroller.clientHeight * 0.9;
+    const by = { ArrowDown: [0, step], ArrowUp: [0, -step], ArrowRight: [step, 0], ArrowLeft: [-step, 0],
+                 ' ': [0, ev.shiftKey ? -screen : screen] }[ev.key];
+    if (!by) return;
+    ev.preventDefault();
+    this.scroller.scrollBy(by[0], by[1]);
   }
 
   /* ---- selection ---- */
