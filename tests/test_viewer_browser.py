@@ -226,7 +226,12 @@ def test_page_box_keys_fragment_and_last_page_read(reader, console):
 
     # Scrolling moves the page box and the fragment; the page is saved as the last one read.
     with page.expect_request(lambda r: r.method == "PUT" and r.post_data_json == {"page": 30}) as put:
-        page.evaluate("() => scrollBy(0, document.querySelector('#page-30').getBoundingClientRect().top - 9)")
+        # The pages scroll in their own box (#pages), not the window.
+        page.evaluate(
+            "() => { const box = document.querySelector('#pages');"
+            " box.scrollBy(0, document.querySelector('#page-30').getBoundingClientRect().top"
+            " - box.getBoundingClientRect().top - 9); }"
+        )
         assert_at_page(page, 30)
     assert put.value.url.endswith(f"/api/documents/{doc_id}/position")
     wait_for(lambda: doc_json(stack, token, doc_id)[1]["last_page"] == 30, 5, what="last page saved")
