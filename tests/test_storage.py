@@ -117,6 +117,28 @@ def test_document_files_delete_removes_everything_of_the_document(store):
     assert files.stored_bytes() == 0
 
 
+def test_a_later_attempt_carries_over_only_whole_pages(store):
+    files = DocumentFiles(store, DOC)
+    files.save_original(b"orig")
+    layer = b'{"runs":[],"page":{"width":10,"height":20,"chars":3}}'
+    for n in (1, 2, 4):  # pages 1, 2 and 4 whole; page 3 has its image only (killed mid-store)
+        for name in ("page-%04d.jpg", "thumb-%04d.jpg", "text-%04d.txt"):
+            store.put_bytes(files.key(1, name % n), b"x")
+        store.put_bytes(files.key(1, f"layer-{n:04d}.json"), layer)
+    store.put_bytes(files.key(1, "page-0003.jpg"), b"x")
+    store.put_bytes(files.key(1, "layout.json"), b'{"pages":4}')
+    store.put_bytes(files.key(1, "hd-0002.jpg"), b"hd")
+    assert files.carry_over(2)
+    assert files.attempts_stored() == [2], "attempt 1 is gone, leftovers included"
+    assert files.layout(2) == {"pages": 4} and store.exists(files.key(2, "hd-0002.jpg"))
+    assert not store.exists(files.key(2, "page-0003.jpg"))
+    kept, size = files.stored_pages(2)
+    assert sorted(kept) == [1, 2, 4] and kept[4]["width"] == 10 and kept[4]["chars"] == 3
+    assert size == 3 * (3 + len(layer))
+    assert files.leading_pages(2) == 2
+    assert not DocumentFiles(store, "b" * 32).carry_over(1), "nothing stored: nothing to look at"
+
+
 def test_local_files_are_paths_and_s3_files_are_presigned_urls(store):
     store.put_bytes(f"{DOC}/a1/page-0001.jpg", b"\xff\xd8\xff\xe0jpeg")
     store.put_bytes(f"{DOC}/original", b"%PDF-1.4 original")
