@@ -184,6 +184,7 @@ local function next_in_turn()
         if runnable(id) then
           picked = id
           redis.call('SADD', P .. 'hd:' .. user, id)
+          redis.call('EXPIRE', P .. 'hd:' .. user, 86400)
         end
       end
     end
@@ -208,6 +209,7 @@ end
 -- The next helper in turn whose plan has a chunk to claim; stale helpers (their document job ended
 -- and removed its plan) are dropped on the way.
 local function next_helper()
+  in_flight(helpers)  -- forget helpers that ended, so helper_queued reads only live ones
   for _ = 1, redis.call('LLEN', chunkring) do
     local user = redis.call('LPOP', chunkring)
     if not user then return nil end
