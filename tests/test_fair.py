@@ -264,3 +264,32 @@ def test_a_stock_rq_worker_serves_users_in_turn(paused_stack):
     # The second user's document went second, not behind the first user's three.
     assert order == [docs[0]["id"], docs[3]["id"], docs[1]["id"], docs[2]["id"]]
     conn.connection_pool.disconnect()
+
+
+@pytest.mark.browser
+def test_the_viewers_queue_notice_follows_the_place_and_goes_when_the_conversion_starts(
+    make_stack, open_context, console
+):
+    from playwright.sync_api import expect
+
+    from tests.support.browser import login
+
+    stack = make_stack(RENDER_DPI="300", RENDER_PROCESSES="1", CHUNK_PAGES="0")
+    token = stack.user("waiter")
+    session = api(token)
+    first = upload(session, stack.base_url, SHORTER, "first.pdf")  # seconds of work for one worker
+    second = upload(session, stack.base_url, SMALL, "second.pdf")
+    page = open_context(stack, "waiter").new_page()
+    login(page, "waiter")
+    page.goto(f"/documents/{second['id']}")
+    page.wait_for_function("() => !!(window.livedoc && window.livedoc.page)")
+    notice = page.locator("#queue-notice")
+    expect(notice).to_have_text(NO_WORKER)
+    stack.start_worker()
+    # The page asks again while the document waits: a worker came, and the first document is running.
+    expect(notice).to_have_text("Next in the queue — 1 worker converting.", timeout=30_000)
+    wait_document(session, stack.base_url, first["id"], lambda b: b["progress"]["state"] == "running", 30)
+    expect(notice).to_be_hidden(timeout=120_000)  # this one started
+    page.wait_for_function("() => window.livedoc.state().state === 'complete'", timeout=60_000)
+    expect(notice).to_be_hidden()
+    console.assert_clean()
