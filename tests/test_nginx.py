@@ -472,13 +472,18 @@ def test_a_graceful_reload_mid_stream_through_nginx(make_stack, make_nginx):
     viewers = []
     for name, base in (("h1", proxy.http_url), ("tls", proxy.https_url)):
         v = Viewer(name, token, base, body["events_url"], deadline=180, read_timeout=30)
+        # The session's own CA: requests lets REQUESTS_CA_BUNDLE from the environment override it.
+        v.session.trust_env = False
         v.session.verify = str(proxy.cert)
         viewers.append(v)
         v.start()
     stack.start_worker()
-    wait_for(
-        lambda: all(v.latest and v.latest["stage"] == "rendering" for v in viewers), 90, what="rendering"
-    )
+    try:
+        wait_for(
+            lambda: all(v.latest and v.latest["stage"] == "rendering" for v in viewers), 90, what="rendering"
+        )
+    except AssertionError:
+        raise AssertionError([(v.name, v.latest, v.failures[-3:], v.connects) for v in viewers]) from None
     ends = [len(v.stream_ends) for v in viewers]
     hup, hup_wall = time.monotonic(), time.time()
     stack.webs[0].send(signal.SIGHUP)
