@@ -16,11 +16,12 @@ in turn. Three lanes:
   correctness (no deadlock with one worker). A helper is admitted only onto an idle worker, when no
   document or sharper page is waiting, and only while its plan has a chunk left to claim. When a
   document or sharper page is admitted and no worker is free, a running helper is asked to give way:
-  the chunk it renders and the unclaimed ones are leased to the document job for a moment
-  (YIELD_SECONDS), so the helper loses its lease at its next page and finds nothing to claim
-  (workers/chunks.py: "taken over ... go on") and its job ends; the document job renders that chunk
-  on, keeping the pages already stored. A big document thus holds every idle worker but gives one
-  back within a page of another user's upload.
+  the chunk it renders and the unclaimed ones are held by a 'yield:' marker in their lease keys for
+  a moment (YIELD_SECONDS), so the helper loses its lease at its next page, finds nothing to claim
+  (workers/chunks.py: "taken over ... go on") and its job ends; once the marker lapses the document
+  job takes that chunk on, keeping the pages already stored, and the next helper admitted (when a
+  worker is idle again) clears the markers at once. A big document thus holds every idle worker but
+  gives one back within a page of another user's upload.
 
 Admission runs at every enqueue, when any job ends (RQ callbacks on every job, so a stock `rq worker`
 drives it too), and when a viewer asks where its waiting document stands (documents.queue_status).
@@ -50,9 +51,9 @@ UNRUNNABLE = "workers.unrunnable.report"
 ON_END = "livedoc.fair.job_ended"
 ON_CONVERSION_FAILURE = "livedoc.fair.conversion_failed"
 LANES = ("doc", "hd", "chunk")
-# How long a helper's chunks stay leased to their document job after it was asked to give way:
-# long enough for the helper to reach its next page and find nothing to claim, short enough that
-# the chunks are free for helpers again by the time a worker is.
+# How long a helper's chunks stay held after it was asked to give way: long enough for the helper
+# to reach its next page and find nothing to claim, short enough that the document job, done with
+# its own chunk, barely waits for them.
 YIELD_SECONDS = 2
 DEFAULT_HD_PER_USER = 2
 ANONYMOUS = "-"  # jobs enqueued without a quota (tests, tools) share one user's turn
@@ -150,17 +151,37 @@ local function plan_of(id)
   return job, CH .. job .. ':' .. attempt .. ':'
 end
 
--- Chunks of the plan that nobody holds and nobody finished.
-local function claimable(base)
+-- The plan's chunks nobody finished, with their lease keys and holders (false: none).
+local function unfinished(base)
   local t = redis.call('HMGET', base .. 'table', 'pages', 'chunk')
   local pages, size = tonumber(t[1]), tonumber(t[2])
-  if not pages or not size or size < 1 then return 0 end
-  local n = 0
+  local out = {}
+  if not pages or not size or size < 1 then return out end
   for i = 0, math.ceil(pages / size) - 1 do
-    if redis.call('HEXISTS', base .. 'table', 'done:' .. i) == 0
-       and redis.call('EXISTS', base .. 'lease:' .. i) == 0 then n = n + 1 end
+    if redis.call('HEXISTS', base .. 'table', 'done:' .. i) == 0 then
+      local lease = base .. 'lease:' .. i
+      table.insert(out, {lease, redis.call('GET', lease)})
+    end
+  end
+  return out
+end
+
+local function yielded(holder) return holder and string.sub(holder, 1, 6) == 'yield:' end
+
+-- Chunks a helper admitted now could claim: unheld, or kept from a helper that gave way (the
+-- admission frees those, below).
+local function claimable(base)
+  local n = 0
+  for _, c in ipairs(unfinished(base)) do
+    if not c[2] or yielded(c[2]) then n = n + 1 end
   end
   return n
+end
+
+local function release_yields(base)
+  for _, c in ipairs(unfinished(base)) do
+    if yielded(c[2]) then redis.call('DEL', c[1]) end
+  end
 end
 
 local function helper_queued(job)
@@ -225,6 +246,7 @@ local function next_helper()
       elseif not picked and claimable(base) > 0 and not helper_queued(job) then
         picked = id
         redis.call('LREM', cq, 1, id)
+        release_yields(base)
       end
     end
     if redis.call('LLEN', cq) > 0 then redis.call('RPUSH', chunkring, user) end
@@ -233,20 +255,13 @@ local function next_helper()
   return nil
 end
 
--- Ask a running helper to give way: lease the chunk it holds and every unclaimed one to its
--- document job for a moment (see the module's docstring).
+-- Ask a running helper to give way: the chunk it holds and every unclaimed one are held by a
+-- 'yield:' marker for a moment (see the module's docstring).
 local function give_way(id)
   local job, base = plan_of(id)
   if not job then return end
-  local t = redis.call('HMGET', base .. 'table', 'pages', 'chunk')
-  local pages, size = tonumber(t[1]), tonumber(t[2])
-  if not pages or not size or size < 1 then return end
-  for i = 0, math.ceil(pages / size) - 1 do
-    if redis.call('HEXISTS', base .. 'table', 'done:' .. i) == 0 then
-      local lease = base .. 'lease:' .. i
-      local holder = redis.call('GET', lease)
-      if not holder or holder == id then redis.call('SET', lease, job, 'EX', yield_ttl) end
-    end
+  for _, c in ipairs(unfinished(base)) do
+    if not c[2] or c[2] == id then redis.call('SET', c[1], 'yield:' .. id, 'EX', yield_ttl) end
   end
   redis.call('ZADD', yielding, clock, id)
 end
