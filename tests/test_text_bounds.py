@@ -169,14 +169,16 @@ def test_a_text_object_of_unsized_characters_takes_the_per_character_path(tmp_pa
 @pytest.mark.skipif(not REAL_PDF.exists(), reason="a real manual (libtasn1-doc) is not installed")
 def test_the_text_layer_of_a_real_manual_is_what_it_was():
     """A real 36-page manual: every page's runs as before but where text objects overlap (a TeX logo's
-    raised letters, once read into each overlapping run, now belong to their own run only)."""
+    raised letters, once read into each overlapping run, now belong to their own run only). A word
+    hyphenated at a line end ends its run in a soft hyphen (U+00AD) where pdfium's marker (U+0002)
+    was kept before (issue Q: the viewer joins the halves)."""
     doc = pdfium.PdfDocument(REAL_PDF)
     same = differ = 0
     try:
         for index in range(len(doc)):
             page = doc[index]
             _, runs = pdf.page_text(page)
-            old = _old_runs(page)
+            old = [(*r[:4], r[4].replace("\x02", "\xad")) for r in _old_runs(page)]
             same += sum(1 for run in runs if run in old)
             differ += sum(1 for run in runs if run not in old)
             page.close()
@@ -215,9 +217,9 @@ def test_pdfium_refused_memory_ends_the_conversion_without_waiting(redis_url, re
     dead process's page for ever; in the horse itself (one page) RQ records the attempt lost, and it is
     not run again. Either way the worker converts the next document."""
     two = tmp_path / "two.pdf"
-    two.write_bytes(pdfgen.dense_text_pdf(600_000, pages=2))
+    two.write_bytes(pdfgen.dense_text_pdf(900_000, pages=2))
     one = tmp_path / "one.pdf"
-    one.write_bytes(pdfgen.dense_text_pdf(600_000))
+    one.write_bytes(pdfgen.dense_text_pdf(900_000))
     small = tmp_path / "small.pdf"
     small.write_bytes(pdfgen.make_pdf(["the next document"]))
     result = convert_in_child(
@@ -226,8 +228,9 @@ def test_pdfium_refused_memory_ends_the_conversion_without_waiting(redis_url, re
         "pdf",
         [two, one, small],
         HOSTILE_WORKER="livedoc",
-        # Threads of the pool need ~280 MB here (stacks, malloc arenas); a 720,000-character text page
-        # more than 360 MB: 300 sits between (measured on this machine; a new host may need it moved).
+        # Threads of the pool need ~280 MB here (stacks, malloc arenas); a 900,000-character text page
+        # more than 300 MB: 300 sits between (measured on this machine; a new host may need it moved).
+        # A 600,000-character page fitted once the worker stopped loading Flask (issue O).
         WORKER_MEMORY_MB="300",
         MAX_PAGE_TEXT="1000000",
         WORKER_NICE="0",

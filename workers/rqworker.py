@@ -15,7 +15,7 @@ from rq.registry import clean_registries
 from rq.utils import as_text, current_timestamp, now, parse_composite_key
 
 from config import Settings
-from livedoc import capabilities, progress
+from livedoc import capabilities, fair, progress
 from workers import office
 
 # Seconds a heartbeat outlives the next one at least: a busy worker beats every
@@ -40,6 +40,7 @@ class LivedocWorker(Worker):
     """
 
     _handing_back: str | None = None
+    _horse_died = False
     _kinds: list[str] | None = None
 
     def work(self, *args, **kwargs):
@@ -58,6 +59,7 @@ class LivedocWorker(Worker):
         """A horse that aborted under WORKER_MEMORY_MB is not run again: pdfium aborts the process when
         an allocation is refused, and the same file would be refused again on every retry."""
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        self._horse_died = True
         aborted = os.WIFSIGNALED(ret_val) and os.WTERMSIG(ret_val) == signal.SIGABRT
         if aborted and Settings.from_env().WORKER_MEMORY_MB > 0:
             self.log.warning("job %s: the work horse aborted (out of memory?); not retrying", job.id)
@@ -204,9 +206,15 @@ class LivedocWorker(Worker):
             self._handing_back = None
             self._hand_back(job, queue)
             return None
-        return super().handle_job_failure(
+        result = super().handle_job_failure(
             job, queue, started_job_registry=started_job_registry, exc_string=exc_string
         )
+        if self._horse_died:
+            # RQ runs a job's callbacks in its work horse; a horse that died ran none, so the turn
+            # the job's end gives the next waiting job (livedoc/fair.py) is given here.
+            self._horse_died = False
+            fair.job_ended(job, self.connection)
+        return result
 
     def _hand_back(self, job: Job, queue: Queue) -> None:
         with self.connection.pipeline() as pipe:
