@@ -24,7 +24,7 @@ from gevent import monkey
 from werkzeug.datastructures import FileStorage
 
 from blueprints.realtime import user_key
-from livedoc import documents, keys, progress, search
+from livedoc import documents, fair, keys, progress, search
 from livedoc.appctx import file_storage, realtime_flags, redis_conn
 from livedoc.audit import audit
 from livedoc.errors import LivedocError, NotFound, TooManyRequests
@@ -47,6 +47,9 @@ def sweep_forever(app) -> None:
                 connection = redis_conn()
                 if connection.set(keys.RECOVERY_SWEEP, os.getpid(), nx=True, ex=interval):
                     documents.recover_unfinished(connection)
+                    # Turns are given when jobs end (RQ callbacks, livedoc's worker); this is the net
+                    # for an end nobody reported (a stock worker whose work horse died).
+                    fair.admit(connection, app.config["QUEUE_NAME"], app.config["HD_PER_USER"])
         except Exception:  # noqa: BLE001 - Redis or the database may be down; the next turn tries again
             log.warning("the recovery sweep failed", exc_info=True)
 
