@@ -417,10 +417,12 @@ def retry(connection: Redis, config: Mapping, doc: Document) -> Document:
 def queue_status(
     connection: Redis, config: Mapping, doc: Document, prog: progress.Progress
 ) -> fleet.QueueInfo | None:
-    """While the document waits for a worker: its place in the queue and how many workers are alive."""
+    """While the document waits for a worker: its place among the documents that start before it
+    (not counting page ranges or sharper pages) and how many workers are alive."""
     if prog["state"] != progress.State.QUEUED.value or not doc.job_id:
         return None
-    return fleet.queue_info(connection, config["QUEUE_NAME"], doc.job_id)
+    queue_name, cap = config["QUEUE_NAME"], config.get("HD_PER_USER", 2)
+    return fleet.waiting_place(connection, queue_name, doc.job_id, cap)
 
 
 def status_body(doc: Document, prog: progress.Progress) -> dict:
