@@ -43,6 +43,17 @@ class LivedocWorker(Worker):
     _horse_died = False
     _kinds: list[str] | None = None
 
+    def register_birth(self, *args, **kwargs):
+        """RQ's registration, then a turn for waiting jobs: they are admitted when jobs end, and a
+        worker that comes up while others are busy (or none ran) would otherwise sit idle."""
+        super().register_birth(*args, **kwargs)
+        try:
+            settings = Settings.from_env()
+            for queue in self.queues:
+                fair.admit(self.connection, queue.name, settings.HD_PER_USER)
+        except Exception:  # noqa: BLE001 - the web's sweep admits within RECOVERY_INTERVAL anyway
+            self.log.warning("could not admit waiting jobs at start")
+
     def work(self, *args, **kwargs):
         """RQ's work loop, at WORKER_NICE: the work horse and its render processes inherit it."""
         yield_cpu(Settings.from_env().WORKER_NICE)
