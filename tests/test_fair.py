@@ -293,3 +293,24 @@ def test_the_viewers_queue_notice_follows_the_place_and_goes_when_the_conversion
     page.wait_for_function("() => window.livedoc.state().state === 'complete'", timeout=60_000)
     expect(notice).to_be_hidden()
     console.assert_clean()
+
+
+def test_workers_that_come_up_after_uploads_each_take_a_waiting_document(make_stack):
+    # Turns are given as jobs end: two documents of two users uploaded while no worker ran, then two
+    # workers start. The second must not wait for the first document's end (the web's periodic
+    # admission is off here, so only the workers can give the turn).
+    stack = make_stack(RECOVERY_INTERVAL="0", CHUNK_PAGES="0", RENDER_PROCESSES="1", RENDER_DPI="300")
+    conn = connect(stack.redis_url)
+    try:
+        bodies = [upload(api(stack.user(f"early{i}")), stack.base_url, SHORTER) for i in range(2)]
+        job_ids = [jobs.job_id(b["id"], 1) for b in bodies]
+        _workers(stack, conn, 2)
+
+        def states():
+            now = [(progress.read(conn, j) or {}).get("state") for j in job_ids]
+            return now if all(s in ("running", "complete") for s in now) else None
+
+        both = wait_for(states, 90, 0.05, what="both documents started")
+        assert both.count("running") == 2, f"one started only after the other ended: {both}"
+    finally:
+        conn.connection_pool.disconnect()

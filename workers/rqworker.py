@@ -13,6 +13,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import clean_registries
 from rq.utils import as_text, current_timestamp, now, parse_composite_key
+from rq.worker import WorkerStatus
 
 from config import Settings
 from livedoc import capabilities, fair, progress
@@ -43,16 +44,18 @@ class LivedocWorker(Worker):
     _horse_died = False
     _kinds: list[str] | None = None
 
-    def register_birth(self, *args, **kwargs):
-        """RQ's registration, then a turn for waiting jobs: they are admitted when jobs end, and a
-        worker that comes up while others are busy (or none ran) would otherwise sit idle."""
-        super().register_birth(*args, **kwargs)
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
+        """RQ's wait for the next job, after giving waiting jobs a turn (livedoc/fair.py): turns are
+        given as jobs end, so a worker that comes up, or frees up, while documents wait in their
+        owners' turns would otherwise sit idle beside them."""
+        self.set_state(WorkerStatus.IDLE)  # counted as free by the admission
         try:
-            settings = Settings.from_env()
+            hd_per_user = Settings.from_env().HD_PER_USER
             for queue in self.queues:
-                fair.admit(self.connection, queue.name, settings.HD_PER_USER)
+                fair.admit(self.connection, queue.name, hd_per_user)
         except Exception:  # noqa: BLE001 - the web's sweep admits within RECOVERY_INTERVAL anyway
-            self.log.warning("could not admit waiting jobs at start")
+            self.log.warning("could not admit waiting jobs")
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def work(self, *args, **kwargs):
         """RQ's work loop, at WORKER_NICE: the work horse and its render processes inherit it."""
