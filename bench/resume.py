@@ -36,21 +36,7 @@ from bench.first_page import generated  # noqa: E402
 from livedoc.redis_client import connect  # noqa: E402
 from livedoc.storage import page_names  # noqa: E402
 from tests.live import Stack, api  # noqa: E402
-
-
-def horses(pid: int) -> list[int]:
-    """The work horses RQ forked from worker `pid` (each leads its own process group)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(") ", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and int(fields[2]) == int(entry):
-                found.append(int(entry))
-    return found
+from tests.support.procs import work_horses  # noqa: E402
 
 
 def whole_pages(out: Path) -> dict[int, int]:
@@ -89,7 +75,7 @@ def convert(stack: Stack, token: str, data: bytes, kill_at: float | None) -> dic
                 if worker.get_current_job_id() == job_id:
                     proc = next(p for p in stack.workers if p.popen.pid == worker.pid)
                     before = whole_pages(stack.dir / "storage" / body["id"] / "a1")
-                    for horse in horses(proc.popen.pid):
+                    for horse in work_horses(proc.popen.pid):
                         os.killpg(horse, signal.SIGKILL)
                     killed_at = st["ready"]
                     break

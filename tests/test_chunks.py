@@ -19,6 +19,7 @@ from livedoc.redis_client import connect
 from tests.live import api
 from tests.pdfgen import make_pdf
 from tests.support import wait_for
+from tests.support.procs import work_horses
 
 pytestmark = pytest.mark.live
 
@@ -164,20 +165,6 @@ def test_pages_from_a_pool_are_announced_at_most_every_progress_interval(stack_c
     _assert_every_page_in_order(session, stack.base_url, body["id"])
 
 
-def _horses(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(") ", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and int(fields[2]) == int(entry):
-                found.append(int(entry))
-    return found
-
-
 def _worker_running_a_chunk(stack, conn: Redis, job_id: str, timeout: float = 60):
     def running():
         for worker in Worker.all(connection=conn):
@@ -209,7 +196,7 @@ def test_a_chunk_whose_worker_is_killed_is_taken_over(stack_conn):
         0.05,
         what=f"a page of chunk {index} stored",
     )
-    for horse in _horses(proc.popen.pid):
+    for horse in work_horses(proc.popen.pid):
         os.killpg(horse, signal.SIGKILL)
     proc.popen.send_signal(signal.SIGKILL)
     proc.popen.wait(5)

@@ -22,26 +22,12 @@ from livedoc.redis_client import connect
 from livedoc.storage import page_names
 from tests.live import api
 from tests.support import wait_for
+from tests.support.procs import work_horses
 from tests.support.streams import Viewer, slow_pdf, upload, wait_status
 
 pytestmark = pytest.mark.live
 
 PAGES = 60
-
-
-def _horses(pid: int) -> list[int]:
-    """The work horses RQ forked from worker `pid` (each leads its own process group)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(") ", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and int(fields[2]) == int(entry):
-                found.append(int(entry))
-    return found
 
 
 def _whole_pages(attempt_dir: Path) -> dict[int, int]:
@@ -98,7 +84,7 @@ def test_a_killed_work_horse_costs_no_stored_page(make_stack, chunk_pages):
 
         proc = wait_for(holder, 30, 0.05, what="the worker running the document job")
         before = _whole_pages(stack.dir / "storage" / body["id"] / "a1")
-        for horse in _horses(proc.popen.pid):
+        for horse in work_horses(proc.popen.pid):
             os.killpg(horse, signal.SIGKILL)
         killed = time.monotonic()
         assert len(before) >= 8
@@ -200,7 +186,7 @@ def test_a_document_whose_worker_and_redis_are_both_lost_resumes_from_the_databa
     viewer = Viewer("lost-viewer", token, base, body["events_url"], deadline=240)
     viewer.start()
     wait_status(s, base, body, lambda st: st["state"] == "running" and st["ready"] >= 8, timeout=120)
-    for horse in _horses(worker.popen.pid):
+    for horse in work_horses(worker.popen.pid):
         os.killpg(horse, signal.SIGKILL)
     os.killpg(worker.popen.pid, signal.SIGKILL)
     worker.popen.wait(10)
